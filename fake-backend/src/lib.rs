@@ -1,0 +1,1 @@
+//! Fake Spacelift backend: PKI, MQTT broker, HTTPS API, admin API and CLI.

@@ -1,0 +1,1 @@
+//! Fake Docker Engine API daemon: a deterministic, fault-injecting test instrument.

@@ -1,0 +1,1 @@
+//! Spacelift-compatible Docker worker-pool launcher.

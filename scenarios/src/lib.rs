@@ -1,0 +1,1 @@
+//! Scenario engine: drives the launcher against the fakes from YAML files.

@@ -1,0 +1,1 @@
+//! Host package for cross-crate tests (`tests/`) and benchmarks (`benches/`).
