@@ -1,1 +1,17 @@
-//! Spacelift-compatible Docker worker-pool launcher.
+//! The Spacelift-compatible launcher.
+//!
+//! Code map:
+//! - [`settings`]: the validated configuration every other module reads.
+//! - [`ports`]: the traits the core talks to (`Backend`, `ContainerRuntime`, `BinaryStore`).
+//!
+//! See `docs/ARCHITECTURE.md` for the whole picture and the invariants.
+
+pub mod backoff;
+pub mod ports;
+pub mod settings;
+
+/// Spacelift's documented default runner image.
+pub const DEFAULT_RUNNER_IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
+
+/// This launcher's version, sent at registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

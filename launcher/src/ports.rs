@@ -1,0 +1,270 @@
+//! The seams between the launcher's core (supervisor, runs, drain, cache policy) and the
+//! outside world. Production adapters: MQTT + HTTPS (`backend`), bollard (`docker`), the
+//! filesystem (`binaries`). Tests plug in in-memory versions and run on paused tokio time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use protocol::api::{ClaimResponse, Lease, LogLine, TransitionRequest, WorkerBinary};
+use protocol::messages::ServerMessage;
+use protocol::Arch;
+use thiserror::Error;
+
+// ---------------------------------------------------------------------------------------
+// Backend
+
+/// Failure talking to the backend.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum BackendError {
+    /// Worth retrying: connection refused or reset, timeout, 5xx, 429. `retry_after` is the
+    /// server's `Retry-After`, when it gave one.
+    #[error("backend unavailable: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The backend refused our credentials (401/403, TLS alert, MQTT not authorized).
+    /// Fatal: retrying cannot help.
+    #[error("backend refused the pool's credentials: {message}")]
+    Unauthorized { message: String },
+    /// 409: claim refused, illegal transition, lease held by another worker.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+    /// Any other 4xx or a malformed answer: a bug on one side; not retried.
+    #[error("backend rejected the request: {message}")]
+    Rejected { message: String },
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Transient { .. })
+    }
+}
+
+/// What happened to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Granted(ClaimResponse),
+    /// Someone else has it, or it is no longer schedulable: never start it.
+    Refused(String),
+}
+
+/// Events from the backend's push channel (MQTT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// (Re)connected and subscribed. Undelivered reports may be retried now.
+    Connected,
+    Disconnected(String),
+    Message(ServerMessage),
+}
+
+/// Synchronous calls to the backend (HTTPS in production). All calls are idempotent on
+/// the server side, so callers may retry transient failures.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    async fn claim(&self, run_ulid: &str) -> Result<ClaimOutcome, BackendError>;
+    /// Renews a run's lease. `Conflict` means the lease is lost: stop the run.
+    async fn renew_lease(&self, run_ulid: &str) -> Result<Lease, BackendError>;
+    async fn transition(&self, run_ulid: &str, req: &TransitionRequest)
+        -> Result<(), BackendError>;
+    /// Uploads log lines; returns the next sequence number the backend expects.
+    async fn upload_logs(&self, run_ulid: &str, lines: &[LogLine]) -> Result<u64, BackendError>;
+    async fn latest_binary(&self, arch: Arch) -> Result<WorkerBinary, BackendError>;
+    /// Streams the binary's bytes, starting at `offset` (for resumed downloads).
+    async fn download_binary(
+        &self,
+        binary: &WorkerBinary,
+        offset: u64,
+    ) -> Result<ByteStream, BackendError>;
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, BackendError>> + Send>>;
+
+// ---------------------------------------------------------------------------------------
+// Container runtime
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// The daemon cannot be reached (socket gone, connection refused, daemon restarting).
+    #[error("docker daemon unavailable: {0}")]
+    Unavailable(String),
+    #[error("no such image: {0}")]
+    ImageNotFound(String),
+    #[error("pulling {image} failed: {message}")]
+    PullFailed { image: String, message: String },
+    #[error("no such container: {0}")]
+    ContainerNotFound(String),
+    /// Any other error answer from the daemon, with its message.
+    #[error("docker: {0}")]
+    Api(String),
+}
+
+/// A locally available image's platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub os: String,
+    /// As the image says it (`amd64`, `arm64`, ...); None when the image doesn't say.
+    pub architecture: Option<String>,
+}
+
+/// Everything needed to create a run's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// The worker binary: PID 1, replacing the image's ENTRYPOINT and CMD.
+    pub entrypoint: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `host:container[:ro]`.
+    pub binds: Vec<String>,
+    pub network: String,
+    pub runtime: Option<String>,
+    pub working_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: i64,
+    pub oom_killed: bool,
+    /// The daemon's `State.Error`, if any.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stream: protocol::api::LogStream,
+    pub text: String,
+}
+
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputLine, RuntimeError>> + Send>>;
+
+/// Registry credentials for one pull (from `SPACELIFT_DOCKER_CONFIG_DIR`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub identity_token: Option<String>,
+    pub server: Option<String>,
+}
+
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The daemon's architecture, from `/info`.
+    async fn architecture(&self) -> Result<Arch, RuntimeError>;
+    /// The local image, if present.
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError>;
+    /// Pulls an image for `platform` (`linux/amd64`); pull-stream errors are `PullFailed`.
+    async fn pull_image(
+        &self,
+        image: &str,
+        platform: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<(), RuntimeError>;
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Follows stdout and stderr from the start until the container exits.
+    async fn logs(&self, id: &str) -> Result<OutputStream, RuntimeError>;
+    /// Waits for the container to stop running.
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
+    /// SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Force-removes; a missing container is not an error.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// All containers (running or not) carrying every given label.
+    async fn list_by_labels(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker binaries
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum BinaryError {
+    #[error(
+        "worker binary {version} ({arch}): checksum mismatch: expected {expected}, got {actual}"
+    )]
+    Corrupt {
+        version: String,
+        arch: Arch,
+        expected: String,
+        actual: String,
+    },
+    #[error("worker binary download failed: {0}")]
+    Download(BackendError),
+    #[error("worker binary cache: {0}")]
+    Io(String),
+}
+
+/// A verified worker binary on the local filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBinary {
+    pub version: String,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// Content-addressed cache of worker binaries. Implementations stream downloads to disk,
+/// verify SHA-256 before a binary is ever used, share one download between concurrent
+/// callers, and prune old versions.
+#[async_trait]
+pub trait BinaryStore: Send + Sync + 'static {
+    async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError>;
+    /// Pins `sha256` so pruning keeps it while a run uses it; unpinned on drop.
+    fn pin(&self, sha256: &str) -> BinaryPin;
+}
+
+/// Keeps a cached binary from being pruned while alive.
+pub struct BinaryPin {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl BinaryPin {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> BinaryPin {
+        BinaryPin {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for BinaryPin {
+    fn drop(&mut self) {
+        if let Some(f) = self.release.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for BinaryPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BinaryPin")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker status (what heartbeats carry)
+
+/// The worker's state as the core sees it; the MQTT adapter publishes it as heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub state: protocol::messages::WorkerState,
+    /// Runs held: claimed and not yet reported terminal.
+    pub runs: Vec<String>,
+    pub capacity: u32,
+}

@@ -1,0 +1,100 @@
+//! The launcher's validated configuration (ripgrep's "HiArgs"): everything downstream
+//! reads this, never the environment. `config` builds it from an [`crate::config::EnvSource`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A bind mount from the Docker daemon's filesystem into run containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraMount {
+    pub host: String,
+    pub container: String,
+    /// Which runs get it: all, read-only (proposed) only, or write (tracked, tasks) only.
+    pub applies_to: MountScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountScope {
+    All,
+    ReadOnlyRuns,
+    WriteRuns,
+}
+
+/// A launcher environment variable passed through to runs (`SPACELIFT_WHITELIST_ENVS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedEnv {
+    pub name: String,
+    pub value: String,
+    pub applies_to: MountScope,
+}
+
+/// Everything the run supervisor needs to know, independent of where it came from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Runs taken at once (`--capacity`, `SPACELIFT_LAUNCHER_CAPACITY`; default 1).
+    pub capacity: u32,
+    /// `SPACELIFT_DEFAULT_RUNNER_IMAGE`.
+    pub default_runner_image: String,
+    /// `SPACELIFT_WORKER_NETWORK` (default `bridge`).
+    pub network: String,
+    /// `SPACELIFT_WORKER_RUNTIME` (None: the daemon's default).
+    pub runtime: Option<String>,
+    /// `SPACELIFT_WORKER_{,RO_,WO_}EXTRA_MOUNTS`.
+    pub extra_mounts: Vec<ExtraMount>,
+    /// `SPACELIFT_WHITELIST_ENVS`, resolved against the launcher's environment.
+    pub passed_env: Vec<PassedEnv>,
+    /// Values of `SPACELIFT_MASK_ENVS` variables, replaced by `*****` in run logs.
+    pub masked_values: Vec<String>,
+    /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (default 7m): a run silent this long is killed.
+    pub logs_timeout: Duration,
+    /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (default 70m).
+    pub run_timeout: Duration,
+    /// Grace between stop (SIGTERM) and kill when canceling (`SPACELIFT_LAUNCHER_STOP_GRACE`, 10s).
+    pub stop_grace: Duration,
+    /// `SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`.
+    pub run_logs_on_stdout: bool,
+    /// `SPACELIFT_DEBUG`.
+    pub debug: bool,
+    /// `SPACELIFT_DOCKER_CONFIG_DIR`: where `config.json` with registry credentials lives.
+    pub docker_config_dir: Option<PathBuf>,
+    /// `SPACELIFT_METADATA_<key>=<value>`.
+    pub metadata: BTreeMap<String, String>,
+    /// Worker-binary cache and launcher state (`SPACELIFT_LAUNCHER_DATA_DIR`,
+    /// default `/opt/spacelift`). Binds come from here, so the Docker daemon must see the
+    /// same path (as Spacelift's DinD chart arranges).
+    pub data_dir: PathBuf,
+    /// Worker-binary versions kept in the cache (`SPACELIFT_LAUNCHER_BINARY_CACHE_KEEP`, 3).
+    pub binary_cache_keep: usize,
+    /// Seed of the launcher's RNG (jitter, IDs). Random per process unless set
+    /// (`SPACELIFT_LAUNCHER_SEED`), so simulations replay.
+    pub seed: u64,
+    /// Optional `host:port` for `/metrics` and `/healthz` (`SPACELIFT_LAUNCHER_METRICS_ADDR`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// Defaults for tests and simulations: no mounts, no passed env, documented timeouts.
+    pub fn for_tests(data_dir: PathBuf) -> Settings {
+        Settings {
+            capacity: 1,
+            default_runner_image: crate::DEFAULT_RUNNER_IMAGE.to_string(),
+            network: "none".into(),
+            runtime: None,
+            extra_mounts: Vec::new(),
+            passed_env: Vec::new(),
+            masked_values: Vec::new(),
+            logs_timeout: Duration::from_secs(7 * 60),
+            run_timeout: Duration::from_secs(70 * 60),
+            stop_grace: Duration::from_secs(10),
+            run_logs_on_stdout: false,
+            debug: false,
+            docker_config_dir: None,
+            metadata: BTreeMap::new(),
+            data_dir,
+            binary_cache_keep: 3,
+            seed: 0,
+            metrics_addr: None,
+        }
+    }
+}
