@@ -247,6 +247,10 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 status)
+    # the socket is root-only: ask as root when we can
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        need_root status
+    fi
     if answering; then
         echo "running: unix://$SOCK"
     else

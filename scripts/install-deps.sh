@@ -133,7 +133,8 @@ else
     if id _apt >/dev/null 2>&1; then chown _apt "$CACHE/deb"; fi
     log "apt-get download busybox-static:arm64"
     (cd "$CACHE/deb" && apt-get -q download busybox-static:arm64 >/dev/null)
-    deb="$(ls "$CACHE"/deb/busybox-static_*_arm64.deb | head -n1)"
+    debs=("$CACHE"/deb/busybox-static_*_arm64.deb)
+    deb="${debs[0]}"
     rm -rf "$ARM_ROOT"
     dpkg-deb -x "$deb" "$ARM_ROOT"
     if ! is_aarch64_elf "$ARM_BB"; then

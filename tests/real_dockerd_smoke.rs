@@ -22,7 +22,8 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const SKIP: &str = "skipped: TEST_DOCKER_HOST not set (needs the real dockerd from scripts/dockerd.sh)";
+const SKIP: &str =
+    "skipped: TEST_DOCKER_HOST not set (needs the real dockerd from scripts/dockerd.sh)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_dockerd_smoke() -> Result<()> {
@@ -35,7 +36,9 @@ async fn real_dockerd_smoke() -> Result<()> {
     };
     let socket = host
         .strip_prefix("unix://")
-        .with_context(|| format!("TEST_DOCKER_HOST={host:?}: expected unix:///path/to/docker.sock"))?
+        .with_context(|| {
+            format!("TEST_DOCKER_HOST={host:?}: expected unix:///path/to/docker.sock")
+        })?
         .to_owned();
 
     // bollard's default (/v1.53) is rejected by dockerd 20.10: negotiate down to 1.41.
@@ -72,12 +75,17 @@ async fn real_dockerd_smoke() -> Result<()> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match docker.remove_container(name, Some(opts)).await {
             Ok(()) => {}
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
             Err(e) => leftovers.push(format!("{name}: {e}")),
         }
     }
     result?;
-    ensure!(leftovers.is_empty(), "could not remove containers: {leftovers:?}");
+    ensure!(
+        leftovers.is_empty(),
+        "could not remove containers: {leftovers:?}"
+    );
     Ok(())
 }
 
@@ -94,7 +102,10 @@ async fn check_native(docker: &Docker, socket: &str, name: &str) -> Result<()> {
         stdout.lines().any(|l| l.trim() == "hi"),
         "busybox:latest stdout {stdout:?} (stderr {stderr:?}) lacks \"hi\""
     );
-    ensure!(code == 0, "busybox:latest exit code {code}, want 0 (stderr {stderr:?})");
+    ensure!(
+        code == 0,
+        "busybox:latest exit code {code}, want 0 (stderr {stderr:?})"
+    );
     Ok(())
 }
 
@@ -120,7 +131,10 @@ async fn check_foreign(docker: &Docker, socket: &str, name: &str) -> Result<()> 
         stderr.contains("exec format error") || state_error.contains("exec format error"),
         "busybox-arm64:latest: no 'exec format error' (stderr {stderr:?}, State.Error {state_error:?})"
     );
-    ensure!(!stdout.contains("hi"), "busybox-arm64:latest ran: stdout {stdout:?}");
+    ensure!(
+        !stdout.contains("hi"),
+        "busybox-arm64:latest ran: stdout {stdout:?}"
+    );
     Ok(())
 }
 
@@ -157,7 +171,10 @@ async fn wait_exit(docker: &Docker, name: &str) -> Result<(i64, String)> {
             state.status,
             Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD)
         ) {
-            return Ok((state.exit_code.unwrap_or(-1), state.error.unwrap_or_default()));
+            return Ok((
+                state.exit_code.unwrap_or(-1),
+                state.error.unwrap_or_default(),
+            ));
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("{name} did not exit within 60s (state {:?})", state.status);
@@ -173,7 +190,8 @@ async fn logs(socket: &str, name: &str) -> Result<(String, String)> {
     let mut conn = UnixStream::connect(socket)
         .await
         .with_context(|| format!("connect {socket}"))?;
-    let req = format!("GET /containers/{name}/logs?stdout=1&stderr=1 HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let req =
+        format!("GET /containers/{name}/logs?stdout=1&stderr=1 HTTP/1.0\r\nHost: docker\r\n\r\n");
     conn.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut raw))

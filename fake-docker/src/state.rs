@@ -388,30 +388,7 @@ impl Daemon {
     /// The process of run `gen` exited with `code`.
     pub fn exit(&self, id: &str, gen: u64, code: i64, oom: bool) {
         let mut st = self.lock();
-        let now = self.clock.now();
-        let Some(c) = st.containers.get_mut(id) else { return };
-        if c.run_gen != gen || !c.running() {
-            return;
-        }
-        if let Some(r) = c.runner.take() {
-            r.handle.abort();
-        }
-        c.status = Status::Exited;
-        c.exit_code = code;
-        c.oom_killed = oom;
-        c.pid = 0;
-        c.finished_at = Some(now);
-        c.exits += 1;
-        c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        let auto_remove = c.auto_remove;
-        if oom {
-            self.container_event(&mut st, id, "oom", &[]);
-        }
-        self.container_event(&mut st, id, "die", &[("exitCode", code.to_string())]);
-        if auto_remove {
-            self.remove_locked(&mut st, id);
-        }
-        self.notify();
+        self.exit_locked(&mut st, id, gen, code, oom);
     }
 
     pub fn remove_locked(&self, st: &mut State, id: &str) {
@@ -437,14 +414,14 @@ impl Daemon {
         let gen = c.run_gen;
         self.container_event(st, id, "kill", &[("signal", signal.to_string())]);
         if signal == 9 || !ignores {
-            drop_guard_exit(self, st, id, gen, 128 + signal, false);
+            self.exit_locked(st, id, gen, 128 + signal, false);
         }
     }
 
     /// Ends a running container as the OOM killer would.
     pub fn oom_kill_locked(&self, st: &mut State, id: &str) {
         let gen = st.containers.get(id).map(|c| c.run_gen).unwrap_or_default();
-        drop_guard_exit(self, st, id, gen, 137, true);
+        self.exit_locked(st, id, gen, 137, true);
     }
 
     pub fn subject_behaviour(st: &State, c: &Container) -> Behaviour {
@@ -467,32 +444,31 @@ impl Daemon {
         }
         self.notify();
     }
-}
-
-/// `exit` for callers that already hold the lock.
-fn drop_guard_exit(d: &Daemon, st: &mut State, id: &str, gen: u64, code: i64, oom: bool) {
-    let now = d.clock.now();
-    let Some(c) = st.containers.get_mut(id) else { return };
-    if c.run_gen != gen || !c.running() {
-        return;
+    /// `exit` for callers that already hold the lock.
+    pub fn exit_locked(&self, st: &mut State, id: &str, gen: u64, code: i64, oom: bool) {
+        let now = self.clock.now();
+        let Some(c) = st.containers.get_mut(id) else { return };
+        if c.run_gen != gen || !c.running() {
+            return;
+        }
+        if let Some(r) = c.runner.take() {
+            r.handle.abort();
+        }
+        c.status = Status::Exited;
+        c.exit_code = code;
+        c.oom_killed = oom;
+        c.pid = 0;
+        c.finished_at = Some(now);
+        c.exits += 1;
+        c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        let auto_remove = c.auto_remove;
+        if oom {
+            self.container_event(st, id, "oom", &[]);
+        }
+        self.container_event(st, id, "die", &[("exitCode", code.to_string())]);
+        if auto_remove {
+            self.remove_locked(st, id);
+        }
+        self.notify();
     }
-    if let Some(r) = c.runner.take() {
-        r.handle.abort();
-    }
-    c.status = Status::Exited;
-    c.exit_code = code;
-    c.oom_killed = oom;
-    c.pid = 0;
-    c.finished_at = Some(now);
-    c.exits += 1;
-    c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-    let auto_remove = c.auto_remove;
-    if oom {
-        d.container_event(st, id, "oom", &[]);
-    }
-    d.container_event(st, id, "die", &[("exitCode", code.to_string())]);
-    if auto_remove {
-        d.remove_locked(st, id);
-    }
-    d.notify();
 }

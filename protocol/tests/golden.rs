@@ -1,0 +1,85 @@
+//! Golden fixtures: one JSON file per message and body in `fixtures/`. Each must parse into
+//! its type, serialize back to the same JSON, and still parse with an unknown field added.
+
+use std::path::Path;
+
+use protocol::api::*;
+use protocol::messages::{ServerMessage, WorkerMessage};
+use protocol::token::Token;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+fn check<T: DeserializeOwned + Serialize + std::fmt::Debug + PartialEq>(name: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let golden: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let parsed: T =
+        serde_json::from_value(golden.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        serde_json::to_value(&parsed).unwrap(),
+        golden,
+        "{name} round trip"
+    );
+
+    let mut extended = golden.clone();
+    extended
+        .as_object_mut()
+        .expect("fixtures are objects")
+        .insert("field_from_the_future".into(), Value::from(1));
+    let tolerant: T = serde_json::from_value(extended).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(tolerant, parsed, "{name} with an unknown field");
+}
+
+#[test]
+fn every_fixture_round_trips() {
+    check::<Token>("token.json");
+    for f in [
+        "server.run_scheduled.json",
+        "server.run_cancel.json",
+        "server.worker_drain.json",
+        "server.worker_undrain.json",
+        "server.worker_cycle.json",
+        "server.worker_binary_published.json",
+    ] {
+        check::<ServerMessage>(f);
+    }
+    check::<WorkerMessage>("worker.heartbeat.json");
+    check::<WorkerMessage>("worker.gone.json");
+    check::<RegisterRequest>("api.register_request.json");
+    check::<RegisterResponse>("api.register_response.json");
+    check::<ClaimRequest>("api.claim_request.json");
+    check::<ClaimResponse>("api.claim_response.json");
+    check::<LeaseRequest>("api.lease_request.json");
+    check::<Lease>("api.lease.json");
+    check::<TransitionRequest>("api.transition_request.json");
+    check::<TransitionResponse>("api.transition_response.json");
+    check::<LogBatch>("api.log_batch.json");
+    check::<LogAck>("api.log_ack.json");
+    check::<WorkerBinary>("api.worker_binary.json");
+    check::<ErrorBody>("api.error_body.json");
+}
+
+#[test]
+fn every_fixture_is_checked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let on_disk = std::fs::read_dir(dir).unwrap().count();
+    // Keep in step with `every_fixture_round_trips`: a new fixture must be checked there.
+    assert_eq!(on_disk, 21);
+}
+
+#[test]
+fn token_fixture_decodes_through_base64() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/token.json");
+    let token: Token = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        Token::decode("SPACELIFT_TOKEN", &token.encode()).unwrap(),
+        token
+    );
+    assert_eq!(
+        token.broker_host_port().unwrap(),
+        ("127.0.0.1".to_string(), 8883)
+    );
+}
