@@ -61,9 +61,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
         chmod 755 /usr/sbin/policy-rc.d
         own_policy=1
     fi
+    # With Recommends (apparmor, cgroupfs-mount, xz-utils, ...), as verified on the CI image.
     rc=0
-    apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
-    [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+    apt-get install "${APT_OPTS[@]}" "${missing[@]}" >/dev/null || rc=$?
+    if [ "$own_policy" -eq 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
     if [ "$rc" -ne 0 ]; then
         log "ERROR: apt-get install failed ($rc)"
         exit "$rc"

@@ -154,12 +154,8 @@ pub struct Daemon {
     pub changes: watch::Sender<u64>,
     /// Bumped to drop every connection (daemon restart or shutdown).
     pub epoch: watch::Sender<u64>,
-}
-
-/// Behaviour-derived facts the start path needs outside the lock.
-pub struct StartPlan {
-    pub gen: u64,
-    pub behaviour: Behaviour,
+    /// While set and in the future, new connections are dropped (the daemon is "down").
+    pub down_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Daemon {
@@ -174,7 +170,7 @@ impl Daemon {
         }
         let ids = Ids::new(config.seed);
         let now = clock.now();
-        let mut net = |name: &str, driver: &str, subnet: Option<&str>| Network {
+        let net = |name: &str, driver: &str, subnet: Option<&str>| Network {
             id: ids.content_hash(&format!("network:{name}")),
             name: name.into(),
             driver: driver.into(),
@@ -210,6 +206,7 @@ impl Daemon {
             state: Mutex::new(state),
             changes: watch::channel(0).0,
             epoch: watch::channel(0).0,
+            down_until: Mutex::new(None),
         });
         for name in &config.local_images {
             let r = Reference::parse(name)

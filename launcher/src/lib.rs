@@ -6,9 +6,15 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the whole picture and the invariants.
 
+pub mod backend;
 pub mod backoff;
+pub mod binaries;
+pub mod config;
+pub mod credentials;
+pub mod docker;
 pub mod ports;
 pub mod settings;
+pub mod tls;
 
 /// Spacelift's documented default runner image.
 pub const DEFAULT_RUNNER_IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";

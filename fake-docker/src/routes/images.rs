@@ -70,10 +70,11 @@ pub fn pull(ctx: &Ctx) -> ApiResult<Reply> {
             (Ok(_), None) => None,
         };
         if let Some(msg) = err {
-            let mut st = daemon.lock();
-            let attrs = [("name".to_string(), r.to_string()), ("error".to_string(), msg.clone())].into_iter().collect();
-            daemon.record(&mut st, "fault", "pull", "", attrs);
-            drop(st);
+            {
+                let mut st = daemon.lock();
+                let attrs = [("name".to_string(), r.to_string()), ("error".to_string(), msg.clone())].into_iter().collect();
+                daemon.record(&mut st, "fault", "pull", "", attrs);
+            }
             let _ = send_line(&tx, &json!({"errorDetail": {"message": msg}, "error": msg})).await;
             return;
         }

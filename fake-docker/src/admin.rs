@@ -1,0 +1,303 @@
+//! The test-instrument API: rules, registry images, faults, kills, restarts, event log.
+//! Available in-process ([`Admin`]) and over HTTP under `/_fake/` (no Docker client uses it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::behaviour::Rule;
+use crate::error::{ApiError, Error};
+use crate::events::Event;
+use crate::faults::{PullFault, RouteFault};
+use crate::http::{error, json, Query, Reply};
+use crate::registry::{Platform, Reference, RemoteImage};
+use crate::state::Daemon;
+
+/// How a simulated daemon restart treats containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartOptions {
+    /// Keep containers (running ones keep running, like live-restore); else forget them all.
+    pub keep_containers: bool,
+    /// For this long after the restart, new connections are closed at once.
+    pub downtime_ms: u64,
+}
+
+/// A container as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub status: String,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// In-process admin access. Cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    pub(crate) daemon: Arc<Daemon>,
+}
+
+impl Admin {
+    /// Appends a behaviour rule (first match wins, so earlier rules take precedence).
+    pub fn add_rule(&self, rule: Rule) {
+        self.daemon.lock().rules.push(rule);
+    }
+
+    /// Puts a rule before all others.
+    pub fn prepend_rule(&self, rule: Rule) {
+        self.daemon.lock().rules.insert(0, rule);
+    }
+
+    pub fn set_rules(&self, rules: Vec<Rule>) {
+        self.daemon.lock().rules = rules;
+    }
+
+    pub fn rules(&self) -> Vec<Rule> {
+        self.daemon.lock().rules.clone()
+    }
+
+    /// Tells the fake registry what `name` (`repo` = any tag, or `repo:tag`) offers.
+    pub fn set_image(&self, name: &str, image: RemoteImage) -> Result<(), Error> {
+        self.daemon.lock().registry.set(name, image).map_err(|e| Error::Config(e))
+    }
+
+    /// Shorthand: the image exists for exactly these platforms (`"linux/arm64"`...).
+    pub fn set_image_platforms(&self, name: &str, platforms: &[&str]) -> Result<(), Error> {
+        let arch = self.daemon.config.arch.clone();
+        let platforms = platforms
+            .iter()
+            .map(|p| Platform::parse(p, &arch).map_err(Error::Config)?.ok_or_else(|| Error::Config("empty platform".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.set_image(name, RemoteImage { platforms, ..RemoteImage::default() })
+    }
+
+    /// Shorthand: pulls of `name` fail with "repository does not exist".
+    pub fn set_image_missing(&self, name: &str) -> Result<(), Error> {
+        self.set_image(name, RemoteImage { exists: false, ..RemoteImage::default() })
+    }
+
+    /// Makes `name` present locally, as if pulled (platform per the registry, else host).
+    pub fn load_image(&self, name: &str) -> Result<String, Error> {
+        let r = Reference::parse(name).map_err(Error::Config)?;
+        let d = &self.daemon;
+        let mut st = d.lock();
+        let platform = d.default_pull_platform(&st, &r, None).map_err(Error::Config)?;
+        let id = d.commit_image(&mut st, &r, platform);
+        d.notify();
+        Ok(id)
+    }
+
+    /// Fails the next `fault.count` calls of `fault.route` (a route key, or `*`).
+    pub fn fail_next(&self, fault: RouteFault) -> Result<(), Error> {
+        if fault.route != "*" && !crate::routes::ROUTE_KEYS.contains(&fault.route.as_str()) {
+            return Err(Error::Config(format!(
+                "unknown route {:?}; known: {}",
+                fault.route,
+                crate::routes::ROUTE_KEYS.join(", ")
+            )));
+        }
+        self.daemon.lock().faults.routes.push(fault);
+        Ok(())
+    }
+
+    /// Delays every call of `route` (or `*`) by `latency` (tokio time).
+    pub fn set_latency(&self, route: &str, latency: Duration) {
+        self.daemon.lock().faults.latency.insert(route.to_string(), latency);
+    }
+
+    pub fn pull_fault(&self, fault: PullFault) {
+        self.daemon.lock().faults.pulls.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.daemon.lock().faults.clear();
+    }
+
+    /// Sends a signal (number) to a running container, as `docker kill` would.
+    pub fn kill_container(&self, id: &str, signal: i64) -> Result<(), Error> {
+        let d = &self.daemon;
+        let mut st = d.lock();
+        let id = Daemon::resolve_container(&st, id)?;
+        d.signal_locked(&mut st, &id, signal);
+        Ok(())
+    }
+
+    /// Ends a running container as the OOM killer would (exit 137, OOMKilled).
+    pub fn oom_kill(&self, id: &str) -> Result<(), Error> {
+        let d = &self.daemon;
+        let mut st = d.lock();
+        let id = Daemon::resolve_container(&st, id)?;
+        d.oom_kill_locked(&mut st, &id);
+        Ok(())
+    }
+
+    /// Simulates a daemon restart: every connection (including attach and follow streams)
+    /// is dropped; containers are kept or lost.
+    pub fn restart(&self, opts: RestartOptions) {
+        let d = &self.daemon;
+        *d.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + Duration::from_millis(opts.downtime_ms));
+        d.epoch.send_modify(|e| *e = e.wrapping_add(1));
+        if !opts.keep_containers {
+            d.lose_containers();
+        }
+        let mut st = d.lock();
+        let attrs = [("keep_containers".to_string(), opts.keep_containers.to_string())].into_iter().collect();
+        d.record(&mut st, "daemon", "restart", "", attrs);
+    }
+
+    /// The whole ordered event log.
+    pub fn events(&self) -> Vec<Event> {
+        self.daemon.lock().log.all().to_vec()
+    }
+
+    pub fn events_since(&self, seq: u64) -> Vec<Event> {
+        self.daemon.lock().log.since(usize::try_from(seq).unwrap_or(usize::MAX)).to_vec()
+    }
+
+    /// Waits (on state changes, not on time) for the first event matching `pred`.
+    pub async fn wait_for_event(&self, pred: impl Fn(&Event) -> bool) -> Event {
+        let mut changes = self.daemon.changes.subscribe();
+        let mut seen = 0usize;
+        loop {
+            changes.borrow_and_update();
+            {
+                let st = self.daemon.lock();
+                let evs = st.log.since(seen);
+                if let Some(e) = evs.iter().find(|e| pred(e)) {
+                    return e.clone();
+                }
+                seen += evs.len();
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn containers(&self) -> Vec<ContainerInfo> {
+        let st = self.daemon.lock();
+        let mut v: Vec<_> = st.containers.values().collect();
+        v.sort_by_key(|c| c.seq);
+        v.into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                image: c.image_ref.clone(),
+                status: c.status.as_str().into(),
+                exit_code: c.exit_code,
+                oom_killed: c.oom_killed,
+                labels: c.labels.clone(),
+            })
+            .collect()
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+fn ok() -> Reply {
+    json(StatusCode::OK, &json!({"ok": true}))
+}
+
+fn cfg_err(e: Error) -> ApiError {
+    match e {
+        Error::Api(a) => a,
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// `/_fake/...` over HTTP. See the README for the route list.
+pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Reply {
+    let admin = Admin { daemon: daemon.clone() };
+    let method = req.method().clone();
+    let path = req.uri().path().trim_start_matches("/_fake").to_string();
+    let query = Query::parse(req.uri().query());
+    let body = match crate::routes::read_body(&daemon, req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return error(&e),
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result: Result<Reply, ApiError> = (|| {
+        Ok(match (&method, segs.as_slice()) {
+            (&Method::GET, ["events"]) => {
+                let since = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+                json(StatusCode::OK, &serde_json::to_value(admin.events_since(since)).unwrap_or(Value::Null))
+            }
+            (&Method::GET, ["containers"]) => json(StatusCode::OK, &serde_json::to_value(admin.containers()).unwrap_or(Value::Null)),
+            (&Method::GET, ["rules"]) => json(StatusCode::OK, &serde_json::to_value(admin.rules()).unwrap_or(Value::Null)),
+            (&Method::POST, ["rules"]) => {
+                admin.add_rule(parse(&body)?);
+                ok()
+            }
+            (&Method::PUT, ["rules"]) => {
+                admin.set_rules(parse(&body)?);
+                ok()
+            }
+            (&Method::DELETE, ["rules"]) => {
+                admin.set_rules(Vec::new());
+                ok()
+            }
+            (&Method::PUT, ["registry", name @ ..]) if !name.is_empty() => {
+                admin.set_image(&name.join("/"), parse(&body)?).map_err(cfg_err)?;
+                ok()
+            }
+            (&Method::POST, ["images", "load"]) => {
+                let v: Value = parse(&body)?;
+                let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+                let id = admin.load_image(name).map_err(cfg_err)?;
+                json(StatusCode::OK, &json!({"Id": id}))
+            }
+            (&Method::POST, ["faults", "route"]) => {
+                admin.fail_next(parse(&body)?).map_err(cfg_err)?;
+                ok()
+            }
+            (&Method::POST, ["faults", "latency"]) => {
+                let v: Value = parse(&body)?;
+                let route = v.get("route").and_then(Value::as_str).unwrap_or("*");
+                let ms = v.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                admin.set_latency(route, Duration::from_millis(ms));
+                ok()
+            }
+            (&Method::POST, ["faults", "pull"]) => {
+                admin.pull_fault(parse(&body)?);
+                ok()
+            }
+            (&Method::DELETE, ["faults"]) => {
+                admin.clear_faults();
+                ok()
+            }
+            (&Method::POST, ["containers", id, "kill"]) => {
+                let sig = crate::runner::parse_signal(query.str("signal"))
+                    .ok_or_else(|| ApiError::bad_request("invalid signal"))?;
+                admin.kill_container(id, sig).map_err(cfg_err)?;
+                ok()
+            }
+            (&Method::POST, ["containers", id, "oom"]) => {
+                admin.oom_kill(id).map_err(cfg_err)?;
+                ok()
+            }
+            (&Method::POST, ["restart"]) => {
+                let opts: RestartOptions = if body.is_empty() { RestartOptions::default() } else { parse(&body)? };
+                // Restarting drops this very connection: reply first, restart just after.
+                let a = admin.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    a.restart(opts);
+                });
+                ok()
+            }
+            _ => return Err(ApiError::not_found("page not found")),
+        })
+    })();
+    result.unwrap_or_else(|e| error(&e))
+}

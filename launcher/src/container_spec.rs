@@ -1,0 +1,233 @@
+//! The run container, as a pure function of the settings, the run and the cached worker
+//! binary. Everything the Docker adapter creates comes from here, so one unit test pins it.
+
+use std::collections::BTreeMap;
+
+use protocol::api::RunSpec;
+
+use crate::ports::{CachedBinary, ContainerSpec};
+use crate::settings::{MountScope, Settings};
+
+/// Where the worker binary appears inside the container; it is PID 1.
+pub const WORKER_BINARY_PATH: &str = "/opt/spacelift/binaries/spacelift-worker";
+pub const WORKSPACE: &str = "/mnt/workspace";
+
+/// Labels on every run container, so a restarted launcher can find what it left behind.
+pub mod labels {
+    pub const RUN_ID: &str = "workers.spacelift.io/run-id";
+    pub const WORKER: &str = "workers.spacelift.io/worker";
+    pub const POOL: &str = "workers.spacelift.io/pool";
+    pub const LAUNCHER: &str = "workers.spacelift.io/launcher";
+}
+
+/// Who this launcher is: the worker identity from registration plus a per-process id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub worker_ulid: String,
+    pub pool_ulid: String,
+    /// Per-process launcher instance id (tells two launcher processes of a worker apart).
+    pub launcher_id: String,
+}
+
+/// `spacelift-<run ulid lowercase>`: unique per run, so Docker itself refuses a second
+/// container for a run (a last line of defence against starting it twice).
+pub fn container_name(run_ulid: &str) -> String {
+    format!("spacelift-{}", run_ulid.to_ascii_lowercase())
+}
+
+fn applies(scope: MountScope, read_only_run: bool) -> bool {
+    match scope {
+        MountScope::All => true,
+        MountScope::ReadOnlyRuns => read_only_run,
+        MountScope::WriteRuns => !read_only_run,
+    }
+}
+
+pub fn build(
+    settings: &Settings,
+    run: &RunSpec,
+    image: &str,
+    binary: &CachedBinary,
+    ids: &Ids,
+) -> ContainerSpec {
+    let read_only = run.run_type.is_read_only();
+
+    // Precedence, lowest first: the launcher's allow-listed env, the stack's own env (more
+    // specific), then the identity variables, so a run cannot impersonate another.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for p in &settings.passed_env {
+        if applies(p.applies_to, read_only) {
+            env.insert(p.name.clone(), p.value.clone());
+        }
+    }
+    for (k, v) in &run.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.insert("SPACELIFT_RUN_ULID".into(), run.run_ulid.clone());
+    env.insert("SPACELIFT_WORKER_ULID".into(), ids.worker_ulid.clone());
+    env.insert("SPACELIFT_POOL_ULID".into(), ids.pool_ulid.clone());
+
+    let mut binds = vec![format!(
+        "{}:{}:ro",
+        binary.path.display(),
+        WORKER_BINARY_PATH
+    )];
+    binds.extend(
+        settings
+            .extra_mounts
+            .iter()
+            .filter(|m| applies(m.applies_to, read_only))
+            .map(|m| format!("{}:{}", m.host, m.container)),
+    );
+
+    let labels = BTreeMap::from([
+        (labels::RUN_ID.to_string(), run.run_ulid.clone()),
+        (labels::WORKER.to_string(), ids.worker_ulid.clone()),
+        (labels::POOL.to_string(), ids.pool_ulid.clone()),
+        (labels::LAUNCHER.to_string(), ids.launcher_id.clone()),
+    ]);
+
+    ContainerSpec {
+        name: container_name(&run.run_ulid),
+        image: image.to_string(),
+        entrypoint: vec![WORKER_BINARY_PATH.to_string()],
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        labels,
+        binds,
+        network: settings.network.clone(),
+        runtime: settings.runtime.clone(),
+        working_dir: WORKSPACE.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{ExtraMount, PassedEnv};
+    use protocol::api::RunType;
+    use std::path::PathBuf;
+
+    fn settings() -> Settings {
+        let mut s = Settings::for_tests(PathBuf::from("/data"));
+        s.network = "bridge".into();
+        s.runtime = Some("runsc".into());
+        let pe = |name: &str, scope| PassedEnv {
+            name: name.into(),
+            value: format!("{name}-value"),
+            applies_to: scope,
+        };
+        s.passed_env = vec![
+            pe("HTTPS_PROXY", MountScope::All),
+            pe("RO_ONLY", MountScope::ReadOnlyRuns),
+            pe("WO_ONLY", MountScope::WriteRuns),
+        ];
+        let m = |host: &str, scope| ExtraMount {
+            host: host.into(),
+            container: format!("/mnt{host}"),
+            applies_to: scope,
+        };
+        s.extra_mounts = vec![
+            m("/all", MountScope::All),
+            m("/ro", MountScope::ReadOnlyRuns),
+            m("/wo", MountScope::WriteRuns),
+        ];
+        s
+    }
+
+    fn run(run_type: RunType) -> RunSpec {
+        RunSpec {
+            run_ulid: "01HRUNULIDABCDEF".into(),
+            stack_id: "stack".into(),
+            run_type,
+            image: Some("img:1".into()),
+            env: BTreeMap::from([
+                ("TF_VAR_x".to_string(), "1".to_string()),
+                // A run cannot impersonate another run or worker.
+                ("SPACELIFT_RUN_ULID".to_string(), "spoofed".to_string()),
+            ]),
+        }
+    }
+
+    fn ids() -> Ids {
+        Ids {
+            worker_ulid: "W1".into(),
+            pool_ulid: "P1".into(),
+            launcher_id: "L1".into(),
+        }
+    }
+
+    fn binary() -> CachedBinary {
+        CachedBinary {
+            version: "1.2.3".into(),
+            sha256: "ab".into(),
+            path: PathBuf::from("/data/binaries/ab/spacelift-worker"),
+        }
+    }
+
+    #[test]
+    fn identity_entrypoint_binds_and_labels() {
+        let spec = build(
+            &settings(),
+            &run(RunType::Tracked),
+            "img:1",
+            &binary(),
+            &ids(),
+        );
+        assert_eq!(spec.name, "spacelift-01hrunulidabcdef");
+        assert_eq!(spec.image, "img:1");
+        assert_eq!(spec.entrypoint, vec![WORKER_BINARY_PATH.to_string()]);
+        assert_eq!(spec.working_dir, "/mnt/workspace");
+        assert_eq!(spec.network, "bridge");
+        assert_eq!(spec.runtime.as_deref(), Some("runsc"));
+        assert_eq!(
+            spec.binds[0],
+            "/data/binaries/ab/spacelift-worker:/opt/spacelift/binaries/spacelift-worker:ro"
+        );
+        assert_eq!(
+            spec.labels,
+            BTreeMap::from([
+                (labels::RUN_ID.to_string(), "01HRUNULIDABCDEF".to_string()),
+                (labels::WORKER.to_string(), "W1".to_string()),
+                (labels::POOL.to_string(), "P1".to_string()),
+                (labels::LAUNCHER.to_string(), "L1".to_string()),
+            ])
+        );
+        assert!(spec
+            .env
+            .contains(&"SPACELIFT_RUN_ULID=01HRUNULIDABCDEF".to_string()));
+        assert!(!spec.env.iter().any(|e| e.contains("spoofed")));
+        assert!(spec.env.contains(&"SPACELIFT_WORKER_ULID=W1".to_string()));
+        assert!(spec.env.contains(&"SPACELIFT_POOL_ULID=P1".to_string()));
+        assert!(spec.env.contains(&"TF_VAR_x=1".to_string()));
+    }
+
+    #[test]
+    fn write_runs_get_write_env_and_mounts_only() {
+        let spec = build(
+            &settings(),
+            &run(RunType::Tracked),
+            "img:1",
+            &binary(),
+            &ids(),
+        );
+        assert!(spec
+            .env
+            .contains(&"HTTPS_PROXY=HTTPS_PROXY-value".to_string()));
+        assert!(spec.env.contains(&"WO_ONLY=WO_ONLY-value".to_string()));
+        assert!(!spec.env.iter().any(|e| e.starts_with("RO_ONLY=")));
+        assert_eq!(spec.binds[1..], ["/all:/mnt/all", "/wo:/mnt/wo"]);
+    }
+
+    #[test]
+    fn read_only_runs_get_read_only_env_and_mounts_only() {
+        for t in [RunType::Proposed, RunType::Module] {
+            let spec = build(&settings(), &run(t), "img:1", &binary(), &ids());
+            assert!(spec.env.contains(&"RO_ONLY=RO_ONLY-value".to_string()));
+            assert!(spec
+                .env
+                .contains(&"HTTPS_PROXY=HTTPS_PROXY-value".to_string()));
+            assert!(!spec.env.iter().any(|e| e.starts_with("WO_ONLY=")));
+            assert_eq!(spec.binds[1..], ["/all:/mnt/all", "/ro:/mnt/ro"]);
+        }
+    }
+}

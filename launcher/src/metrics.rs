@@ -1,0 +1,228 @@
+//! Prometheus metrics and the optional `/metrics` + `/healthz` endpoint
+//! (`SPACELIFT_LAUNCHER_METRICS_ADDR`). Counters follow Prometheus naming (`_total`
+//! added by the encoder); labels are bounded sets (outcomes, not run ids).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::lifecycle::Error;
+use crate::ports::WorkerStatus;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// Cheap to clone; every clone records into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    runs: Family<OutcomeLabels, Counter>,
+    spawn_latency: Histogram,
+    reconnects: Counter,
+    downloads: Counter,
+    cache_hits: Counter,
+    binary_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("spacelift_launcher");
+        let runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Runs that ended, by outcome (finished, failed, canceled, timed_out, lease_lost, \
+             not_claimed)",
+            runs.clone(),
+        );
+        // 10 ms .. ~80 s.
+        let spawn_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "spawn_latency_seconds",
+            "From claim granted to the run's container started",
+            spawn_latency.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "backend_reconnects",
+            "Times the backend's push channel came back after the first connection",
+            reconnects.clone(),
+        );
+        let downloads = Counter::default();
+        registry.register(
+            "worker_binary_downloads",
+            "Worker binaries first obtained by this process (downloaded or found on disk)",
+            downloads.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "worker_binary_cache_hits",
+            "Runs that reused a worker binary this process already had",
+            cache_hits.clone(),
+        );
+        let binary_failures = Counter::default();
+        registry.register(
+            "worker_binary_failures",
+            "Failed attempts to get a verified worker binary",
+            binary_failures.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                runs,
+                spawn_latency,
+                reconnects,
+                downloads,
+                cache_hits,
+                binary_failures,
+            }),
+        }
+    }
+
+    pub fn run_ended(&self, outcome: &str) {
+        self.inner
+            .runs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn spawn_latency(&self, d: Duration) {
+        self.inner.spawn_latency.observe(d.as_secs_f64());
+    }
+
+    pub fn reconnected(&self) {
+        self.inner.reconnects.inc();
+    }
+
+    pub fn binary_download(&self) {
+        self.inner.downloads.inc();
+    }
+
+    pub fn binary_cache_hit(&self) {
+        self.inner.cache_hits.inc();
+    }
+
+    pub fn binary_failure(&self) {
+        self.inner.binary_failures.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the task is aborted. Returns the bound
+/// address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    status: watch::Receiver<WorkerStatus>,
+) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+    use axum::routing::get;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("binding the metrics endpoint on {addr}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        what: "metrics endpoint address".into(),
+        source,
+    })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let s = status.borrow().clone();
+                async move {
+                    format!(
+                        "ok state={:?} runs={} capacity={}\n",
+                        s.state,
+                        s.runs.len(),
+                        s.capacity
+                    )
+                }
+            }),
+        );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_up_in_the_exposition() {
+        let m = Metrics::new();
+        m.run_ended("finished");
+        m.run_ended("finished");
+        m.run_ended("failed");
+        m.spawn_latency(Duration::from_millis(30));
+        m.reconnected();
+        m.binary_download();
+        m.binary_cache_hit();
+        let text = m.encode();
+        assert!(
+            text.contains("spacelift_launcher_runs_total{outcome=\"finished\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("spacelift_launcher_runs_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("spacelift_launcher_spawn_latency_seconds_count 1"));
+        assert!(text.contains("spacelift_launcher_backend_reconnects_total 1"));
+        assert!(text.contains("spacelift_launcher_worker_binary_downloads_total 1"));
+        assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 1"));
+    }
+}
