@@ -213,7 +213,6 @@ pub(crate) mod testing {
     pub struct TestPki {
         pub ca_cert_pem: String,
         pub ca_key: rcgen::KeyPair,
-        pub ca: rcgen::Certificate,
         pub ca_params: rcgen::CertificateParams,
     }
 
@@ -225,11 +224,10 @@ pub(crate) mod testing {
             params
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, "test CA");
-            let ca = params.clone().self_signed(&ca_key).unwrap();
+            let ca = params.self_signed(&ca_key).unwrap();
             TestPki {
                 ca_cert_pem: ca.pem(),
                 ca_key,
-                ca,
                 ca_params: params,
             }
         }
