@@ -1,0 +1,386 @@
+//! The scenario file format (YAML). See `scenarios/README.md` for a guide.
+//!
+//! Every struct denies unknown fields, so a typo is an error with its line, not a silently
+//! ignored setting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// One line saying what the scenario proves.
+    pub description: String,
+    /// Seeds every RNG in the world (IDs, jitter, behaviours). `--seed` overrides it.
+    #[serde(default)]
+    pub seed: u64,
+    pub topology: Topology,
+    /// Steps are written as one-key maps (`- schedule: {...}`), not YAML tags.
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub phases: Vec<Phase>,
+    #[serde(default)]
+    pub expect: Expectations,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub backend: BackendTopology,
+    /// Docker daemons; at least one.
+    pub dockers: Vec<DockerTopology>,
+    /// Launchers; at least one.
+    pub launchers: Vec<LauncherTopology>,
+    /// Worker binaries published before anything starts.
+    #[serde(default)]
+    pub worker_versions: Vec<WorkerVersion>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTopology {
+    #[serde(default = "default_lease_ttl", with = "duration")]
+    pub lease_ttl: Duration,
+    #[serde(default = "default_heartbeat", with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for BackendTopology {
+    fn default() -> Self {
+        BackendTopology {
+            lease_ttl: default_lease_ttl(),
+            heartbeat_interval: default_heartbeat(),
+        }
+    }
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerTopology {
+    pub name: String,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// Maximum API version the daemon speaks (Debian's dockerd 20.10: `1.41`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Images with explicit platforms; any other name pulls for the host platform.
+    #[serde(default)]
+    pub images: Vec<ImageTopology>,
+    /// `fake` (default) or `real`: the real dockerd from `TEST_DOCKER_HOST`.
+    #[serde(default)]
+    pub kind: DockerKind,
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerKind {
+    #[default]
+    Fake,
+    Real,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageTopology {
+    pub name: String,
+    /// `linux/amd64`, `linux/arm64`, ...; empty means the image does not exist.
+    pub platforms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LauncherTopology {
+    pub name: String,
+    pub docker: String,
+    #[serde(default = "one")]
+    pub capacity: u32,
+    /// Extra launcher environment (e.g. `SPACELIFT_LAUNCHER_LOGS_TIMEOUT: 2s`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Start it with the topology (default) or later with a `start_launcher` step.
+    #[serde(default = "yes")]
+    pub autostart: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerVersion {
+    pub version: String,
+    pub arch: String,
+    /// `elf` (a stub with the right ELF header; default) or `shell` (a busybox script).
+    #[serde(default)]
+    pub kind: BinaryKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryKind {
+    #[default]
+    Elf,
+    Shell,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// What a run's container does (fake-docker behaviour, or the shell worker's settings).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Behaviour {
+    #[serde(default)]
+    pub stdout: Vec<String>,
+    #[serde(default)]
+    pub stderr: Vec<String>,
+    #[serde(default)]
+    pub exit_code: i64,
+    #[serde(default, with = "opt_duration")]
+    pub duration: Option<Duration>,
+    /// Runs until stopped or killed.
+    #[serde(default)]
+    pub hang: bool,
+    #[serde(default)]
+    pub oom_kill: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    Schedule(ScheduleStep),
+    /// Wait until a run reaches a state.
+    WaitRun {
+        run: String,
+        state: String,
+        #[serde(default = "default_wait", with = "duration")]
+        within: Duration,
+    },
+    /// Wait until the backend records an event of this kind (optionally for a run/launcher).
+    WaitEvent {
+        event: String,
+        #[serde(default)]
+        run: Option<String>,
+        #[serde(default)]
+        launcher: Option<String>,
+        #[serde(default = "default_count")]
+        count: usize,
+        #[serde(default = "default_wait", with = "duration")]
+        within: Duration,
+    },
+    Cancel {
+        run: String,
+    },
+    PublishVersion(WorkerVersion),
+    Drain {
+        launcher: String,
+    },
+    Undrain {
+        launcher: String,
+    },
+    Cycle {
+        launcher: String,
+    },
+    /// SIGTERM-equivalent to an in-process launcher (`count` of them in a row).
+    Signal {
+        launcher: String,
+        #[serde(default = "one_usize")]
+        count: usize,
+    },
+    /// Kill a launcher without any goodbye (its Last Will fires).
+    CrashLauncher {
+        launcher: String,
+    },
+    StartLauncher {
+        launcher: String,
+    },
+    /// Wait for a launcher process to exit, with the exit expectation.
+    WaitLauncherExit {
+        launcher: String,
+        #[serde(default = "default_wait", with = "duration")]
+        within: Duration,
+    },
+    RestartDocker {
+        docker: String,
+        #[serde(default = "yes")]
+        keep_containers: bool,
+    },
+    RestartBackend,
+    Fault(Fault),
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_count() -> usize {
+    1
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleStep {
+    /// The scenario's name for the run; the engine maps it to the run's ULID.
+    pub run: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default = "default_run_type")]
+    pub run_type: String,
+    #[serde(default)]
+    pub behaviour: Behaviour,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_run_type() -> String {
+    "tracked".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Drop one launcher's MQTT connection.
+    DropConnection {
+        launcher: String,
+    },
+    /// Stop the broker until `broker_up`, or for `for` if given.
+    BrokerDown {
+        #[serde(default, rename = "for", with = "opt_duration")]
+        for_: Option<Duration>,
+    },
+    BrokerUp,
+    /// Deliver the next `run.scheduled` to this launcher twice.
+    DuplicateNextMessage {
+        launcher: String,
+    },
+    /// Hold the next message to this launcher for this long.
+    DelayNextMessage {
+        launcher: String,
+        #[serde(with = "duration")]
+        by: Duration,
+    },
+    /// Answer the next `count` HTTPS calls with `status` (optionally only under `path`).
+    HttpErrors {
+        count: u32,
+        status: u16,
+        #[serde(default)]
+        retry_after_secs: Option<u64>,
+        #[serde(default)]
+        path: Option<String>,
+    },
+    /// Flip bytes in the next `count` downloads.
+    CorruptDownloads {
+        count: u32,
+    },
+    /// Fail the next `count` calls of a Docker route (`POST /images/create`, ...).
+    DockerErrors {
+        docker: String,
+        route: String,
+        count: u32,
+        status: u16,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Make pulls of an image fail in-stream after some progress.
+    FailPulls {
+        docker: String,
+        image: String,
+        #[serde(default)]
+        count: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    #[serde(default)]
+    pub runs: BTreeMap<String, RunExpectation>,
+    #[serde(default)]
+    pub launchers: BTreeMap<String, LauncherExpectation>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunExpectation {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub worker_version: Option<String>,
+    #[serde(default)]
+    pub launcher: Option<String>,
+    #[serde(default)]
+    pub logs_contain: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LauncherExpectation {
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error_contains: Option<String>,
+}
+
+/// Durations as humans write them: `500ms`, `2s`, `7m`, `1h 30m`.
+pub mod duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); expected e.g. 500ms, 2s, 7m"
+            ))
+        })
+    }
+}
+
+pub mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}

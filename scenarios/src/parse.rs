@@ -1,0 +1,311 @@
+//! Reading scenario files: YAML syntax errors carry line and column; references between
+//! parts of the file (launcher -> docker, steps -> runs and launchers) are checked here so a
+//! scenario never fails half-way for a typo.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::error::ScenarioError;
+use crate::model::{Fault, Scenario, Step};
+
+const RUN_STATES: [&str; 8] = [
+    "scheduled",
+    "claimed",
+    "preparing",
+    "running",
+    "finished",
+    "failed",
+    "canceled",
+    "timed_out",
+];
+const RUN_TYPES: [&str; 5] = ["proposed", "tracked", "task", "destroy", "module"];
+const ARCHES: [&str; 2] = ["amd64", "arm64"];
+
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ScenarioError::Syntax {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    validate(&scenario).map_err(|message| ScenarioError::Invalid {
+        file: path.to_path_buf(),
+        message,
+    })?;
+    Ok(scenario)
+}
+
+fn validate(s: &Scenario) -> Result<(), String> {
+    let t = &s.topology;
+    if t.dockers.is_empty() {
+        return Err("topology.dockers: at least one docker daemon is needed".into());
+    }
+    if t.launchers.is_empty() {
+        return Err("topology.launchers: at least one launcher is needed".into());
+    }
+    let dockers = unique(
+        "topology.dockers",
+        t.dockers.iter().map(|d| d.name.as_str()),
+    )?;
+    let launchers = unique(
+        "topology.launchers",
+        t.launchers.iter().map(|l| l.name.as_str()),
+    )?;
+    for d in &t.dockers {
+        arch(&format!("docker {:?}", d.name), &d.arch)?;
+    }
+    for l in &t.launchers {
+        if !dockers.contains(l.docker.as_str()) {
+            return Err(format!(
+                "launcher {:?}: docker {:?} is not in topology.dockers ({})",
+                l.name,
+                l.docker,
+                join(&dockers)
+            ));
+        }
+        if l.capacity == 0 {
+            return Err(format!(
+                "launcher {:?}: capacity must be at least 1",
+                l.name
+            ));
+        }
+    }
+    for v in &t.worker_versions {
+        arch(&format!("worker version {:?}", v.version), &v.arch)?;
+    }
+
+    let mut runs = BTreeSet::new();
+    for phase in &s.phases {
+        for (i, step) in phase.steps.iter().enumerate() {
+            let at = format!("phase {:?} step {}", phase.name, i + 1);
+            let launcher = |name: &str| {
+                if launchers.contains(name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{at}: unknown launcher {name:?} (known: {})",
+                        join(&launchers)
+                    ))
+                }
+            };
+            let docker = |name: &str| {
+                if dockers.contains(name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{at}: unknown docker {name:?} (known: {})",
+                        join(&dockers)
+                    ))
+                }
+            };
+            let known_run = |runs: &BTreeSet<String>, name: &str| {
+                if runs.contains(name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{at}: run {name:?} is not scheduled by an earlier step"
+                    ))
+                }
+            };
+            match step {
+                Step::Schedule(sch) => {
+                    if !RUN_TYPES.contains(&sch.run_type.as_str()) {
+                        return Err(format!(
+                            "{at}: run_type {:?} is not one of {}",
+                            sch.run_type,
+                            RUN_TYPES.join(", ")
+                        ));
+                    }
+                    if !runs.insert(sch.run.clone()) {
+                        return Err(format!("{at}: run {:?} is scheduled twice", sch.run));
+                    }
+                }
+                Step::WaitRun { run, state, .. } => {
+                    known_run(&runs, run)?;
+                    if !RUN_STATES.contains(&state.as_str()) {
+                        return Err(format!(
+                            "{at}: state {state:?} is not one of {}",
+                            RUN_STATES.join(", ")
+                        ));
+                    }
+                }
+                Step::WaitEvent {
+                    run, launcher: l, ..
+                } => {
+                    if let Some(r) = run {
+                        known_run(&runs, r)?;
+                    }
+                    if let Some(l) = l {
+                        launcher(l)?;
+                    }
+                }
+                Step::Cancel { run } => known_run(&runs, run)?,
+                Step::PublishVersion(v) => arch(&at, &v.arch)?,
+                Step::Drain { launcher: l }
+                | Step::Undrain { launcher: l }
+                | Step::Cycle { launcher: l }
+                | Step::Signal { launcher: l, .. }
+                | Step::CrashLauncher { launcher: l }
+                | Step::StartLauncher { launcher: l }
+                | Step::WaitLauncherExit { launcher: l, .. } => launcher(l)?,
+                Step::RestartDocker { docker: d, .. } => docker(d)?,
+                Step::RestartBackend => {}
+                Step::Fault(f) => match f {
+                    Fault::DropConnection { launcher: l }
+                    | Fault::DuplicateNextMessage { launcher: l }
+                    | Fault::DelayNextMessage { launcher: l, .. } => launcher(l)?,
+                    Fault::DockerErrors { docker: d, .. } | Fault::FailPulls { docker: d, .. } => {
+                        docker(d)?
+                    }
+                    Fault::BrokerDown { .. }
+                    | Fault::BrokerUp
+                    | Fault::HttpErrors { .. }
+                    | Fault::CorruptDownloads { .. } => {}
+                },
+            }
+        }
+    }
+    for (name, exp) in &s.expect.runs {
+        if !runs.contains(name) {
+            return Err(format!("expect.runs: run {name:?} is never scheduled"));
+        }
+        if let Some(state) = &exp.state {
+            if !RUN_STATES.contains(&state.as_str()) {
+                return Err(format!(
+                    "expect.runs.{name}: state {state:?} is not a run state"
+                ));
+            }
+        }
+        if let Some(l) = &exp.launcher {
+            if !launchers.contains(l.as_str()) {
+                return Err(format!("expect.runs.{name}: unknown launcher {l:?}"));
+            }
+        }
+    }
+    for name in s.expect.launchers.keys() {
+        if !launchers.contains(name.as_str()) {
+            return Err(format!("expect.launchers: unknown launcher {name:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn unique<'a>(
+    what: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<BTreeSet<&'a str>, String> {
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(format!("{what}: name {n:?} is used twice"));
+        }
+    }
+    Ok(seen)
+}
+
+fn arch(what: &str, a: &str) -> Result<(), String> {
+    if ARCHES.contains(&a) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: arch {a:?} is not one of {}",
+            ARCHES.join(", ")
+        ))
+    }
+}
+
+fn join(names: &BTreeSet<&str>) -> String {
+    names.iter().copied().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+description: one run
+seed: 3
+topology:
+  dockers: [{ name: d1 }]
+  launchers: [{ name: l1, docker: d1 }]
+  worker_versions: [{ version: v1, arch: amd64 }]
+phases:
+  - name: go
+    steps:
+      - schedule: { run: r1, behaviour: { stdout: [hi], exit_code: 0 } }
+      - wait_run: { run: r1, state: finished, within: 30s }
+expect:
+  runs:
+    r1: { state: finished, logs_contain: [hi] }
+";
+
+    fn p(text: &str) -> Result<Scenario, ScenarioError> {
+        parse(Path::new("x.yaml"), text)
+    }
+
+    #[test]
+    fn minimal_parses() {
+        let s = p(MINIMAL).unwrap();
+        assert_eq!(s.seed, 3);
+        assert_eq!(s.phases[0].steps.len(), 2);
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let bad = MINIMAL.replace("seed: 3", "seed: 3\nsed: 4");
+        let err = p(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("x.yaml:3:"), "{err}");
+        assert!(err.contains("unknown field `sed`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_step_names_line_and_expected() {
+        let bad = MINIMAL.replace("- wait_run:", "- wait_for:");
+        let err = p(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("x.yaml:11:"), "{err}");
+        assert!(err.contains("wait_run"), "lists what was expected: {err}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let bad = MINIMAL.replace("within: 30s", "within: soon");
+        let err = p(&bad).unwrap_err().to_string();
+        assert!(err.contains("invalid duration \"soon\""), "{err}");
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let err = p(&MINIMAL.replace("docker: d1 }", "docker: d2 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("docker \"d2\" is not in topology.dockers (d1)"),
+            "{err}"
+        );
+        let err = p(&MINIMAL.replace("run: r1, state", "run: r2, state"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run \"r2\" is not scheduled by an earlier step"),
+            "{err}"
+        );
+        let err = p(&MINIMAL.replace("state: finished, within", "state: done, within"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("state \"done\" is not one of"), "{err}");
+    }
+}
