@@ -70,6 +70,7 @@ pub mod kinds {
     pub const RUN_CANCEL_REQUESTED: &str = "run.cancel_requested";
     pub const RUN_TRANSITION: &str = "run.transition";
     pub const TRANSITION_REFUSED: &str = "transition.refused";
+    pub const TRANSITION_REPEATED: &str = "transition.repeated";
     pub const CLAIM_GRANTED: &str = "claim.granted";
     pub const CLAIM_REFUSED: &str = "claim.refused";
     pub const LEASE_RENEWED: &str = "lease.renewed";

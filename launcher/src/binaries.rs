@@ -1,0 +1,742 @@
+//! [`BinaryStore`] on the filesystem: a content-addressed cache of worker binaries at
+//! `<dir>/sha256/<hex>`.
+//!
+//! - Downloads stream to a temporary file in the same directory while hashing (memory use
+//!   is one chunk, whatever the binary's size), are checked against the expected size and
+//!   SHA-256, fsynced, made executable (0755) and renamed into place. A corrupt download is
+//!   deleted and reported as [`BinaryError::Corrupt`]; it is never at the final path.
+//! - Concurrent `get`s of the same SHA-256 share one download (single flight). The
+//!   download runs in its own task, so a caller that gives up does not abort it for the
+//!   others.
+//! - A transient failure mid-download resumes from the bytes already written (HTTP
+//!   `Range`), at most [`RESUME_ATTEMPTS`] times, with a short backoff on tokio time.
+//! - Cache hits: the first use of a cached file in this process re-hashes it in full
+//!   (it may have been damaged or tampered with since the last process wrote it); later
+//!   hits only check its size. A file that fails is deleted and downloaded again.
+//! - Pruning keeps the `keep` most recently used binaries (use in this process first, then
+//!   the files' modification times) plus every pinned one. It runs after each download.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::StreamExt;
+use protocol::api::WorkerBinary;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::backoff::Backoff;
+use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, CachedBinary};
+
+/// How many times a download interrupted by a transient error is resumed.
+pub const RESUME_ATTEMPTS: u32 = 3;
+
+/// Cache counters for metrics (monotonic).
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    /// `get`s served from disk.
+    pub hits: AtomicU64,
+    /// `get`s that needed a download (their own or a shared one).
+    pub misses: AtomicU64,
+    /// Downloads started (one per single-flight group).
+    pub downloads: AtomicU64,
+    /// Downloads or cached files that failed verification and were deleted.
+    pub corrupt: AtomicU64,
+    /// Bytes received from the backend.
+    pub bytes_downloaded: AtomicU64,
+    /// Cached binaries deleted by pruning.
+    pub pruned: AtomicU64,
+}
+
+/// A plain copy of [`CacheCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCountersSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub downloads: u64,
+    pub corrupt: u64,
+    pub bytes_downloaded: u64,
+    pub pruned: u64,
+}
+
+impl CacheCounters {
+    pub fn snapshot(&self) -> CacheCountersSnapshot {
+        CacheCountersSnapshot {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            downloads: self.downloads.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
+            bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
+            pruned: self.pruned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<CachedBinary, BinaryError>>>;
+
+struct InFlight {
+    future: Flight,
+    /// Callers sharing it (tests use it to know everyone has joined).
+    joiners: usize,
+}
+
+struct Inner {
+    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    keep: usize,
+    counters: Arc<CacheCounters>,
+    inflight: Mutex<HashMap<String, InFlight>>,
+    pins: Mutex<HashMap<String, usize>>,
+    /// Fully re-hashed (or written) by this process.
+    verified: Mutex<HashSet<String>>,
+    /// Last use in this process, by a monotonic counter.
+    used: Mutex<(u64, HashMap<String, u64>)>,
+    seed: u64,
+}
+
+/// The production [`BinaryStore`].
+#[derive(Clone)]
+pub struct FsBinaryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FsBinaryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBinaryStore")
+            .field("root", &self.inner.root)
+            .field("keep", &self.inner.keep)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> BinaryError {
+    BinaryError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl FsBinaryStore {
+    /// A store under `dir` (binaries at `<dir>/sha256/<hex>`; the directory is created on
+    /// first use). `keep` >= 1 versions survive pruning.
+    pub fn new(dir: PathBuf, backend: Arc<dyn Backend>, keep: usize) -> FsBinaryStore {
+        FsBinaryStore::with_seed(dir, backend, keep, 0)
+    }
+
+    /// As [`FsBinaryStore::new`], with the seed of the resume backoff's jitter.
+    pub fn with_seed(dir: PathBuf, backend: Arc<dyn Backend>, keep: usize, seed: u64) -> FsBinaryStore {
+        FsBinaryStore {
+            inner: Arc::new(Inner {
+                root: dir.join("sha256"),
+                backend,
+                keep: keep.max(1),
+                counters: Arc::default(),
+                inflight: Mutex::default(),
+                pins: Mutex::default(),
+                verified: Mutex::default(),
+                used: Mutex::default(),
+                seed,
+            }),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<CacheCounters> {
+        self.inner.counters.clone()
+    }
+
+    /// Where the binary with this SHA-256 lives once cached.
+    pub fn path_of(&self, sha256: &str) -> PathBuf {
+        self.inner.root.join(sha256)
+    }
+
+    /// Callers currently sharing the download of `sha256` (0 when none is running).
+    pub fn waiters(&self, sha256: &str) -> usize {
+        lock(&self.inner.inflight)
+            .get(sha256)
+            .map_or(0, |f| f.joiners)
+    }
+
+    /// Deletes cached binaries beyond the `keep` most recently used, sparing pinned ones
+    /// and downloads in flight, plus leftover temporary files. Returns the removed SHAs.
+    pub async fn prune(&self) -> Result<Vec<String>, BinaryError> {
+        self.inner.clone().prune().await
+    }
+
+    async fn fetch(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
+        let sha = binary.sha256.to_ascii_lowercase();
+        if !valid_sha256(&sha) {
+            return Err(BinaryError::Download(BackendError::Rejected {
+                message: format!(
+                    "worker binary {} ({}) has an invalid sha256 {:?}",
+                    binary.version, binary.arch, binary.sha256
+                ),
+            }));
+        }
+        let inner = &self.inner;
+        if let Some(hit) = inner.check_cached(binary, &sha).await? {
+            inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            inner.touch(&sha);
+            return Ok(hit);
+        }
+        inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let flight = {
+            let mut map = lock(&inner.inflight);
+            match map.get_mut(&sha) {
+                Some(f) => {
+                    f.joiners += 1;
+                    f.future.clone()
+                }
+                None => {
+                    inner.counters.downloads.fetch_add(1, Ordering::Relaxed);
+                    let task_inner = inner.clone();
+                    let task_binary = binary.clone();
+                    let task_sha = sha.clone();
+                    let handle = tokio::spawn(async move {
+                        let result = task_inner.download(&task_binary, &task_sha).await;
+                        lock(&task_inner.inflight).remove(&task_sha);
+                        if result.is_ok() {
+                            task_inner.touch(&task_sha);
+                            if let Err(e) = task_inner.clone().prune().await {
+                                tracing::warn!(error = %e, "pruning the worker binary cache failed");
+                            }
+                        }
+                        result
+                    });
+                    let future: Flight = async move {
+                        handle.await.unwrap_or_else(|e| {
+                            Err(BinaryError::Io(format!("download task failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(
+                        sha.clone(),
+                        InFlight {
+                            future: future.clone(),
+                            joiners: 1,
+                        },
+                    );
+                    future
+                }
+            }
+        };
+        let mut result = flight.await;
+        if let Ok(c) = &mut result {
+            // The shared result names the version of whoever started it; same bytes.
+            c.version = binary.version.clone();
+        }
+        result
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn touch(&self, sha: &str) {
+        let mut used = lock(&self.used);
+        used.0 += 1;
+        let n = used.0;
+        used.1.insert(sha.to_string(), n);
+    }
+
+    /// The cached file if present and sound (see module docs for how sound is checked).
+    async fn check_cached(
+        self: &Arc<Self>,
+        binary: &WorkerBinary,
+        sha: &str,
+    ) -> Result<Option<CachedBinary>, BinaryError> {
+        let path = self.root.join(sha);
+        let meta = match tokio::fs::metadata(&path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot stat", &path, e)),
+        };
+        let cached = CachedBinary {
+            version: binary.version.clone(),
+            sha256: sha.to_string(),
+            path: path.clone(),
+        };
+        let size_ok = meta.is_file() && meta.len() == binary.size;
+        if size_ok && lock(&self.verified).contains(sha) {
+            return Ok(Some(cached));
+        }
+        if size_ok {
+            let p = path.clone();
+            let actual = tokio::task::spawn_blocking(move || hash_file(&p))
+                .await
+                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
+                .map_err(|e| io_err("cannot read", &path, e))?;
+            if actual == sha {
+                lock(&self.verified).insert(sha.to_string());
+                return Ok(Some(cached));
+            }
+        }
+        tracing::warn!(path = %path.display(), "cached worker binary failed verification; deleting it");
+        self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        lock(&self.verified).remove(sha);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot delete corrupt", &path, e)),
+        }
+    }
+
+    async fn download(self: &Arc<Self>, binary: &WorkerBinary, sha: &str) -> Result<CachedBinary, BinaryError> {
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| io_err("cannot create", &self.root, e))?;
+        let tmp = self.root.join(format!(".tmp-{sha}"));
+        let result = self.download_to(binary, sha, &tmp).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn download_to(
+        self: &Arc<Self>,
+        binary: &WorkerBinary,
+        sha: &str,
+        tmp: &Path,
+    ) -> Result<CachedBinary, BinaryError> {
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| io_err("cannot create", tmp, e))?;
+        let mut hasher = Sha256::new();
+        let mut written: u64 = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), self.seed);
+        let mut resumes = 0;
+        'attempts: loop {
+            let attempt: Result<(), BackendError> = async {
+                let mut stream = self.backend.download_binary(binary, written).await?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    // Never write past the announced size: a longer stream is corrupt.
+                    let room = (binary.size.saturating_sub(written) + 1) as usize;
+                    let chunk = &chunk[..chunk.len().min(room)];
+                    hasher.update(chunk);
+                    file.write_all(chunk).await.map_err(|e| BackendError::Transient {
+                        message: format!("writing {}: {e}", tmp.display()),
+                        retry_after: None,
+                    })?;
+                    written += chunk.len() as u64;
+                    self.counters
+                        .bytes_downloaded
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if written > binary.size {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match attempt {
+                Ok(()) => break 'attempts,
+                Err(BackendError::Transient { message, retry_after })
+                    if resumes < RESUME_ATTEMPTS && !message.starts_with("writing ") =>
+                {
+                    resumes += 1;
+                    let delay = backoff.next_delay(retry_after);
+                    tracing::warn!(%message, written, resumes, "worker binary download interrupted; resuming");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(BinaryError::Download(e)),
+            }
+        }
+        file.flush().await.map_err(|e| io_err("cannot write", tmp, e))?;
+        let actual = hex::encode(hasher.finalize());
+        if written != binary.size || actual != sha {
+            drop(file);
+            let _ = tokio::fs::remove_file(tmp).await;
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                version = %binary.version, arch = %binary.arch, expected_size = binary.size,
+                got_size = written, "worker binary download is corrupt; deleted"
+            );
+            return Err(BinaryError::Corrupt {
+                version: binary.version.clone(),
+                arch: binary.arch,
+                expected: sha.to_string(),
+                actual: if written == binary.size {
+                    actual
+                } else {
+                    format!("{actual} ({written} bytes, expected {})", binary.size)
+                },
+            });
+        }
+        file.sync_all().await.map_err(|e| io_err("cannot fsync", tmp, e))?;
+        drop(file);
+        set_executable(tmp).await?;
+        let path = self.root.join(sha);
+        tokio::fs::rename(tmp, &path)
+            .await
+            .map_err(|e| io_err("cannot rename into", &path, e))?;
+        // Make the rename durable.
+        let root = self.root.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::File::open(root).and_then(|d| d.sync_all())).await;
+        lock(&self.verified).insert(sha.to_string());
+        tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
+        Ok(CachedBinary {
+            version: binary.version.clone(),
+            sha256: sha.to_string(),
+            path,
+        })
+    }
+
+    async fn prune(self: Arc<Self>) -> Result<Vec<String>, BinaryError> {
+        let mut entries = match tokio::fs::read_dir(&self.root).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("cannot list", &self.root, e)),
+        };
+        // (sha, last use in this process, mtime)
+        let mut cached: Vec<(String, Option<u64>, Option<std::time::SystemTime>)> = Vec::new();
+        let mut stale_tmp = Vec::new();
+        {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| io_err("cannot list", &self.root, e))?
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(sha) = name.strip_prefix(".tmp-") {
+                    if !lock(&self.inflight).contains_key(sha) {
+                        stale_tmp.push(entry.path());
+                    }
+                    continue;
+                }
+                if !valid_sha256(&name) {
+                    continue;
+                }
+                let mtime = entry.metadata().await.ok().and_then(|m| m.modified().ok());
+                let used = lock(&self.used).1.get(&name).copied();
+                cached.push((name, used, mtime));
+            }
+        }
+        for p in stale_tmp {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        // Most recently used first: used in this process (by recency), then by mtime.
+        cached.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+        let mut removed = Vec::new();
+        for (sha, _, _) in cached.into_iter().skip(self.keep) {
+            let pinned = lock(&self.pins).get(&sha).copied().unwrap_or(0) > 0;
+            if pinned || lock(&self.inflight).contains_key(&sha) {
+                continue;
+            }
+            let path = self.root.join(&sha);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {
+                    lock(&self.verified).remove(&sha);
+                    lock(&self.used).1.remove(&sha);
+                    self.counters.pruned.fetch_add(1, Ordering::Relaxed);
+                    removed.push(sha);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot delete", &path, e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut f, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+async fn set_executable(path: &Path) -> Result<(), BinaryError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .await
+            .map_err(|e| io_err("cannot chmod", path, e))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BinaryStore for FsBinaryStore {
+    async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
+        self.fetch(binary).await
+    }
+
+    fn pin(&self, sha256: &str) -> BinaryPin {
+        let sha = sha256.to_ascii_lowercase();
+        *lock(&self.inner.pins).entry(sha.clone()).or_default() += 1;
+        let inner = self.inner.clone();
+        BinaryPin::new(move || {
+            let mut pins = lock(&inner.pins);
+            if let Some(n) = pins.get_mut(&sha) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(&sha);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{ByteStream, ClaimOutcome};
+    use protocol::api::{Lease, LogLine, TransitionRequest};
+    use protocol::Arch;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Semaphore;
+
+    /// Serves binaries from memory in 64 KiB chunks; counts downloads; can hold them at a
+    /// gate, corrupt them, or fail mid-stream once.
+    #[derive(Default)]
+    struct MemBackend {
+        blobs: Mutex<HashMap<String, Vec<u8>>>,
+        downloads: AtomicUsize,
+        offsets: Mutex<Vec<u64>>,
+        gate: Option<Arc<Semaphore>>,
+        corrupt: bool,
+        fail_once_after: Mutex<Option<usize>>,
+    }
+
+    impl MemBackend {
+        fn add(&self, data: Vec<u8>, version: &str) -> WorkerBinary {
+            let sha = hex::encode(Sha256::digest(&data));
+            let wb = WorkerBinary {
+                version: version.into(),
+                arch: Arch::Amd64,
+                size: data.len() as u64,
+                sha256: sha.clone(),
+            };
+            lock(&self.blobs).insert(sha, data);
+            wb
+        }
+    }
+
+    #[async_trait]
+    impl Backend for MemBackend {
+        async fn claim(&self, _: &str) -> Result<ClaimOutcome, BackendError> {
+            unimplemented!()
+        }
+        async fn renew_lease(&self, _: &str) -> Result<Lease, BackendError> {
+            unimplemented!()
+        }
+        async fn transition(&self, _: &str, _: &TransitionRequest) -> Result<(), BackendError> {
+            unimplemented!()
+        }
+        async fn upload_logs(&self, _: &str, _: &[LogLine]) -> Result<u64, BackendError> {
+            unimplemented!()
+        }
+        async fn latest_binary(&self, _: Arch) -> Result<WorkerBinary, BackendError> {
+            unimplemented!()
+        }
+        async fn download_binary(
+            &self,
+            binary: &WorkerBinary,
+            offset: u64,
+        ) -> Result<ByteStream, BackendError> {
+            self.downloads.fetch_add(1, Ordering::SeqCst);
+            lock(&self.offsets).push(offset);
+            if let Some(gate) = &self.gate {
+                let _permit = gate.acquire().await.unwrap();
+            }
+            let mut data = lock(&self.blobs).get(&binary.sha256).cloned().unwrap();
+            if self.corrupt {
+                data[0] ^= 0xff;
+            }
+            let data = data[offset as usize..].to_vec();
+            let fail_after = lock(&self.fail_once_after).take();
+            let chunks: Vec<Result<bytes::Bytes, BackendError>> = data
+                .chunks(64 * 1024)
+                .enumerate()
+                .map(|(i, c)| {
+                    if Some(i) == fail_after {
+                        Err(BackendError::Transient {
+                            message: "connection reset".into(),
+                            retry_after: None,
+                        })
+                    } else {
+                        Ok(bytes::Bytes::copy_from_slice(c))
+                    }
+                })
+                .collect();
+            // Stop at the injected error, like a broken connection.
+            let cut = chunks.iter().position(|c| c.is_err()).map_or(chunks.len(), |p| p + 1);
+            Ok(Box::pin(futures_util::stream::iter(chunks.into_iter().take(cut))))
+        }
+    }
+
+    fn blob(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_gets_share_one_download() {
+        let gate = Arc::new(Semaphore::new(0));
+        let backend = Arc::new(MemBackend {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        });
+        let wb = backend.add(blob(300_000, 1), "1.0.0");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        const N: usize = 8;
+        let tasks: Vec<_> = (0..N)
+            .map(|_| {
+                let store = store.clone();
+                let wb = wb.clone();
+                tokio::spawn(async move { store.get(&wb).await })
+            })
+            .collect();
+        // Wait (without sleeping) until every caller has joined the one download.
+        let mut spins = 0;
+        while store.waiters(&wb.sha256) < N {
+            spins += 1;
+            assert!(spins < 1_000_000, "callers never joined");
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(100);
+        for t in tasks {
+            let got = t.await.unwrap().unwrap();
+            assert_eq!(got.path, dir.path().join("sha256").join(&wb.sha256));
+        }
+        assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
+        let c = store.counters().snapshot();
+        assert_eq!((c.downloads, c.misses, c.hits), (1, N as u64, 0));
+        assert_eq!(c.bytes_downloaded, 300_000);
+        let path = store.path_of(&wb.sha256);
+        assert_eq!(std::fs::read(&path).unwrap(), blob(300_000, 1));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
+        }
+        // A later get is a hit without a download.
+        store.get(&wb).await.unwrap();
+        assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
+        assert_eq!(store.counters().snapshot().hits, 1);
+        assert_eq!(store.waiters(&wb.sha256), 0);
+    }
+
+    #[tokio::test]
+    async fn corrupt_download_is_refused_and_deleted() {
+        let backend = Arc::new(MemBackend {
+            corrupt: true,
+            ..Default::default()
+        });
+        let wb = backend.add(blob(100_000, 2), "2.0.0");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let e = store.get(&wb).await.unwrap_err();
+        match &e {
+            BinaryError::Corrupt { version, expected, actual, .. } => {
+                assert_eq!(version, "2.0.0");
+                assert_eq!(expected, &wb.sha256);
+                assert_ne!(actual, &wb.sha256);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.path_of(&wb.sha256).exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sha256")).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(store.counters().snapshot().corrupt, 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_size_is_corrupt() {
+        let backend = Arc::new(MemBackend::default());
+        let mut wb = backend.add(blob(1000, 3), "3");
+        wb.size = 999; // the stream is longer than announced
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
+        assert!(matches!(store.get(&wb).await, Err(BinaryError::Corrupt { .. })));
+        assert!(!store.path_of(&wb.sha256).exists());
+    }
+
+    #[tokio::test]
+    async fn tampered_cache_file_is_rehashed_on_first_use_and_replaced() {
+        let backend = Arc::new(MemBackend::default());
+        let wb = backend.add(blob(5000, 4), "4");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        store.get(&wb).await.unwrap();
+        // Same size, different bytes, written behind the cache's back.
+        let mut bad = blob(5000, 4);
+        bad[10] ^= 1;
+        std::fs::write(store.path_of(&wb.sha256), &bad).unwrap();
+        // A new process (new store) re-hashes on first use, deletes and downloads again.
+        let store2 = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let got = store2.get(&wb).await.unwrap();
+        assert_eq!(std::fs::read(got.path).unwrap(), blob(5000, 4));
+        assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
+        assert_eq!(store2.counters().snapshot().corrupt, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interrupted_download_resumes_from_offset() {
+        let backend = Arc::new(MemBackend::default());
+        *lock(&backend.fail_once_after) = Some(2);
+        let wb = backend.add(blob(200_000, 5), "5");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let got = store.get(&wb).await.unwrap();
+        assert_eq!(std::fs::read(got.path).unwrap(), blob(200_000, 5));
+        assert_eq!(*lock(&backend.offsets), [0, 2 * 64 * 1024]);
+    }
+
+    #[tokio::test]
+    async fn invalid_sha_from_network_is_refused() {
+        let backend = Arc::new(MemBackend::default());
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
+        let wb = WorkerBinary {
+            version: "x".into(),
+            arch: Arch::Amd64,
+            size: 1,
+            sha256: "../../etc/passwd".into(),
+        };
+        assert!(matches!(store.get(&wb).await, Err(BinaryError::Download(_))));
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_newest_and_pinned() {
+        let backend = Arc::new(MemBackend::default());
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 2);
+        let v: Vec<WorkerBinary> = (0..4)
+            .map(|i| backend.add(blob(1000 + i, i as u8), &format!("v{i}")))
+            .collect();
+        store.get(&v[0]).await.unwrap();
+        let pin = store.pin(&v[0].sha256);
+        store.get(&v[1]).await.unwrap();
+        store.get(&v[2]).await.unwrap();
+        // keep=2: v1 and v2 are newest; v0 survives because it is pinned.
+        assert!(store.path_of(&v[0].sha256).exists());
+        store.get(&v[3]).await.unwrap();
+        // Now v2, v3 newest; v1 pruned; v0 still pinned.
+        assert!(store.path_of(&v[0].sha256).exists());
+        assert!(!store.path_of(&v[1].sha256).exists());
+        assert!(store.path_of(&v[2].sha256).exists());
+        assert!(store.path_of(&v[3].sha256).exists());
+        drop(pin);
+        let removed = store.prune().await.unwrap();
+        assert_eq!(removed, [v[0].sha256.clone()]);
+        assert!(!store.path_of(&v[0].sha256).exists());
+        assert_eq!(store.counters().snapshot().pruned, 2);
+        // A use refreshes recency: v2 used again, then v1 fetched; v3 is the oldest.
+        store.get(&v[2]).await.unwrap();
+        store.get(&v[1]).await.unwrap();
+        assert!(!store.path_of(&v[3].sha256).exists());
+        assert!(store.path_of(&v[2].sha256).exists());
+    }
+}

@@ -10,11 +10,22 @@ pub mod backend;
 pub mod backoff;
 pub mod binaries;
 pub mod config;
+pub mod container_spec;
 pub mod credentials;
 pub mod docker;
+pub mod lifecycle;
+pub mod masking;
+pub mod metrics;
+pub mod outbox;
 pub mod ports;
+pub mod reaper;
+pub mod run;
 pub mod settings;
+pub mod supervisor;
 pub mod tls;
+
+#[cfg(test)]
+mod testing;
 
 /// Spacelift's documented default runner image.
 pub const DEFAULT_RUNNER_IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use protocol::api::{LogLine, TransitionRequest};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::ports::{Backend, BackendError};
@@ -62,12 +61,12 @@ pub struct OutboxDeps {
     pub seed: u64,
 }
 
-/// Starts a run's outbox. The task returns the run ULID when everything queued has been
-/// delivered (or refused for good) and the handle has been dropped.
-pub fn spawn(run_ulid: String, deps: OutboxDeps) -> (OutboxHandle, JoinHandle<String>) {
+/// A run's outbox: the handle to queue reports, and the delivery loop to spawn. The loop
+/// returns the run ULID when everything queued has been delivered (or refused for good)
+/// and every handle has been dropped.
+pub fn new(run_ulid: String, deps: OutboxDeps) -> (OutboxHandle, impl std::future::Future<Output = String> + Send) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(deliver(run_ulid, deps, rx));
-    (OutboxHandle { tx }, task)
+    (OutboxHandle { tx }, deliver(run_ulid, deps, rx))
 }
 
 async fn deliver(

@@ -1,0 +1,228 @@
+//! The HTTPS API workers call (paths and bodies: `protocol::api`). Mutual TLS: the client
+//! certificate must chain to the backend CA (else the handshake fails) and be a live
+//! pool's certificate (else 401). Injected HTTP faults answer before any handler runs.
+
+mod body;
+mod download;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use protocol::api::{
+    error_codes, paths, ClaimRequest, LeaseRequest, LogBatch, RegisterRequest, TransitionRequest,
+    WorkerBinary,
+};
+use protocol::Arch;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use body::MAX_BODY;
+use body::ApiJson;
+
+use crate::core::{ApiError, Core};
+use crate::events::{kinds, NewEvent};
+
+/// Who is calling: from the TLS session.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub fingerprint: String,
+    pub addr: String,
+}
+
+pub(crate) struct Caller {
+    pub pool: String,
+}
+
+fn caller(core: &Core, peer: &Peer, path: &str) -> Result<Caller, ApiError> {
+    core.pool_for_fingerprint(&peer.fingerprint)
+        .map(|pool| Caller { pool })
+        .map_err(|why| {
+            core.record(NewEvent::new(kinds::HTTP_REFUSED).data(json!({
+                "peer": peer.addr, "path": path, "status": 401, "reason": why,
+            })));
+            ApiError::new(401, error_codes::UNAUTHORIZED, why)
+        })
+}
+
+pub(crate) fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route(paths::REGISTER, post(register))
+        .route("/v1/runs/{run}/claim", post(claim))
+        .route("/v1/runs/{run}/lease", post(lease))
+        .route("/v1/runs/{run}/state", post(transition))
+        .route("/v1/runs/{run}/logs", post(logs))
+        .route(paths::LATEST_BINARY, get(latest_binary))
+        .route("/v1/worker-binaries/{version}/{arch}", get(download::download))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(core.clone(), http_faults))
+        .with_state(core)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        404,
+        error_codes::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn http_faults(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if let Some(f) = core.faults.take_http(&path) {
+        core.record(NewEvent::new(kinds::FAULT_TRIGGERED).data(json!({
+            "fault": "http_error", "path": path, "status": f.status, "retry_after_s": f.retry_after_s,
+        })));
+        let code = match f.status {
+            429 => error_codes::RATE_LIMITED,
+            503 => error_codes::UNAVAILABLE,
+            _ => error_codes::INTERNAL,
+        };
+        let mut e = ApiError::new(f.status, code, format!("injected fault: {}", f.status));
+        e.retry_after_s = f.retry_after_s;
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+async fn register(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<protocol::api::RegisterResponse>, ApiError> {
+    let c = caller(&core, &peer, paths::REGISTER)?;
+    core.register(&c.pool, req).map(Json)
+}
+
+async fn claim(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path(run): Path<String>,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<Json<protocol::api::ClaimResponse>, ApiError> {
+    let c = caller(&core, &peer, &paths::claim(&run))?;
+    core.claim(&c.pool, &run, &req.worker_ulid).map(Json)
+}
+
+async fn lease(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path(run): Path<String>,
+    ApiJson(req): ApiJson<LeaseRequest>,
+) -> Result<Json<protocol::api::Lease>, ApiError> {
+    let c = caller(&core, &peer, &paths::lease(&run))?;
+    core.renew(&c.pool, &run, &req.worker_ulid).map(Json)
+}
+
+async fn transition(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path(run): Path<String>,
+    ApiJson(req): ApiJson<TransitionRequest>,
+) -> Result<Json<protocol::api::TransitionResponse>, ApiError> {
+    let c = caller(&core, &peer, &paths::state(&run))?;
+    core.transition(&c.pool, &run, req).map(Json)
+}
+
+async fn logs(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path(run): Path<String>,
+    ApiJson(batch): ApiJson<LogBatch>,
+) -> Result<Json<protocol::api::LogAck>, ApiError> {
+    let c = caller(&core, &peer, &paths::logs(&run))?;
+    core.logs(&c.pool, &run, batch).map(Json)
+}
+
+pub(crate) fn parse_arch(s: &str) -> Result<Arch, ApiError> {
+    match s {
+        "amd64" => Ok(Arch::Amd64),
+        "arm64" => Ok(Arch::Arm64),
+        other => Err(ApiError::new(
+            400,
+            error_codes::BAD_REQUEST,
+            format!("unknown arch {other:?} (expected amd64 or arm64)"),
+        )),
+    }
+}
+
+async fn latest_binary(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<WorkerBinary>, ApiError> {
+    caller(&core, &peer, paths::LATEST_BINARY)?;
+    let query = query.unwrap_or_default();
+    let arch = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("arch="))
+        .ok_or_else(|| ApiError::new(400, error_codes::BAD_REQUEST, "missing ?arch=amd64|arm64"))?;
+    let arch = parse_arch(arch)?;
+    core.latest_binary(arch)
+        .map(|b| {
+            Json(WorkerBinary {
+                version: b.version,
+                arch: b.arch,
+                size: b.size,
+                sha256: b.sha256,
+            })
+        })
+        .ok_or_else(|| {
+            ApiError::new(404, error_codes::NOT_FOUND, format!("no worker binary for {arch}"))
+        })
+}
+
+/// Serves the API on `listener` until `shutdown`; each connection gets its peer identity.
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let app = router(core.clone());
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!("https accept: {e}"); continue; }
+            },
+        };
+        let (core, app, acceptor) = (core.clone(), app.clone(), acceptor.clone());
+        conns.spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    core.record(NewEvent::new(kinds::TLS_REFUSED).data(json!({
+                        "listener": "https", "peer": addr.to_string(), "error": e.to_string(),
+                    })));
+                    return;
+                }
+                Err(_) => return,
+            };
+            let fingerprint = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::pki::fingerprint(c.as_ref()))
+                .unwrap_or_default();
+            let peer = Peer { fingerprint, addr: addr.to_string() };
+            let svc = TowerToHyperService::new(app.layer(Extension(peer)));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+    conns.shutdown().await;
+}

@@ -1,0 +1,38 @@
+//! At start, finds what an earlier launcher process of this worker left behind: containers
+//! labelled with our worker ULID (the backend hands the same ULID back when registration
+//! names it as `previous_worker_ulid`) and runs the backend still counts as ours. The
+//! containers are removed; the runs can never be finished by this process, so the
+//! supervisor reports them failed with `launcher_restarted`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::container_spec::labels;
+use crate::ports::ContainerRuntime;
+
+/// Removes leftover containers and returns every run to report as `launcher_restarted`.
+pub async fn reap(
+    runtime: &dyn ContainerRuntime,
+    worker_ulid: &str,
+    held_runs: &[String],
+) -> BTreeSet<String> {
+    let mut runs: BTreeSet<String> = held_runs.iter().cloned().collect();
+    let filter = BTreeMap::from([(labels::WORKER.to_string(), worker_ulid.to_string())]);
+    let leftovers = match runtime.list_by_labels(&filter).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for containers left by an earlier launcher; \
+                the next start will try again");
+            return runs;
+        }
+    };
+    for c in leftovers {
+        let run = c.labels.get(labels::RUN_ID).cloned();
+        tracing::warn!(container = %c.id, name = %c.name, run_ulid = ?run, running = c.running,
+            "removing a container left by an earlier launcher of this worker");
+        if let Err(e) = runtime.remove(&c.id).await {
+            tracing::error!(container = %c.id, error = %e, "could not remove a leftover container");
+        }
+        runs.extend(run);
+    }
+    runs
+}

@@ -1,0 +1,793 @@
+//! The core, end to end, against in-memory adapters on paused tokio time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use protocol::api::reason_codes;
+use protocol::messages::{ServerMessage, WorkerState};
+use protocol::RunState::{self, *};
+use tokio::time::Instant;
+
+use crate::container_spec::labels;
+use crate::lifecycle::{Error, ExitOutcome};
+use crate::ports::{BackendEvent, ContainerSpec};
+use crate::testing::*;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A container printing `n` lines, one every `every`, then exiting with `code`.
+fn steady(n: usize, every: Duration, code: i64) -> Behaviour {
+    Behaviour {
+        lines: (0..n).map(|i| (every, format!("line {i}"))).collect(),
+        exit_code: code,
+        ..Default::default()
+    }
+}
+
+async fn until_terminal(h: &Harness, run: &str) {
+    let b = h.backend.clone();
+    h.world
+        .until(&format!("{run} reported terminal"), || b.is_terminal(run))
+        .await;
+}
+
+async fn until_no_containers(h: &Harness) {
+    let rt = h.runtime.clone();
+    h.world
+        .until("every container removed", || rt.live_containers() == 0)
+        .await;
+}
+
+fn reason(h: &Harness, run: &str) -> (RunState, String, String, Option<i64>) {
+    let t = h.backend.last(run).expect("a transition");
+    let r = t.reason.expect("a reason");
+    (t.state, r.code, r.message, t.exit_code)
+}
+
+#[tokio::test(start_paused = true)]
+async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(3, secs(1), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+
+    // While the container runs, the binary is pinned and the heartbeat holds the run.
+    let rt = h.runtime.clone();
+    h.world
+        .until("first line printed", || {
+            rt.with(|s| s.containers.values().any(|c| !c.output.is_empty()))
+        })
+        .await;
+    assert_eq!(h.store.pinned_now(), 1);
+    r.status_until("busy with R1", |s| {
+        s.state == WorkerState::Busy && s.runs == ["R1"]
+    })
+    .await;
+
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.claims(), ["R1"]);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    let fin = h.backend.last("R1").unwrap();
+    assert_eq!(fin.exit_code, Some(0));
+    assert_eq!(fin.reason, None);
+    assert_eq!(fin.worker_version.as_deref(), Some("1.0.0"));
+    assert_eq!(fin.worker_ulid, "WORKER1");
+    assert_eq!(h.backend.log_texts("R1"), ["line 0", "line 1", "line 2"]);
+    assert_eq!(h.backend.log_seqs("R1"), [0, 1, 2]);
+
+    until_no_containers(&h).await;
+    let store = h.store.clone();
+    h.world
+        .until("binary unpinned", || store.pinned_now() == 0)
+        .await;
+    let calls = h.runtime.calls();
+    assert!(calls.contains(&"create spacelift-r1".to_string()), "{calls:?}");
+    assert!(calls.contains(&"remove c1".to_string()), "{calls:?}");
+    r.status_until("idle again", |s| {
+        s.state == WorkerState::Idle && s.runs.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn container_carries_labels_entrypoint_and_env() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let rt = h.runtime.clone();
+    h.world
+        .until("container running", || {
+            rt.with(|s| s.containers.values().any(|c| c.running))
+        })
+        .await;
+    let spec = h
+        .runtime
+        .with(|s| s.containers.values().next().unwrap().spec.clone());
+    assert_eq!(spec.name, "spacelift-r1");
+    assert_eq!(
+        spec.entrypoint,
+        ["/opt/spacelift/binaries/spacelift-worker"]
+    );
+    assert_eq!(spec.working_dir, "/mnt/workspace");
+    assert_eq!(
+        spec.binds[0],
+        format!(
+            "/cache/{}/spacelift-worker:/opt/spacelift/binaries/spacelift-worker:ro",
+            "aa".repeat(32)
+        )
+    );
+    assert_eq!(spec.labels[labels::RUN_ID], "R1");
+    assert_eq!(spec.labels[labels::WORKER], "WORKER1");
+    assert_eq!(spec.labels[labels::POOL], "POOL1");
+    assert_eq!(spec.labels[labels::LAUNCHER], "LAUNCHER1");
+    assert!(spec.env.contains(&"SPACELIFT_RUN_ULID=R1".to_string()));
+    r.cancel("R1").await;
+    until_terminal(&h, "R1").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_and_late_run_scheduled_are_ignored() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = steady(2, secs(1), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    until_no_containers(&h).await;
+    // Late redelivery after the run ended, and after a reconnect.
+    r.event(BackendEvent::Connected).await;
+    r.schedule("R1").await;
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    assert_eq!(h.backend.claims(), ["R1", "R2"]);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(
+        h.runtime
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("create"))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_claim_starts_nothing() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        s.refuse.insert("R1".into());
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world.until("claim attempted", || !b.claims().is_empty()).await;
+    r.status_until("slot free again", |s| s.runs.is_empty() && s.state == WorkerState::Idle)
+        .await;
+    // Then a run that is granted goes through; the refused one never touched Docker.
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    assert!(h.backend.states("R1").is_empty());
+    assert_eq!(h.store.state.lock().unwrap().gets, 1);
+    let calls = h.runtime.calls();
+    assert!(!calls.iter().any(|c| c.contains("spacelift-r1")), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_claim_failures_are_retried() {
+    let h = Harness::new();
+    h.backend.with(|s| s.claim_transient = 2);
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.claims(), ["R1", "R1", "R1"]);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_is_never_exceeded_and_overflow_is_not_claimed() {
+    let mut h = Harness::new();
+    h.settings.capacity = 2;
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(30), 0));
+    let mut r = h.start();
+    for run in ["R1", "R2", "R3", "R4"] {
+        r.schedule(run).await;
+    }
+    until_terminal(&h, "R1").await;
+    until_terminal(&h, "R2").await;
+    assert_eq!(h.backend.claims(), ["R1", "R2"]);
+    until_no_containers(&h).await;
+    r.status_until("idle", |s| s.runs.is_empty()).await;
+    // Overflow was not remembered as seen: offered again, it is taken.
+    r.schedule("R3").await;
+    r.schedule("R4").await;
+    until_terminal(&h, "R3").await;
+    until_terminal(&h, "R4").await;
+    assert_eq!(h.backend.claims(), ["R1", "R2", "R3", "R4"]);
+    assert_eq!(h.runtime.with(|s| s.max_running), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_storm_honours_retry_after_and_keeps_order() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        s.report_transient = 5;
+        s.retry_after = Some(secs(20));
+    });
+    h.runtime
+        .with(|s| s.default_behaviour = steady(3, Duration::ZERO, 0));
+    let mut r = h.start();
+    let t0 = Instant::now();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    // 5 failures x Retry-After 20 s; jitter alone would total at most 1+2+4+8+16 s.
+    assert!(t0.elapsed() >= secs(100), "{:?}", t0.elapsed());
+    assert_eq!(h.backend.with(|s| s.failed_reports), 5);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.backend.log_texts("R1"), ["line 0", "line 1", "line 2"]);
+    assert_eq!(h.backend.log_seqs("R1"), [0, 1, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_are_kept_while_disconnected_and_sent_on_reconnect() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(2, secs(1), 0));
+    let mut r = h.start();
+    r.event(BackendEvent::Connected).await;
+    h.backend.with(|s| s.down = true);
+    r.event(BackendEvent::Disconnected("broker gone".into()))
+        .await;
+    r.schedule("R1").await;
+    // The run goes on while the backend is unreachable.
+    let rt = h.runtime.clone();
+    h.world
+        .until("container removed", || rt.with(|s| s.removed.len() == 1))
+        .await;
+    tokio::time::sleep(secs(600)).await;
+    assert!(h.backend.states("R1").is_empty());
+    assert_eq!(*r.status.borrow().runs, ["R1"], "undelivered runs stay held");
+
+    h.backend.with(|s| s.down = false);
+    let back = Instant::now();
+    r.event(BackendEvent::Connected).await;
+    until_terminal(&h, "R1").await;
+    // Delivered because of the reconnect, not at the end of a (up to 64 s) backoff.
+    assert!(back.elapsed() < secs(1), "{:?}", back.elapsed());
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.backend.log_texts("R1"), ["line 0", "line 1"]);
+    r.status_until("nothing held", |s| s.runs.is_empty()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_beyond_the_logs_timeout_times_the_run_out() {
+    let mut h = Harness::new();
+    h.settings.logs_timeout = secs(60);
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour {
+            lines: vec![(secs(1), "starting".into())],
+            hang: true,
+            ..Default::default()
+        }
+    });
+    let mut r = h.start();
+    let t0 = Instant::now();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (TimedOut, reason_codes::LOGS_TIMEOUT));
+    assert!(msg.contains("no output for 1m"), "{msg}");
+    assert!(t0.elapsed() >= secs(61) && t0.elapsed() < secs(70), "{:?}", t0.elapsed());
+    assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, TimedOut]);
+    until_no_containers(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chatty_run_is_stopped_by_the_run_timeout() {
+    let mut h = Harness::new();
+    h.settings.logs_timeout = secs(60);
+    h.settings.run_timeout = secs(300);
+    // A line every 29 s never trips the 60 s silence timeout.
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1000, secs(29), 0));
+    let mut r = h.start();
+    let t0 = Instant::now();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, _, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (TimedOut, reason_codes::RUN_TIMEOUT));
+    assert!(t0.elapsed() >= secs(300) && t0.elapsed() < secs(310), "{:?}", t0.elapsed());
+    let texts = h.backend.log_texts("R1");
+    assert_eq!(texts.len(), 10 + 1, "{texts:?}");
+    assert!(texts[10].contains("exceeded 5m"), "{texts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_with_grace_then_kills() {
+    let h = Harness::new();
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour {
+            hang: true,
+            ignore_term: true,
+            ..Default::default()
+        }
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    let t0 = Instant::now();
+    r.cancel("R1").await;
+    until_terminal(&h, "R1").await;
+    assert!(t0.elapsed() >= secs(10), "the grace was not given: {:?}", t0.elapsed());
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Canceled, reason_codes::CANCELED));
+    assert_eq!(msg, "canceled by user");
+    assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
+    until_no_containers(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_architecture_image_fails_before_any_container() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        let mut spec = spec("R1");
+        spec.image = Some("arm-img".into());
+        s.specs.insert("R1".into(), spec);
+    });
+    h.runtime.with(|s| {
+        s.registry.insert("arm-img".into(), image("arm64"));
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Failed, reason_codes::ARCHITECTURE_MISMATCH));
+    assert!(
+        msg.contains("image arm-img is linux/arm64 but the Docker daemon is linux/amd64"),
+        "{msg}"
+    );
+    let calls = h.runtime.calls();
+    assert!(calls.contains(&"pull arm-img linux/amd64".to_string()), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("create")), "{calls:?}");
+    assert_eq!(h.backend.states("R1"), [Preparing, Failed]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_format_error_after_start_is_an_architecture_mismatch() {
+    let h = Harness::new();
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour::prints(&["exec /bin/sh: exec format error"]).exit(255);
+        s.behaviours.insert(
+            "plain-fail".into(),
+            Behaviour::prints(&["terraform: error"]).exit(1),
+        );
+        s.images.insert("plain-fail".into(), image("amd64"));
+    });
+    h.backend.with(|s| {
+        let mut spec = spec("R2");
+        spec.image = Some("plain-fail".into());
+        s.specs.insert("R2".into(), spec);
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, _, exit) = reason(&h, "R1");
+    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::ARCHITECTURE_MISMATCH, Some(255)));
+    // The same exit without the tell-tale line is an ordinary failure.
+    until_no_containers(&h).await;
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    let (state, code, _, exit) = reason(&h, "R2");
+    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::NONZERO_EXIT, Some(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_memory_is_reported_as_such() {
+    let h = Harness::new();
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour {
+            oom: true,
+            exit_code: 137,
+            ..Default::default()
+        }
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, _, exit) = reason(&h, "R1");
+    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::OOM_KILLED, Some(137)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_image_that_cannot_be_pulled_fails_the_run() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        let mut spec = spec("R1");
+        spec.image = Some("nowhere:1".into());
+        s.specs.insert("R1".into(), spec);
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Failed, reason_codes::IMAGE_PULL_FAILED));
+    assert!(msg.contains("nowhere:1"), "{msg}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::prints(&["working"]));
+    h.runtime.with(|s| s.default_behaviour.hang = true);
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let rt = h.runtime.clone();
+    h.world
+        .until("output seen", || {
+            rt.with(|s| s.containers.values().any(|c| !c.output.is_empty()))
+        })
+        .await;
+    h.runtime.with(|s| s.unavailable = true);
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Failed, reason_codes::DOCKER_UNAVAILABLE));
+    assert!(msg.contains("connection"), "{msg}");
+
+    // The daemon comes back (keeping its containers): the leftover is removed by the
+    // retried removal, and the launcher serves the next run.
+    h.runtime.with(|s| s.unavailable = false);
+    until_no_containers(&h).await;
+    h.runtime.with(|s| s.default_behaviour = steady(1, secs(1), 0));
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    assert_eq!(h.backend.states("R2"), [Preparing, Running, Finished]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_container_fails_the_run_with_container_failed() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    // Someone runs `docker rm -f` behind the launcher's back.
+    h.runtime.with(|s| {
+        if let Some(c) = s.containers.remove("c1") {
+            if c.running {
+                s.running_now -= 1;
+            }
+        }
+    });
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Failed, reason_codes::CONTAINER_FAILED));
+    assert!(msg.contains("vanished"), "{msg}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_binary_is_retried_and_never_executed() {
+    let h = Harness::new();
+    h.store.state.lock().unwrap().corrupt = 1;
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.store.state.lock().unwrap().gets, 2);
+
+    h.store.state.lock().unwrap().corrupt = 10;
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    let (state, code, msg, _) = reason(&h, "R2");
+    assert_eq!((state, code.as_str()), (Failed, reason_codes::WORKER_BINARY_UNAVAILABLE));
+    assert!(msg.contains("checksum mismatch"), "{msg}");
+    assert!(!h.runtime.calls().contains(&"create spacelift-r2".to_string()));
+    assert_eq!(h.store.pinned_now(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_and_its_loss_stops_the_run_silently() {
+    let h = Harness::new();
+    h.backend.with(|s| s.ttl_ms = 30_000);
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    let t0 = Instant::now();
+    // Every 10 s (ttl / 3).
+    h.world
+        .until("three renewals", || b.with(|s| s.renewals.len()) >= 3)
+        .await;
+    assert!(t0.elapsed() <= secs(31), "{:?}", t0.elapsed());
+
+    h.backend.with(|s| {
+        s.lease_conflict.insert("R1".into());
+    });
+    until_no_containers(&h).await;
+    assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
+    r.status_until("run released", |s| s.runs.is_empty()).await;
+    assert_eq!(h.backend.states("R1"), [Preparing, Running], "nothing reported after the loss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_renewals_failing_for_a_whole_ttl_lose_the_lease() {
+    let h = Harness::new();
+    h.backend.with(|s| s.ttl_ms = 30_000);
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    h.backend.with(|s| s.lease_transient = true);
+    let t0 = Instant::now();
+    until_no_containers(&h).await;
+    // Not before the ttl since the last good renewal ran out.
+    assert!(t0.elapsed() >= secs(20), "{:?}", t0.elapsed());
+    assert!(h.backend.with(|s| s.renewals.len()) > 2, "transient failures were retried");
+    assert_eq!(h.backend.states("R1"), [Preparing, Running]);
+    r.status_until("run released", |s| s.runs.is_empty()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(30), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 claimed", || !b.claims().is_empty())
+        .await;
+    r.send(ServerMessage::Drain {
+        message_id: "d".into(),
+    })
+    .await;
+    r.status_until("drained", |s| s.state == WorkerState::Drained)
+        .await;
+    r.schedule("R2").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.backend.claims(), ["R1"]);
+    r.status_until("drained and empty", |s| {
+        s.state == WorkerState::Drained && s.runs.is_empty()
+    })
+    .await;
+
+    r.send(ServerMessage::Undrain {
+        message_id: "u".into(),
+    })
+    .await;
+    r.status_until("idle", |s| s.state == WorkerState::Idle).await;
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    assert_eq!(h.backend.claims(), ["R1", "R2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cycle_drains_then_exits_zero() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(30), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 claimed", || !b.claims().is_empty())
+        .await;
+    r.send(ServerMessage::Cycle {
+        message_id: "c".into(),
+    })
+    .await;
+    r.schedule("R2").await;
+    let outcome = r.exit().await.unwrap();
+    assert_eq!(outcome, ExitOutcome::Cycled);
+    assert_eq!(outcome.exit_code(), 0);
+    assert_eq!(h.backend.claims(), ["R1"]);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.runtime.live_containers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_signal_drains_and_exits_when_runs_are_done() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(30), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 running", || b.states("R1").contains(&Running))
+        .await;
+    r.signal().await;
+    r.status_until("drained", |s| s.state == WorkerState::Drained)
+        .await;
+    r.schedule("R2").await;
+    let outcome = r.exit().await.unwrap();
+    assert_eq!(outcome, ExitOutcome::Drained);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.backend.claims(), ["R1"]);
+    assert_eq!(h.runtime.live_containers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_undelivered_results() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(1), 0));
+    h.backend.with(|s| s.down = true);
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let rt = h.runtime.clone();
+    h.world
+        .until("container removed", || rt.with(|s| s.removed.len() == 1))
+        .await;
+    r.signal().await;
+    tokio::time::sleep(secs(300)).await;
+    assert!(!r.task.is_finished(), "exited with an undelivered result");
+    h.backend.with(|s| s.down = false);
+    r.event(BackendEvent::Connected).await;
+    assert_eq!(r.exit().await.unwrap(), ExitOutcome::Drained);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_signal_cancels_runs_in_flight() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 running", || b.states("R1").contains(&Running))
+        .await;
+    r.signal().await;
+    r.signal().await;
+    let outcome = r.exit().await.unwrap();
+    assert_eq!(outcome, ExitOutcome::Canceled);
+    let (state, code, _, _) = reason(&h, "R1");
+    assert_eq!((state, code.as_str()), (Canceled, reason_codes::LAUNCHER_SHUTDOWN));
+    assert_eq!(h.runtime.live_containers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn third_signal_exits_at_once() {
+    let mut h = Harness::new();
+    h.settings.stop_grace = secs(3600);
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour {
+            hang: true,
+            ignore_term: true,
+            ..Default::default()
+        }
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 running", || b.states("R1").contains(&Running))
+        .await;
+    let t0 = Instant::now();
+    r.signal().await;
+    r.signal().await;
+    r.signal().await;
+    assert_eq!(r.exit().await.unwrap(), ExitOutcome::Immediate);
+    assert!(t0.elapsed() < secs(1), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
+    let mut h = Harness::new();
+    h.held_runs = vec!["R0".into(), "R9".into()];
+    let labels_for = |worker: &str, run: &str| {
+        BTreeMap::from([
+            (labels::RUN_ID.to_string(), run.to_string()),
+            (labels::WORKER.to_string(), worker.to_string()),
+        ])
+    };
+    // Ours (from the previous process, same worker ULID) and someone else's.
+    for (worker, run) in [("WORKER1", "R0"), ("WORKER1", "R7"), ("OTHER", "X1")] {
+        let spec = ContainerSpec {
+            name: format!("spacelift-{run}"),
+            image: "img".into(),
+            entrypoint: vec![],
+            env: vec![],
+            labels: labels_for(worker, run),
+            binds: vec![],
+            network: "none".into(),
+            runtime: None,
+            working_dir: "/".into(),
+        };
+        use crate::ports::ContainerRuntime;
+        let id = h.runtime.create(&spec).await.unwrap();
+        h.runtime.start(&id).await.unwrap();
+    }
+    let mut r = h.start();
+    for run in ["R0", "R7", "R9"] {
+        until_terminal(&h, run).await;
+        let (state, code, _, _) = reason(&h, run);
+        assert_eq!((state, code.as_str()), (Failed, reason_codes::LAUNCHER_RESTARTED));
+    }
+    let left: Vec<String> = h
+        .runtime
+        .with(|s| s.containers.values().map(|c| c.spec.name.clone()).collect());
+    assert_eq!(left, ["spacelift-X1"]);
+    // A redelivered run.scheduled for a reaped run is not claimed.
+    r.schedule("R0").await;
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.claims(), ["R1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn masked_values_never_leave_the_launcher() {
+    let mut h = Harness::new();
+    h.settings.masked_values = vec!["hunter2".into(), "hunter22".into()];
+    h.settings.run_logs_on_stdout = true;
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour::prints(&["token=hunter22 again hunter2", "clean"])
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(
+        h.backend.log_texts("R1"),
+        ["token=***** again *****", "clean"]
+    );
+    let out = h.stdout.lines.lock().unwrap().clone();
+    assert_eq!(out.len(), 2);
+    let first: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+    assert_eq!(
+        first,
+        serde_json::json!({
+            "run_ulid": "R1",
+            "stack_id": "stack-R1",
+            "ts": "2026-01-01T00:00:00Z",
+            "msg": "token=***** again *****",
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_lines_arrive_complete_and_in_order() {
+    let h = Harness::new();
+    h.runtime
+        .with(|s| s.default_behaviour = steady(250, Duration::from_millis(1), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.log_seqs("R1"), (0..250).collect::<Vec<u64>>());
+    let texts = h.backend.log_texts("R1");
+    assert_eq!(texts[249], "line 249");
+    // Batched: far fewer uploads than lines.
+    let uploads = h.backend.with(|s| s.uploads);
+    assert!(uploads <= 10, "{uploads} uploads for 250 lines");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unauthorized_is_fatal() {
+    let h = Harness::new();
+    h.backend.with(|s| s.unauthorized = true);
+    let mut r = h.start();
+    r.schedule("R1").await;
+    match r.exit().await {
+        Err(Error::Unauthorized(_)) => {}
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(h.runtime.live_containers(), 0);
+}
