@@ -313,7 +313,7 @@ impl FakeBackend {
             out_rx,
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(timers(core.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::core::run_timers(core.clone(), shutdown.clone())));
 
         let admin_listener = match config.admin {
             true => Some(bind("admin API", config.admin_bind).await?),
@@ -358,23 +358,6 @@ impl FakeBackend {
 
 fn set_endpoints(core: &Core, endpoints: &Endpoints) {
     core.mutate_inner(false, |tx| tx.set_endpoints(endpoints.clone()));
-}
-
-async fn timers(core: Arc<Core>, shutdown: CancellationToken) {
-    loop {
-        let next = core.next_deadline();
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = core.timers.notified() => {}
-            _ = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
-        core.mutate_inner(false, |tx| tx.expire(tokio::time::Instant::now()));
-    }
 }
 
 fn b64(s: &str) -> String {

@@ -1166,6 +1166,25 @@ impl Core {
     }
 }
 
+/// Applies deadlines (leases, offers, heartbeats) as they pass, on tokio's clock, so
+/// paused-time tests drive them.
+pub(crate) async fn run_timers(core: std::sync::Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let next = core.next_deadline();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = core.timers.notified() => {}
+            _ = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        core.mutate_inner(false, |tx| tx.expire(Instant::now()));
+    }
+}
+
 /// Where a pool's key comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum PoolKeySource<'a> {
@@ -1249,5 +1268,157 @@ impl From<&Worker> for WorkerView {
             reported_state: w.reported_state,
             gone_crashed: w.gone_crashed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use protocol::messages::Heartbeat;
+
+    use super::*;
+    use crate::clock::BASE_MS;
+
+    struct World {
+        core: Arc<Core>,
+        out: mpsc::UnboundedReceiver<Outbound>,
+        _dir: tempfile::TempDir,
+        _stop: tokio_util::sync::DropGuard,
+    }
+
+    fn world(lease_s: u64) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, out) = mpsc::unbounded_channel();
+        let core = Arc::new(Core::new(
+            Timing {
+                lease_ttl: Duration::from_secs(lease_s),
+                heartbeat_interval: Duration::from_secs(5),
+                offer_ttl: Duration::from_secs(lease_s),
+            },
+            Clock::new(BASE_MS),
+            EventLog::open(dir.path()).unwrap(),
+            Store::open(dir.path()).unwrap(),
+            Pki::load_or_create(dir.path()).unwrap(),
+            State::default(),
+            42,
+            tx,
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(run_timers(core.clone(), stop.clone()));
+        World { core, out, _dir: dir, _stop: stop.drop_guard() }
+    }
+
+    fn pool(core: &Core) -> String {
+        // No certificate needed for core tests: insert the pool directly.
+        core.mutate(|tx| {
+            let id = tx.new_id();
+            tx.w.state.pools.insert(
+                id.clone(),
+                Pool { ulid: id.clone(), cert_pem: String::new(), fingerprint: id.clone(), retired_fingerprints: vec![], resets: 0 },
+            );
+            id
+        })
+    }
+
+    fn register(core: &Core, pool: &str, capacity: u32) -> String {
+        let req = RegisterRequest {
+            protocol_version: 1,
+            arch: Arch::Amd64,
+            launcher_version: "t".into(),
+            capacity,
+            metadata: Default::default(),
+            previous_worker_ulid: None,
+        };
+        core.register(pool, req).unwrap().worker_ulid
+    }
+
+    fn heartbeat(core: &Core, pool: &str, worker: &str, seq: u64) {
+        let hb = WorkerMessage::Heartbeat(Heartbeat {
+            worker_ulid: worker.into(),
+            seq,
+            state: WorkerState::Idle,
+            runs: vec![],
+            capacity: 1,
+        });
+        core.on_worker_publish(&topics::writeonly("spacelift", pool, worker), &hb.to_json());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_fails_the_run_after_exactly_the_ttl() {
+        let mut w = world(30);
+        let core = w.core.clone();
+        let p = pool(&core);
+        let worker = register(&core, &p, 1);
+        heartbeat(&core, &p, &worker, 1);
+        let run = core.schedule_run(ScheduleRun::new(&p)).unwrap();
+        let sent = w.out.recv().await.unwrap();
+        assert!(matches!(sent.msg, ServerMessage::RunScheduled { .. }));
+        core.claim(&p, &run, &worker).unwrap();
+        let granted = core.events.wait_for_since(0, |e| e.kind == kinds::CLAIM_GRANTED).await;
+        // Renewals push the deadline out; keep the worker's heartbeats going meanwhile.
+        for i in 0..3u32 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            heartbeat(&core, &p, &worker, 2 + u64::from(i));
+            core.renew(&p, &run, &worker).unwrap();
+        }
+        let expired = core.events.wait_for_since(0, |e| e.kind == kinds::LEASE_EXPIRED).await;
+        assert_eq!(expired.at_ms - granted.at_ms, 12_000 + 30_000);
+        let v = core.run_view(&run).unwrap();
+        assert_eq!(v.state, RunState::Failed);
+        assert_eq!(v.reason.unwrap().code, reason_codes::WORKER_LOST);
+        // Never offered again, even with the worker online and free.
+        heartbeat(&core, &p, &worker, 10);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let offers = core.events.since(0).iter().filter(|e| e.kind == kinds::RUN_OFFERED).count();
+        assert_eq!(offers, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_worker_goes_offline_and_its_offer_moves_on() {
+        let mut w = world(60);
+        let core = w.core.clone();
+        let p = pool(&core);
+        let a = register(&core, &p, 1);
+        heartbeat(&core, &p, &a, 1);
+        let run = core.schedule_run(ScheduleRun::new(&p)).unwrap();
+        assert_eq!(w.out.recv().await.unwrap().worker, a);
+        let b = register(&core, &p, 1);
+        heartbeat(&core, &p, &b, 1);
+        // `a` stays silent: offline after 3 heartbeat intervals; the offer goes to `b`.
+        let offline = core.events.wait_for_since(0, |e| e.kind == kinds::WORKER_OFFLINE).await;
+        assert_eq!(offline.worker.as_deref(), Some(a.as_str()));
+        let next = w.out.recv().await.unwrap();
+        assert_eq!((next.worker.as_str(), &next.msg), (b.as_str(), &ServerMessage::RunScheduled {
+            message_id: match &next.msg { ServerMessage::RunScheduled { message_id, .. } => message_id.clone(), _ => unreachable!() },
+            run_ulid: run.clone(),
+        }));
+        assert!(!core.worker_view(&a).unwrap().online);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unclaimed_offer_is_made_again_after_the_offer_ttl() {
+        let mut w = world(10);
+        let core = w.core.clone();
+        let p = pool(&core);
+        let a = register(&core, &p, 1);
+        heartbeat(&core, &p, &a, 1);
+        let run = core.schedule_run(ScheduleRun::new(&p)).unwrap();
+        w.out.recv().await.unwrap();
+        // Keep `a` alive but never claim.
+        let keepalive = {
+            let core = core.clone();
+            let (p, a) = (p.clone(), a.clone());
+            tokio::spawn(async move {
+                for seq in 2.. {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    heartbeat(&core, &p, &a, seq);
+                }
+            })
+        };
+        let again = w.out.recv().await.unwrap();
+        assert!(matches!(&again.msg, ServerMessage::RunScheduled { run_ulid, .. } if *run_ulid == run));
+        assert!(core.events.since(0).iter().any(|e| e.kind == kinds::RUN_OFFER_EXPIRED));
+        keepalive.abort();
     }
 }

@@ -46,8 +46,10 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
         }
         let mut b = Daemon::subject_behaviour(&st, c);
         if foreign || b.exec_format_error {
+            // runc reports the PATH-resolved binary; busybox-style images keep it in /bin.
+            let shown = if path.contains('/') { path.clone() } else { format!("/bin/{path}") };
             b = Behaviour {
-                stderr: vec![exec_format_error_line(&path)],
+                stderr: vec![exec_format_error_line(&shown)],
                 exit_code: daemon.config.exec_format_exit_code,
                 ..Behaviour::default()
             };

@@ -119,7 +119,9 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> BinaryError {
 }
 
 fn valid_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl FsBinaryStore {
@@ -130,7 +132,12 @@ impl FsBinaryStore {
     }
 
     /// As [`FsBinaryStore::new`], with the seed of the resume backoff's jitter.
-    pub fn with_seed(dir: PathBuf, backend: Arc<dyn Backend>, keep: usize, seed: u64) -> FsBinaryStore {
+    pub fn with_seed(
+        dir: PathBuf,
+        backend: Arc<dyn Backend>,
+        keep: usize,
+        seed: u64,
+    ) -> FsBinaryStore {
         FsBinaryStore {
             inner: Arc::new(Inner {
                 root: dir.join("sha256"),
@@ -199,9 +206,13 @@ impl FsBinaryStore {
                     let task_sha = sha.clone();
                     let handle = tokio::spawn(async move {
                         let result = task_inner.download(&task_binary, &task_sha).await;
-                        lock(&task_inner.inflight).remove(&task_sha);
+                        // Mark it used before it stops counting as in flight, so a
+                        // concurrent prune never sees it as the least recently used.
                         if result.is_ok() {
                             task_inner.touch(&task_sha);
+                        }
+                        lock(&task_inner.inflight).remove(&task_sha);
+                        if result.is_ok() {
                             if let Err(e) = task_inner.clone().prune().await {
                                 tracing::warn!(error = %e, "pruning the worker binary cache failed");
                             }
@@ -289,7 +300,11 @@ impl Inner {
         }
     }
 
-    async fn download(self: &Arc<Self>, binary: &WorkerBinary, sha: &str) -> Result<CachedBinary, BinaryError> {
+    async fn download(
+        self: &Arc<Self>,
+        binary: &WorkerBinary,
+        sha: &str,
+    ) -> Result<CachedBinary, BinaryError> {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| io_err("cannot create", &self.root, e))?;
@@ -312,7 +327,11 @@ impl Inner {
             .map_err(|e| io_err("cannot create", tmp, e))?;
         let mut hasher = Sha256::new();
         let mut written: u64 = 0;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), self.seed);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            self.seed,
+        );
         let mut resumes = 0;
         'attempts: loop {
             let attempt: Result<(), BackendError> = async {
@@ -323,10 +342,12 @@ impl Inner {
                     let room = (binary.size.saturating_sub(written) + 1) as usize;
                     let chunk = &chunk[..chunk.len().min(room)];
                     hasher.update(chunk);
-                    file.write_all(chunk).await.map_err(|e| BackendError::Transient {
-                        message: format!("writing {}: {e}", tmp.display()),
-                        retry_after: None,
-                    })?;
+                    file.write_all(chunk)
+                        .await
+                        .map_err(|e| BackendError::Transient {
+                            message: format!("writing {}: {e}", tmp.display()),
+                            retry_after: None,
+                        })?;
                     written += chunk.len() as u64;
                     self.counters
                         .bytes_downloaded
@@ -340,9 +361,10 @@ impl Inner {
             .await;
             match attempt {
                 Ok(()) => break 'attempts,
-                Err(BackendError::Transient { message, retry_after })
-                    if resumes < RESUME_ATTEMPTS && !message.starts_with("writing ") =>
-                {
+                Err(BackendError::Transient {
+                    message,
+                    retry_after,
+                }) if resumes < RESUME_ATTEMPTS && !message.starts_with("writing ") => {
                     resumes += 1;
                     let delay = backoff.next_delay(retry_after);
                     tracing::warn!(%message, written, resumes, "worker binary download interrupted; resuming");
@@ -351,7 +373,9 @@ impl Inner {
                 Err(e) => return Err(BinaryError::Download(e)),
             }
         }
-        file.flush().await.map_err(|e| io_err("cannot write", tmp, e))?;
+        file.flush()
+            .await
+            .map_err(|e| io_err("cannot write", tmp, e))?;
         let actual = hex::encode(hasher.finalize());
         if written != binary.size || actual != sha {
             drop(file);
@@ -372,7 +396,9 @@ impl Inner {
                 },
             });
         }
-        file.sync_all().await.map_err(|e| io_err("cannot fsync", tmp, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| io_err("cannot fsync", tmp, e))?;
         drop(file);
         set_executable(tmp).await?;
         let path = self.root.join(sha);
@@ -381,7 +407,10 @@ impl Inner {
             .map_err(|e| io_err("cannot rename into", &path, e))?;
         // Make the rename durable.
         let root = self.root.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::File::open(root).and_then(|d| d.sync_all())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(root).and_then(|d| d.sync_all())
+        })
+        .await;
         lock(&self.verified).insert(sha.to_string());
         tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
         Ok(CachedBinary {
@@ -571,13 +600,20 @@ mod tests {
                 })
                 .collect();
             // Stop at the injected error, like a broken connection.
-            let cut = chunks.iter().position(|c| c.is_err()).map_or(chunks.len(), |p| p + 1);
-            Ok(Box::pin(futures_util::stream::iter(chunks.into_iter().take(cut))))
+            let cut = chunks
+                .iter()
+                .position(|c| c.is_err())
+                .map_or(chunks.len(), |p| p + 1);
+            Ok(Box::pin(futures_util::stream::iter(
+                chunks.into_iter().take(cut),
+            )))
         }
     }
 
     fn blob(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,7 +655,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o755
+            );
         }
         // A later get is a hit without a download.
         store.get(&wb).await.unwrap();
@@ -639,7 +678,12 @@ mod tests {
         let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
         let e = store.get(&wb).await.unwrap_err();
         match &e {
-            BinaryError::Corrupt { version, expected, actual, .. } => {
+            BinaryError::Corrupt {
+                version,
+                expected,
+                actual,
+                ..
+            } => {
                 assert_eq!(version, "2.0.0");
                 assert_eq!(expected, &wb.sha256);
                 assert_ne!(actual, &wb.sha256);
@@ -647,7 +691,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!store.path_of(&wb.sha256).exists());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sha256")).unwrap().collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sha256"))
+            .unwrap()
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert_eq!(store.counters().snapshot().corrupt, 1);
     }
@@ -659,7 +705,10 @@ mod tests {
         wb.size = 999; // the stream is longer than announced
         let dir = tempfile::tempdir().unwrap();
         let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
-        assert!(matches!(store.get(&wb).await, Err(BinaryError::Corrupt { .. })));
+        assert!(matches!(
+            store.get(&wb).await,
+            Err(BinaryError::Corrupt { .. })
+        ));
         assert!(!store.path_of(&wb.sha256).exists());
     }
 
@@ -705,7 +754,10 @@ mod tests {
             size: 1,
             sha256: "../../etc/passwd".into(),
         };
-        assert!(matches!(store.get(&wb).await, Err(BinaryError::Download(_))));
+        assert!(matches!(
+            store.get(&wb).await,
+            Err(BinaryError::Download(_))
+        ));
     }
 
     #[tokio::test]

@@ -57,8 +57,15 @@ impl EnvSource for ProcessEnv {
 pub struct MapEnv(pub BTreeMap<String, String>);
 
 impl MapEnv {
-    pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> MapEnv {
-        MapEnv(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    pub fn new<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> MapEnv {
+        MapEnv(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
     pub fn set(&mut self, k: impl Into<String>, v: impl Into<String>) -> &mut Self {
         self.0.insert(k.into(), v.into());
@@ -87,11 +94,34 @@ pub enum LogFormat {
 
 /// Proxy settings for the HTTPS client (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`; the
 /// upper-case spelling wins over the lower-case one). MQTT does not go through them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Debug` hides credentials in the proxy URLs.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub http: Option<String>,
     pub https: Option<String>,
     pub no_proxy: Option<String>,
+}
+
+fn redact_url(u: &Option<String>) -> Option<String> {
+    u.as_ref().map(|u| match reqwest::Url::parse(u) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("<redacted>");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(_) => u.clone(),
+        Err(_) => "<unparsable>".to_string(),
+    })
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("http", &redact_url(&self.http))
+            .field("https", &redact_url(&self.https))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 /// Command-line overrides (the CLI wins over the environment).
@@ -101,8 +131,9 @@ pub struct Overrides {
     pub capacity: Option<u32>,
 }
 
-/// The launcher's whole configuration, validated.
-#[derive(Debug, Clone)]
+/// The launcher's whole configuration, validated. `Debug` redacts secrets: the key, the
+/// values of whitelisted and masked variables, proxy credentials.
+#[derive(Clone)]
 pub struct LauncherConfig {
     pub settings: Settings,
     pub credentials: Credentials,
@@ -124,13 +155,40 @@ pub struct LauncherConfig {
     pub warnings: Vec<String>,
 }
 
+impl std::fmt::Debug for LauncherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut settings = self.settings.clone();
+        for p in &mut settings.passed_env {
+            p.value = "<redacted>".into();
+        }
+        settings.masked_values = vec!["<redacted>".into(); settings.masked_values.len()];
+        f.debug_struct("LauncherConfig")
+            .field("settings", &settings)
+            .field("credentials", &self.credentials)
+            .field("docker_host", &self.docker_host)
+            .field("log_format", &self.log_format)
+            .field("proxy", &self.proxy)
+            .field("additional_root_cas", &self.additional_root_cas.len())
+            .field("sensitive_output_upload", &self.sensitive_output_upload)
+            .field(
+                "default_ansible_runner_image",
+                &self.default_ansible_runner_image,
+            )
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
 /// Spacelift's documented default Ansible runner image.
 pub const DEFAULT_ANSIBLE_RUNNER_IMAGE: &str = "public.ecr.aws/spacelift/runner-ansible:latest";
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{var} is required but not set ({hint})")]
-    Missing { var: &'static str, hint: &'static str },
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
     /// `message` says what was expected (and quotes the value only for non-secret variables).
     #[error("{var}: {message}")]
     Invalid { var: String, message: String },
@@ -262,7 +320,10 @@ pub fn load(env: &dyn EnvSource) -> Result<LauncherConfig, ConfigError> {
 
 /// Builds the configuration from `env`, with command-line `overrides` winning.
 /// Decodes and cross-checks the credentials; makes no connection.
-pub fn load_with(env: &dyn EnvSource, overrides: &Overrides) -> Result<LauncherConfig, ConfigError> {
+pub fn load_with(
+    env: &dyn EnvSource,
+    overrides: &Overrides,
+) -> Result<LauncherConfig, ConfigError> {
     let r = Reader { env };
     let mut warnings = Vec::new();
 
@@ -335,6 +396,20 @@ pub fn load_with(env: &dyn EnvSource, overrides: &Overrides) -> Result<LauncherC
         })?),
     };
 
+    let data_dir = PathBuf::from(
+        r.get(vars::DATA_DIR)
+            .unwrap_or_else(|| "/opt/spacelift".to_string()),
+    );
+    if !data_dir.is_absolute() {
+        return Err(invalid(
+            vars::DATA_DIR,
+            format!(
+                "must be an absolute path (run containers bind-mount from it), got {:?}",
+                data_dir.display().to_string()
+            ),
+        ));
+    }
+
     let settings = Settings {
         capacity,
         default_runner_image: r
@@ -352,10 +427,7 @@ pub fn load_with(env: &dyn EnvSource, overrides: &Overrides) -> Result<LauncherC
         debug: r.boolean(vars::DEBUG)?,
         docker_config_dir,
         metadata: metadata(env),
-        data_dir: PathBuf::from(
-            r.get(vars::DATA_DIR)
-                .unwrap_or_else(|| "/opt/spacelift".to_string()),
-        ),
+        data_dir,
         binary_cache_keep: r.number(vars::BINARY_CACHE_KEEP, 3usize, 1)?,
         seed,
         metrics_addr,
@@ -386,9 +458,7 @@ pub fn load_with(env: &dyn EnvSource, overrides: &Overrides) -> Result<LauncherC
     let proxy = ProxyConfig {
         http: r.proxy("HTTP_PROXY", "http_proxy")?,
         https: r.proxy("HTTPS_PROXY", "https_proxy")?,
-        no_proxy: r
-            .get("NO_PROXY")
-            .or_else(|| r.get("no_proxy")),
+        no_proxy: r.get("NO_PROXY").or_else(|| r.get("no_proxy")),
     };
 
     let additional_root_cas = match r.get(vars::ADDITIONAL_ROOT_CAS) {
@@ -473,7 +543,10 @@ impl Reader<'_> {
         };
         // Proxy URLs may hold credentials: never quote them.
         match reqwest::Url::parse(&value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") && u.has_host() => {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h")
+                    && u.has_host() =>
+            {
                 Ok(Some(value))
             }
             _ => Err(invalid(
@@ -558,7 +631,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             .checked_add(value)
             .ok_or_else(|| "duration too large".to_string())?;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
+    let secs =
+        u64::try_from(total / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
@@ -728,7 +802,13 @@ struct AdditionalRootCas {
 /// may hold several certificates. (A raw PEM instead of base64 PEM is tolerated.)
 pub fn parse_additional_root_cas(text: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let var = vars::ADDITIONAL_ROOT_CAS;
-    let json = protocol::token::decode_base64(var, text).map_err(|e| invalid(var, e.to_string().trim_start_matches(&format!("{var}: ")).to_string()))?;
+    let json = protocol::token::decode_base64(var, text).map_err(|e| match e {
+        protocol::ProtocolError::Base64 { offset, .. } => invalid(
+            var,
+            format!("unable to base64 decode: illegal base64 data at input byte {offset}"),
+        ),
+        other => invalid(var, other.to_string()),
+    })?;
     let parsed: AdditionalRootCas = serde_json::from_slice(&json).map_err(|e| {
         invalid(
             var,
@@ -766,7 +846,10 @@ mod tests {
     fn base() -> (MapEnv, TestPool) {
         let pool = TestPool::new();
         let env = MapEnv::new([
-            (vars::TOKEN, pool.token("mqtts://127.0.0.1:8883", "https://127.0.0.1:8443")),
+            (
+                vars::TOKEN,
+                pool.token("mqtts://127.0.0.1:8883", "https://127.0.0.1:8443"),
+            ),
             (vars::POOL_PRIVATE_KEY, b64(&pool.key_pem)),
         ]);
         (env, pool)
@@ -789,7 +872,10 @@ mod tests {
         let c = with(&[]).unwrap();
         let s = &c.settings;
         assert_eq!(s.capacity, 1);
-        assert_eq!(s.default_runner_image, "public.ecr.aws/spacelift/runner-terraform:latest");
+        assert_eq!(
+            s.default_runner_image,
+            "public.ecr.aws/spacelift/runner-terraform:latest"
+        );
         assert_eq!(s.network, "bridge");
         assert_eq!(s.runtime, None);
         assert!(s.extra_mounts.is_empty());
@@ -877,23 +963,34 @@ mod tests {
         let c = load_with(&env, &Overrides { capacity: Some(8) }).unwrap();
         assert_eq!(c.settings.capacity, 8);
         let e = load_with(&env, &Overrides { capacity: Some(0) }).unwrap_err();
-        assert_eq!(e.to_string(), "--capacity: expected a whole number >= 1, got 0");
+        assert_eq!(
+            e.to_string(),
+            "--capacity: expected a whole number >= 1, got 0"
+        );
     }
 
     #[test]
     fn required_variables_are_named() {
         let e = load(&MapEnv::default()).unwrap_err();
-        assert!(e.to_string().starts_with("SPACELIFT_TOKEN is required but not set"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("SPACELIFT_TOKEN is required but not set"),
+            "{e}"
+        );
         let (mut env, _p) = base();
         env.0.remove(vars::POOL_PRIVATE_KEY);
         let e = load(&env).unwrap_err();
         assert!(
-            e.to_string().starts_with("SPACELIFT_POOL_PRIVATE_KEY is required but not set"),
+            e.to_string()
+                .starts_with("SPACELIFT_POOL_PRIVATE_KEY is required but not set"),
             "{e}"
         );
         // Empty counts as unset.
         env.set(vars::POOL_PRIVATE_KEY, "  ");
-        assert!(matches!(load(&env).unwrap_err(), ConfigError::Missing { .. }));
+        assert!(matches!(
+            load(&env).unwrap_err(),
+            ConfigError::Missing { .. }
+        ));
     }
 
     #[test]
@@ -915,7 +1012,8 @@ mod tests {
             e.starts_with("SPACELIFT_LAUNCHER_LOGS_TIMEOUT: expected a Go duration such as 7m, 1h30m or 90s, got \"7\""),
             "{e}"
         );
-        assert!(err(&[(vars::RUN_TIMEOUT, "7days")]).starts_with("SPACELIFT_LAUNCHER_RUN_TIMEOUT: expected a Go duration"));
+        assert!(err(&[(vars::RUN_TIMEOUT, "7days")])
+            .starts_with("SPACELIFT_LAUNCHER_RUN_TIMEOUT: expected a Go duration"));
         assert_eq!(
             err(&[(vars::STOP_GRACE, "0s")]),
             "SPACELIFT_LAUNCHER_STOP_GRACE: must be positive, got \"0s\""
@@ -935,6 +1033,10 @@ mod tests {
         assert_eq!(
             err(&[(vars::LOG_FORMAT, "xml")]),
             "SPACELIFT_LAUNCHER_LOG_FORMAT: expected text or json, got \"xml\""
+        );
+        assert_eq!(
+            err(&[(vars::DATA_DIR, "relative/dir")]),
+            "SPACELIFT_LAUNCHER_DATA_DIR: must be an absolute path (run containers bind-mount from it), got \"relative/dir\""
         );
         assert!(err(&[(vars::DOCKER_HOST, "ssh://h")]).starts_with("DOCKER_HOST: expected unix://"));
         assert!(err(&[(vars::DOCKER_HOST, "unix://relative.sock")]).starts_with("DOCKER_HOST:"));
@@ -981,7 +1083,10 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        assert_eq!(m, [("AsgId", "asg"), ("empty", ""), ("instance_id", "i-123")]);
+        assert_eq!(
+            m,
+            [("AsgId", "asg"), ("empty", ""), ("instance_id", "i-123")]
+        );
     }
 
     #[test]
@@ -1023,7 +1128,10 @@ mod tests {
     #[test]
     fn whitelist_and_mask() {
         let c = with(&[
-            (vars::WHITELIST_ENVS, "AWS_REGION, ro_AWS_KEY, wo_AWS_KEY, ro_PLAIN, MISSING"),
+            (
+                vars::WHITELIST_ENVS,
+                "AWS_REGION, ro_AWS_KEY, wo_AWS_KEY, ro_PLAIN, MISSING",
+            ),
             ("AWS_REGION", "eu-west-1"),
             ("ro_AWS_KEY", "read-key"),
             ("wo_AWS_KEY", "write-key"),
@@ -1047,9 +1155,16 @@ mod tests {
                 ("PLAIN", "plain", MountScope::ReadOnlyRuns),
             ]
         );
-        assert_eq!(c.settings.masked_values, ["read-key", "unscoped", "write-key"]);
+        assert_eq!(
+            c.settings.masked_values,
+            ["read-key", "unscoped", "write-key"]
+        );
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("MISSING is not set"), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("MISSING is not set"),
+            "{:?}",
+            c.warnings
+        );
         assert!(err(&[(vars::WHITELIST_ENVS, "A-B")])
             .starts_with("SPACELIFT_WHITELIST_ENVS: entry \"A-B\" is not a variable name"));
     }
@@ -1057,7 +1172,10 @@ mod tests {
     #[test]
     fn initialization_policy_is_refused_honestly() {
         let e = err(&[(vars::RUN_INITIALIZATION_POLICY, "/nope/policy.rego")]);
-        assert!(e.starts_with("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: is set"), "{e}");
+        assert!(
+            e.starts_with("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: is set"),
+            "{e}"
+        );
         assert!(e.contains("does not evaluate Rego"), "{e}");
         assert!(e.contains("does not exist"), "{e}");
         assert!(ENV_HELP.contains("NOT SUPPORTED"));
@@ -1075,10 +1193,19 @@ mod tests {
             e,
             "ADDITIONAL_ROOT_CAS: unable to base64 decode: illegal base64 data at input byte 1"
         );
-        let e = err(&[(vars::ADDITIONAL_ROOT_CAS, &b64(r#"{"caCertificates":["bm90IHBlbQ=="]}"#))]);
-        assert_eq!(e, "ADDITIONAL_ROOT_CAS: caCertificates[0] holds no PEM certificate");
+        let e = err(&[(
+            vars::ADDITIONAL_ROOT_CAS,
+            &b64(r#"{"caCertificates":["bm90IHBlbQ=="]}"#),
+        )]);
+        assert_eq!(
+            e,
+            "ADDITIONAL_ROOT_CAS: caCertificates[0] holds no PEM certificate"
+        );
         let e = err(&[(vars::ADDITIONAL_ROOT_CAS, &b64("[1]"))]);
-        assert!(e.starts_with("ADDITIONAL_ROOT_CAS: expected base64 of {\"caCertificates\""), "{e}");
+        assert!(
+            e.starts_with("ADDITIONAL_ROOT_CAS: expected base64 of {\"caCertificates\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1088,6 +1215,25 @@ mod tests {
             e,
             "SPACELIFT_TOKEN: unable to base64 decode: illegal base64 data at input byte 3"
         );
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let (mut env, pool) = base();
+        env.set(vars::WHITELIST_ENVS, "AWS_SECRET")
+            .set("AWS_SECRET", "wJalrXUtnFEMI-secret")
+            .set(vars::MASK_ENVS, "AWS_SECRET")
+            .set("HTTPS_PROXY", "http://bob:pr0xy-pass@proxy.local:3128");
+        let c = load(&env).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("wJalrXUtnFEMI-secret"), "{dbg}");
+        assert!(!dbg.contains("pr0xy-pass"), "{dbg}");
+        assert!(!dbg.contains("bob"), "{dbg}");
+        for line in pool.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!dbg.contains(line), "{dbg}");
+        }
+        assert!(dbg.contains("AWS_SECRET"), "{dbg}");
+        assert!(dbg.contains("proxy.local"), "{dbg}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! certificate) and `SPACELIFT_POOL_PRIVATE_KEY` (the key the certificate was issued for).
 //!
 //! Everything here happens before any connection: the token and the key are decoded, the key
-//! is parsed (PKCS#8 RSA or EC, PKCS#1 RSA, SEC1 EC), and the key is checked against the
+//! is parsed (PKCS#8 RSA or EC, PKCS#1 RSA), and the key is checked against the
 //! certificate so a mismatch (a reset pool, a key from another pool) gets its own error
 //! instead of an obscure TLS failure later. The key never appears in `Debug`, `Display` or
 //! an error message.
@@ -51,7 +51,7 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    /// The key as DER (PKCS#8, PKCS#1 or SEC1, as it was given).
+    /// The key as DER (PKCS#8 or PKCS#1, as it was given).
     pub fn der(&self) -> PrivateKeyDer<'static> {
         self.der.clone_key()
     }
@@ -106,7 +106,10 @@ impl fmt::Debug for Credentials {
 impl Credentials {
     /// Decodes `SPACELIFT_TOKEN` and `SPACELIFT_POOL_PRIVATE_KEY` (their texts) and checks
     /// that the key belongs to the token's certificate.
-    pub fn from_env_text(token_text: &str, key_text: &str) -> Result<Credentials, CredentialsError> {
+    pub fn from_env_text(
+        token_text: &str,
+        key_text: &str,
+    ) -> Result<Credentials, CredentialsError> {
         let token = Token::decode(TOKEN_VAR, token_text).map_err(|e| sanitize(TOKEN_VAR, e))?;
         let certificate_chain = parse_certificates(&token.certificate)?;
         let key = parse_key(key_text)?;
@@ -163,8 +166,9 @@ fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Credent
     let leaf = certs
         .first()
         .ok_or_else(|| CredentialsError::Certificate("holds no certificate".into()))?;
-    x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| CredentialsError::Certificate(format!("not a valid X.509 certificate: {e}")))?;
+    x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        CredentialsError::Certificate(format!("not a valid X.509 certificate: {e}"))
+    })?;
     Ok(certs)
 }
 
@@ -346,7 +350,10 @@ mod tests {
         s
     }
 
-    fn creds_for_rsa(key_pem_pkcs8: &str, key_pem_given: &str) -> Result<Credentials, CredentialsError> {
+    fn creds_for_rsa(
+        key_pem_pkcs8: &str,
+        key_pem_given: &str,
+    ) -> Result<Credentials, CredentialsError> {
         let pki = TestPki::new();
         let kp = rcgen::KeyPair::from_pem(key_pem_pkcs8).unwrap();
         let cert = pki.client_cert(&kp);
@@ -358,7 +365,11 @@ mod tests {
     fn rsa_pkcs8_key_matching_certificate_is_accepted() {
         let key = rsa_pkcs8_pem(2048);
         let creds = creds_for_rsa(&key, &key).unwrap();
-        assert!(creds.key.algorithm().contains("RSA"), "{}", creds.key.algorithm());
+        assert!(
+            creds.key.algorithm().contains("RSA"),
+            "{}",
+            creds.key.algorithm()
+        );
         assert_eq!(creds.certificate_chain.len(), 1);
     }
 
@@ -376,12 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p8 = dir.path().join("k8.pem");
         std::fs::write(&p8, &key).unwrap();
-        let Some(pkcs1) = openssl(&[
-            "rsa",
-            "-in",
-            p8.to_str().unwrap(),
-            "-traditional",
-        ]) else {
+        let Some(pkcs1) = openssl(&["rsa", "-in", p8.to_str().unwrap(), "-traditional"]) else {
             eprintln!("skipped: openssl not installed");
             return;
         };
@@ -432,8 +438,8 @@ mod tests {
         );
         let mut key = b64(&pool.key_pem);
         key.insert(10, '!');
-        let err =
-            Credentials::from_env_text(&pool.token("mqtts://h:1", "https://h:2"), &key).unwrap_err();
+        let err = Credentials::from_env_text(&pool.token("mqtts://h:1", "https://h:2"), &key)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "SPACELIFT_POOL_PRIVATE_KEY: unable to base64 decode: illegal base64 data at input byte 10"
@@ -448,8 +454,8 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("SPACELIFT_TOKEN: "), "{msg}");
         assert!(!msg.contains(secret), "{msg}");
-        let err = Credentials::from_env_text(&b64(r#"{"broker":{"endpoint":"x"}}"#), "AAAA")
-            .unwrap_err();
+        let err =
+            Credentials::from_env_text(&b64(r#"{"broker":{"endpoint":"x"}}"#), "AAAA").unwrap_err();
         assert!(err.to_string().contains("missing field `api`"), "{err}");
     }
 
@@ -457,10 +463,14 @@ mod tests {
     fn garbage_key_pem_is_a_key_error() {
         let pool = TestPool::new();
         let bogus = "-----BEGIN PRIVATE KEY-----\nAAAAAAAA\n-----END PRIVATE KEY-----\n";
-        let err = Credentials::from_env_text(&pool.token("mqtts://h:1", "https://h:2"), &b64(bogus))
-            .unwrap_err();
+        let err =
+            Credentials::from_env_text(&pool.token("mqtts://h:1", "https://h:2"), &b64(bogus))
+                .unwrap_err();
         assert!(matches!(err, CredentialsError::Key(_)), "{err:?}");
-        assert!(err.to_string().starts_with("SPACELIFT_POOL_PRIVATE_KEY: "), "{err}");
+        assert!(
+            err.to_string().starts_with("SPACELIFT_POOL_PRIVATE_KEY: "),
+            "{err}"
+        );
     }
 
     #[test]

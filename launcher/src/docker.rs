@@ -102,7 +102,10 @@ impl BollardRuntime {
                     .unwrap_or(FALLBACK);
                 let docker = client(&host, &cv)?;
                 docker.version().await.map_err(|e| {
-                    map_err(e, &format!("GET /v{}.{}/version", cv.major_version, cv.minor_version))
+                    map_err(
+                        e,
+                        &format!("GET /v{}.{}/version", cv.major_version, cv.minor_version),
+                    )
                 })?;
                 (docker, cv)
             }
@@ -330,7 +333,9 @@ impl ContainerRuntime for BollardRuntime {
         let id = id.to_string();
         let frames = frames.map(move |r| match r {
             Ok(frame) => Ok(frame),
-            Err(e) if status_of(&e) == Some(404) => Err(RuntimeError::ContainerNotFound(id.clone())),
+            Err(e) if status_of(&e) == Some(404) => {
+                Err(RuntimeError::ContainerNotFound(id.clone()))
+            }
             Err(e) => Err(map_err(e, &format!("logs of {id}"))),
         });
         Ok(Box::pin(split_lines(frames)))
@@ -424,7 +429,12 @@ impl ContainerRuntime for BollardRuntime {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             // Removal already in progress.
-            Err(e) if status_of(&e) == Some(409) && server_message(&e).contains("already in progress") => Ok(()),
+            Err(e)
+                if status_of(&e) == Some(409)
+                    && server_message(&e).contains("already in progress") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_err(e, &format!("remove container {id}"))),
         }
     }
@@ -531,7 +541,9 @@ fn drain_lines(
     let mut start = 0;
     while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
         let end = start + pos;
-        let line = buf[start..end].strip_suffix(b"\r").unwrap_or(&buf[start..end]);
+        let line = buf[start..end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&buf[start..end]);
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
@@ -576,9 +588,7 @@ pub fn with_default_tag(image: &str) -> String {
 /// Docker Hub names such as `alpine` or `library/alpine`).
 pub fn registry_host(image: &str) -> String {
     match image.split_once('/') {
-        Some((first, _))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             normalize_registry(first)
         }
         _ => "docker.io".to_string(),
@@ -793,7 +803,9 @@ mod tests {
             // Unversioned: the daemon's own version.
             return route(method, uri, body);
         };
-        let (version, path) = rest.split_once('/').unwrap_or_else(|| panic!("uri {uri:?}"));
+        let (version, path) = rest
+            .split_once('/')
+            .unwrap_or_else(|| panic!("uri {uri:?}"));
         let path = format!("/{path}");
         if parse_version(version).unwrap() > (1, 41) {
             return json(
@@ -909,7 +921,11 @@ mod tests {
                 assert!(v <= (1, 41), "{} reached the daemon", s.uri);
             }
         }
-        let uris: Vec<String> = stub.seen().into_iter().map(|s| strip_version(&s.uri).to_string()).collect();
+        let uris: Vec<String> = stub
+            .seen()
+            .into_iter()
+            .map(|s| strip_version(&s.uri).to_string())
+            .collect();
         assert_eq!(uris.last().unwrap(), "/info");
     }
 
@@ -948,7 +964,11 @@ mod tests {
         let rt = BollardRuntime::connect(Some(&stub.host)).await.unwrap();
         assert_eq!(rt.api_version(), "1.41");
         assert_eq!(rt.architecture().await.unwrap(), Arch::Arm64);
-        let versions = stub.seen().iter().filter(|s| s.uri.ends_with("/version")).count();
+        let versions = stub
+            .seen()
+            .iter()
+            .filter(|s| s.uri.ends_with("/version"))
+            .count();
         assert_eq!(versions, 2);
     }
 
@@ -981,8 +1001,16 @@ mod tests {
         );
         assert_eq!(rt.inspect_image("absent").await.unwrap(), None);
         rt.pull_image("alpine", "linux/arm64", None).await.unwrap();
-        let pull = stub.seen().into_iter().find(|s| s.uri.contains("/images/create")).unwrap();
-        assert!(pull.uri.contains("fromImage=alpine%3Alatest"), "{}", pull.uri);
+        let pull = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.uri.contains("/images/create"))
+            .unwrap();
+        assert!(
+            pull.uri.contains("fromImage=alpine%3Alatest"),
+            "{}",
+            pull.uri
+        );
         assert!(pull.uri.contains("platform=linux%2Farm64"), "{}", pull.uri);
         assert_eq!(
             rt.pull_image("bad", "linux/arm64", None).await.unwrap_err(),
@@ -991,7 +1019,10 @@ mod tests {
                 message: "no matching manifest for linux/arm64/v8".into()
             }
         );
-        let e = rt.pull_image("denied", "linux/amd64", None).await.unwrap_err();
+        let e = rt
+            .pull_image("denied", "linux/amd64", None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, RuntimeError::PullFailed { message, .. } if message.contains("pull access denied")),
             "{e:?}"
@@ -1015,7 +1046,10 @@ mod tests {
         let header = stub.seen().into_iter().find_map(|s| s.auth_header).unwrap();
         let decoded = base64::engine::general_purpose::URL_SAFE
             .decode(header.trim_end_matches('='))
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')))
+            .or_else(|_| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(header.trim_end_matches('='))
+            })
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
         assert_eq!(v["username"], "bob");
@@ -1037,15 +1071,25 @@ mod tests {
             working_dir: "/mnt/workspace".into(),
         };
         assert_eq!(rt.create(&spec).await.unwrap(), "c0ffee");
-        let create = stub.seen().into_iter().find(|s| s.uri.contains("/containers/create")).unwrap();
+        let create = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.uri.contains("/containers/create"))
+            .unwrap();
         assert!(create.uri.contains("name=run-1"), "{}", create.uri);
         let body: serde_json::Value = serde_json::from_str(&create.body).unwrap();
-        assert_eq!(body["Entrypoint"], serde_json::json!(["/opt/spacelift/worker", "run"]));
+        assert_eq!(
+            body["Entrypoint"],
+            serde_json::json!(["/opt/spacelift/worker", "run"])
+        );
         assert_eq!(body["Cmd"], serde_json::json!([]));
         assert_eq!(body["Env"], serde_json::json!(["A=1"]));
         assert_eq!(body["Labels"]["workers.spacelift.io/run-id"], "R1");
         assert_eq!(body["WorkingDir"], "/mnt/workspace");
-        assert_eq!(body["HostConfig"]["Binds"][0], "/opt/spacelift/binaries:/opt/spacelift/binaries:ro");
+        assert_eq!(
+            body["HostConfig"]["Binds"][0],
+            "/opt/spacelift/binaries:/opt/spacelift/binaries:ro"
+        );
         assert_eq!(body["HostConfig"]["NetworkMode"], "none");
         assert_eq!(body["HostConfig"]["Runtime"], "runsc");
 
@@ -1075,8 +1119,14 @@ mod tests {
                 error: None
             }
         );
-        rt.stop("c0ffee", Duration::from_millis(1500)).await.unwrap();
-        let stop = stub.seen().into_iter().find(|s| s.uri.contains("/stop")).unwrap();
+        rt.stop("c0ffee", Duration::from_millis(1500))
+            .await
+            .unwrap();
+        let stop = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.uri.contains("/stop"))
+            .unwrap();
         assert!(stop.uri.contains("t=2"), "{}", stop.uri);
         rt.kill("c0ffee").await.unwrap(); // 409 not running: fine
         assert_eq!(
@@ -1085,7 +1135,11 @@ mod tests {
         );
         rt.remove("c0ffee").await.unwrap();
         rt.remove("gone").await.unwrap(); // 404 is fine
-        let del = stub.seen().into_iter().find(|s| s.method == "DELETE").unwrap();
+        let del = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.method == "DELETE")
+            .unwrap();
         assert!(del.uri.contains("force=true"), "{}", del.uri);
     }
 
@@ -1111,9 +1165,17 @@ mod tests {
                 (LogStream::Stdout, "unterminatedcafé".to_string()),
             ]
         );
-        let req = stub.seen().into_iter().find(|s| s.uri.contains("/logs")).unwrap();
+        let req = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.uri.contains("/logs"))
+            .unwrap();
         assert!(req.uri.contains("follow=true"), "{}", req.uri);
-        assert!(req.uri.contains("stdout=true") && req.uri.contains("stderr=true"), "{}", req.uri);
+        assert!(
+            req.uri.contains("stdout=true") && req.uri.contains("stderr=true"),
+            "{}",
+            req.uri
+        );
     }
 
     #[tokio::test]
@@ -1130,7 +1192,11 @@ mod tests {
                 running: true,
             }]
         );
-        let req = stub.seen().into_iter().find(|s| s.uri.contains("/containers/json")).unwrap();
+        let req = stub
+            .seen()
+            .into_iter()
+            .find(|s| s.uri.contains("/containers/json"))
+            .unwrap();
         let query: String = form_decode(req.uri.split_once('?').unwrap().1);
         assert!(query.contains(r#""label":["a=1"]"#), "{query}");
         assert!(query.contains("all=true"), "{query}");
@@ -1143,7 +1209,10 @@ mod tests {
         while i < b.len() {
             match b[i] {
                 b'%' => {
-                    out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap());
+                    out.push(
+                        u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16)
+                            .unwrap(),
+                    );
                     i += 3;
                 }
                 b'+' => {
@@ -1159,16 +1228,127 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Against the real Debian dockerd 20.10 (API 1.41) from `scripts/dockerd.sh`, when
+    /// `TEST_DOCKER_HOST` names it. Never pulls (no registry is reachable here).
+    #[tokio::test]
+    async fn real_dockerd_when_test_docker_host_is_set() {
+        let Ok(host) = std::env::var("TEST_DOCKER_HOST") else {
+            eprintln!("skipped: TEST_DOCKER_HOST not set (needs the real dockerd from scripts/dockerd.sh)");
+            return;
+        };
+        let rt = BollardRuntime::connect(Some(&host)).await.unwrap();
+        eprintln!("negotiated API {}", rt.api_version());
+        let arch = rt.architecture().await.unwrap();
+        let image = rt
+            .inspect_image("busybox:latest")
+            .await
+            .unwrap()
+            .expect("busybox:latest");
+        assert_eq!(image.architecture.as_deref(), Some(arch.as_str()));
+        assert_eq!(rt.inspect_image("no-such-image:nope").await.unwrap(), None);
+        let label = format!("adapter-test-{}", std::process::id());
+        let labels = BTreeMap::from([("spacelift-launcher.test".to_string(), label.clone())]);
+        let spec = ContainerSpec {
+            name: label.clone(),
+            image: "busybox:latest".into(),
+            entrypoint: vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; printf partial; exit 3".into(),
+            ],
+            env: vec!["A=1".into()],
+            labels: labels.clone(),
+            binds: vec![],
+            network: "none".into(),
+            runtime: None,
+            working_dir: "/mnt/workspace".into(),
+        };
+        let id = rt.create(&spec).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let status = rt.wait(&id).await.unwrap();
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 3,
+                oom_killed: false,
+                error: None
+            }
+        );
+        let mut lines: Vec<(LogStream, String)> = rt
+            .logs(&id)
+            .await
+            .unwrap()
+            .map(|l| {
+                let l = l.unwrap();
+                (l.stream, l.text)
+            })
+            .collect()
+            .await;
+        // Order between the two streams is not defined; within one it is.
+        lines.sort_by_key(|(s, t)| (*s == LogStream::Stderr, t.clone()));
+        assert_eq!(
+            lines,
+            [
+                (LogStream::Stdout, "out".to_string()),
+                (LogStream::Stdout, "partial".to_string()),
+                (LogStream::Stderr, "err".to_string()),
+            ]
+        );
+        let found = rt.list_by_labels(&labels).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, label);
+        assert!(!found[0].running);
+        // A foreign-architecture image: inspect says so; running it fails with exec format
+        // error (exit 1 with this runc, 255 with runc >= 1.2).
+        let arm = rt
+            .inspect_image("busybox-arm64:latest")
+            .await
+            .unwrap()
+            .expect("busybox-arm64:latest");
+        assert_eq!(arm.architecture.as_deref(), Some("arm64"));
+        let mut foreign = spec.clone();
+        foreign.name = format!("{label}-arm");
+        foreign.image = "busybox-arm64:latest".into();
+        let arm_id = rt.create(&foreign).await.unwrap();
+        rt.start(&arm_id).await.unwrap();
+        let status = rt.wait(&arm_id).await.unwrap();
+        assert!(matches!(status.code, 1 | 255), "{status:?}");
+        let text: Vec<String> = rt
+            .logs(&arm_id)
+            .await
+            .unwrap()
+            .map(|l| l.unwrap().text)
+            .collect()
+            .await;
+        assert!(
+            text.iter().any(|l| l.contains("exec format error")),
+            "{text:?}"
+        );
+        rt.remove(&arm_id).await.unwrap();
+
+        rt.kill(&id).await.unwrap(); // not running: fine
+        rt.remove(&id).await.unwrap();
+        rt.remove(&id).await.unwrap(); // gone: fine
+        assert!(rt.list_by_labels(&labels).await.unwrap().is_empty());
+    }
+
     #[test]
     fn image_reference_helpers() {
         assert_eq!(with_default_tag("alpine"), "alpine:latest");
         assert_eq!(with_default_tag("alpine:3"), "alpine:3");
-        assert_eq!(with_default_tag("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(
+            with_default_tag("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
         assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
         assert_eq!(registry_host("alpine"), "docker.io");
         assert_eq!(registry_host("library/alpine"), "docker.io");
         assert_eq!(registry_host("docker.io/library/alpine"), "docker.io");
-        assert_eq!(registry_host("public.ecr.aws/spacelift/runner-terraform"), "public.ecr.aws");
+        assert_eq!(
+            registry_host("public.ecr.aws/spacelift/runner-terraform"),
+            "public.ecr.aws"
+        );
         assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");
         assert_eq!(registry_host("localhost/x"), "localhost");
     }
@@ -1201,11 +1381,19 @@ mod tests {
             .unwrap();
         assert_eq!(r.identity_token.as_deref(), Some("tok"));
         assert_eq!(r.username, None);
-        let g = registry_auth_for(dir.path(), "ghcr.io/o/i").unwrap().unwrap();
-        assert_eq!((g.username.as_deref(), g.password.as_deref()), (Some("u"), Some("p")));
+        let g = registry_auth_for(dir.path(), "ghcr.io/o/i")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (g.username.as_deref(), g.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
         assert_eq!(registry_auth_for(dir.path(), "quay.io/x/y").unwrap(), None);
         let e = registry_auth_for(dir.path(), "broken.example/x").unwrap_err();
-        assert!(e.to_string().contains("is not base64 of user:password"), "{e}");
+        assert!(
+            e.to_string().contains("is not base64 of user:password"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("config.json"), "{ nope").unwrap();
         assert!(registry_auth_for(dir.path(), "alpine").is_err());
     }

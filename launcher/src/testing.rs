@@ -111,10 +111,16 @@ impl MemBackend {
         }
     }
 
+    /// Changes (or reads) the state and wakes every waiter.
     pub fn with<R>(&self, f: impl FnOnce(&mut BackendState) -> R) -> R {
         let r = f(&mut lock(&self.state));
         self.world.bump();
         r
+    }
+
+    /// Reads the state without waking anyone (for `World::until` conditions).
+    pub fn peek<R>(&self, f: impl FnOnce(&BackendState) -> R) -> R {
+        f(&lock(&self.state))
     }
 
     pub fn states(&self, run: &str) -> Vec<RunState> {
@@ -387,10 +393,16 @@ impl MemRuntime {
         }
     }
 
+    /// Changes (or reads) the state and wakes every waiter.
     pub fn with<R>(&self, f: impl FnOnce(&mut RuntimeState) -> R) -> R {
         let r = f(&mut lock(&self.state));
         self.world.bump();
         r
+    }
+
+    /// Reads the state without waking anyone (for `World::until` conditions).
+    pub fn peek<R>(&self, f: impl FnOnce(&RuntimeState) -> R) -> R {
+        f(&lock(&self.state))
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -436,7 +448,7 @@ impl MemRuntime {
 #[async_trait]
 impl ContainerRuntime for MemRuntime {
     async fn architecture(&self) -> Result<Arch, RuntimeError> {
-        self.check("info".into())?;
+        drop(self.check("info".into())?);
         Ok(self.arch)
     }
 
@@ -563,7 +575,7 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn logs(&self, id: &str) -> Result<OutputStream, RuntimeError> {
-        self.check(format!("logs {id}"))?;
+        drop(self.check(format!("logs {id}"))?);
         let state = self.state.clone();
         let rx = self.world.tick.subscribe();
         let id = id.to_string();
@@ -917,12 +929,5 @@ impl Running {
             .await
             .expect("supervisor exits")
             .expect("supervisor did not panic")
-    }
-}
-
-/// Lets every task that can make progress do so (paused time does not move).
-pub async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
     }
 }

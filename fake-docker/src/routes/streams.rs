@@ -235,7 +235,11 @@ pub fn attach(ctx: &Ctx, given: &str, mut req: Request<Incoming>) -> ApiResult<R
 pub fn events(ctx: &Ctx) -> ApiResult<Reply> {
     let q = &ctx.query;
     let filters = q.filters()?;
-    let since = parse_unix_ts(q.str("since"));
+    // Unlike logs, an explicit `since=0` here means "from the beginning of history".
+    let since = match q.str("since") {
+        "" => None,
+        s => Some(parse_unix_ts(s).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)),
+    };
     let until = parse_unix_ts(q.str("until"));
     let d = ctx.daemon.clone();
     let mut changes = d.changes.subscribe();

@@ -554,9 +554,11 @@ mod tests {
             .await;
         Mock::given(method("POST"))
             .and(path("/v1/runs/R1/state"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(TransitionResponse {
-                state: RunState::Failed,
-            }))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(TransitionResponse {
+                    state: RunState::Failed,
+                }),
+            )
             .mount(&server)
             .await;
         Mock::given(method("POST"))
@@ -678,11 +680,15 @@ mod tests {
         assert_eq!(
             e,
             BackendError::Conflict {
-                message: "POST /v1/runs/R1/lease: HTTP 409: conflict: lease held by W2 (run is Running)"
-                    .into()
+                message:
+                    "POST /v1/runs/R1/lease: HTTP 409: conflict: lease held by W2 (run is Running)"
+                        .into()
             }
         );
-        let e = status_error(ResponseTemplate::new(400).set_body_json(ErrorBody::new("bad_request", "nope"))).await;
+        let e = status_error(
+            ResponseTemplate::new(400).set_body_json(ErrorBody::new("bad_request", "nope")),
+        )
+        .await;
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
         let e = status_error(ResponseTemplate::new(404)).await;
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
@@ -783,8 +789,14 @@ mod tests {
                 .flat_map(|p| p.unwrap().to_vec())
                 .collect::<Vec<u8>>()
         };
-        assert_eq!(collect(b.download_binary(&wb, 0).await.unwrap()).await, b"0123456789");
-        assert_eq!(collect(b.download_binary(&wb, 4).await.unwrap()).await, b"456789");
+        assert_eq!(
+            collect(b.download_binary(&wb, 0).await.unwrap()).await,
+            b"0123456789"
+        );
+        assert_eq!(
+            collect(b.download_binary(&wb, 4).await.unwrap()).await,
+            b"456789"
+        );
         let mut other = wb.clone();
         other.sha256 = "def".into();
         let e = b.download_binary(&other, 0).await.err().unwrap();
@@ -812,6 +824,47 @@ mod tests {
             .flat_map(|p| p.unwrap().to_vec())
             .collect();
         assert_eq!(got, b"789");
+    }
+
+    #[tokio::test]
+    async fn http_proxy_is_used_and_no_proxy_respected() {
+        // The "proxy" is a mock that answers for any absolute-form request it receives.
+        let proxy = MockServer::start().await;
+        let wb = WorkerBinary {
+            version: "9".into(),
+            arch: Arch::Amd64,
+            size: 1,
+            sha256: "ab".into(),
+        };
+        Mock::given(method("GET"))
+            .and(path("/v1/worker-binaries/latest"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&wb))
+            .mount(&proxy)
+            .await;
+        let via = |no_proxy: Option<&str>| {
+            HttpsBackend::with_options(
+                "http://backend.invalid:8080",
+                None,
+                &ProxyConfig {
+                    http: Some(proxy.uri()),
+                    https: None,
+                    no_proxy: no_proxy.map(str::to_string),
+                },
+                HttpsOptions::default(),
+            )
+            .unwrap()
+        };
+        assert_eq!(via(None).latest_binary(Arch::Amd64).await.unwrap(), wb);
+        let reqs = proxy.received_requests().await.unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].url.host_str(), Some("backend.invalid"));
+        // NO_PROXY: goes direct, and backend.invalid does not resolve.
+        let e = via(Some("backend.invalid"))
+            .latest_binary(Arch::Amd64)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert_eq!(proxy.received_requests().await.unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -950,7 +1003,11 @@ mod tests {
             .unwrap();
             let resp = b.register(&register_req()).await.unwrap();
             assert_eq!(resp.worker_ulid, "WTLS");
-            let peer = seen.recv().await.unwrap().expect("client presented a certificate");
+            let peer = seen
+                .recv()
+                .await
+                .unwrap()
+                .expect("client presented a certificate");
             assert_eq!(peer, creds.certificate_chain[0].as_ref());
         }
 

@@ -106,7 +106,12 @@ impl MqttConfig {
     }
 
     /// Production defaults: keep-alive 30 s, connect timeout 10 s, backoff 1 s..64 s.
-    pub fn new(host: String, port: u16, tls: Arc<rustls::ClientConfig>, namespace: String) -> MqttConfig {
+    pub fn new(
+        host: String,
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+        namespace: String,
+    ) -> MqttConfig {
         MqttConfig {
             host,
             port,
@@ -162,7 +167,14 @@ impl MqttSession {
         seed: u64,
     ) -> Result<(MqttSession, mpsc::Receiver<BackendEvent>), MqttError> {
         let config = MqttConfig::from_launcher(cfg)?;
-        MqttSession::start_with(config, pool_ulid, worker_ulid, heartbeat_interval, status, seed)
+        MqttSession::start_with(
+            config,
+            pool_ulid,
+            worker_ulid,
+            heartbeat_interval,
+            status,
+            seed,
+        )
     }
 
     /// As [`MqttSession::start`], with explicit connection parameters.
@@ -175,10 +187,14 @@ impl MqttSession {
         seed: u64,
     ) -> Result<(MqttSession, mpsc::Receiver<BackendEvent>), MqttError> {
         if worker_ulid.is_empty() || pool_ulid.is_empty() {
-            return Err(MqttError::Config("pool and worker ULIDs must not be empty".into()));
+            return Err(MqttError::Config(
+                "pool and worker ULIDs must not be empty".into(),
+            ));
         }
         if heartbeat_interval.is_zero() {
-            return Err(MqttError::Config("the heartbeat interval must be positive".into()));
+            return Err(MqttError::Config(
+                "the heartbeat interval must be positive".into(),
+            ));
         }
         let readonly = protocol::topics::readonly(&config.namespace, pool_ulid, worker_ulid);
         let writeonly = protocol::topics::writeonly(&config.namespace, pool_ulid, worker_ulid);
@@ -430,11 +446,10 @@ impl Driver {
 
     async fn fail(&mut self, e: MqttError) {
         tracing::error!(error = %e, "MQTT session stopped");
-        let _ = self
-            .events
-            .send(BackendEvent::Disconnected(format!("fatal: {e}")))
-            .await;
+        // Record it before telling: a reader of the event must find the error.
+        let message = format!("fatal: {e}");
         let _ = self.fatal.send(Some(e));
+        let _ = self.events.send(BackendEvent::Disconnected(message)).await;
     }
 
     /// `Gone { crashed: false }`, its PUBACK (bounded wait), then DISCONNECT.
@@ -534,9 +549,13 @@ mod tests {
     const POOL: &str = "01HZY0000000000000000POOL1";
 
     fn mosquitto_path() -> Option<&'static str> {
-        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
+        [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
     }
 
     /// A Mosquitto broker on 127.0.0.1 requiring client certificates from `pool`'s CA.
@@ -658,10 +677,15 @@ mod tests {
         async fn start(pool: &TestPool, port: u16, worker: &str) -> Observer {
             let cfg = config(pool, port, pool);
             let mut options = MqttOptions::new("observer", "127.0.0.1", port);
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg.tls)));
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                cfg.tls,
+            )));
             let (client, mut eventloop) = AsyncClient::new(options, 16);
             client
-                .subscribe(protocol::topics::writeonly("spacelift", POOL, worker), QoS::AtLeastOnce)
+                .subscribe(
+                    protocol::topics::writeonly("spacelift", POOL, worker),
+                    QoS::AtLeastOnce,
+                )
                 .await
                 .unwrap();
             let (tx, seen) = mpsc::unbounded_channel();
@@ -708,7 +732,12 @@ mod tests {
 
         async fn send_to_worker(&self, worker: &str, payload: Vec<u8>) {
             self.client
-                .publish(protocol::topics::readonly("spacelift", POOL, worker), QoS::AtLeastOnce, false, payload)
+                .publish(
+                    protocol::topics::readonly("spacelift", POOL, worker),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
                 .await
                 .unwrap();
         }
@@ -747,12 +776,18 @@ mod tests {
         // A status change is published at once.
         status_tx.send(status(WorkerState::Busy, &["R1"])).unwrap();
         let h = obs.next_heartbeat().await;
-        assert_eq!((h.seq, h.state, h.runs.clone()), (1, WorkerState::Busy, vec!["R1".to_string()]));
+        assert_eq!(
+            (h.seq, h.state, h.runs.clone()),
+            (1, WorkerState::Busy, vec!["R1".to_string()])
+        );
 
         // Garbage and unknown types are survived and counted; the next good one arrives.
         obs.send_to_worker("W1", b"\x00garbage".to_vec()).await;
-        obs.send_to_worker("W1", br#"{"type":"run.teleport","message_id":"m0"}"#.to_vec())
-            .await;
+        obs.send_to_worker(
+            "W1",
+            br#"{"type":"run.teleport","message_id":"m0"}"#.to_vec(),
+        )
+        .await;
         let msg = ServerMessage::RunScheduled {
             message_id: "m1".into(),
             run_ulid: "R2".into(),
@@ -863,7 +898,12 @@ mod tests {
             capacity: 0,
         });
         obs.client
-            .publish(protocol::topics::writeonly("spacelift", POOL, "W1"), QoS::AtLeastOnce, false, marker.to_json())
+            .publish(
+                protocol::topics::writeonly("spacelift", POOL, "W1"),
+                QoS::AtLeastOnce,
+                false,
+                marker.to_json(),
+            )
             .await
             .unwrap();
         assert_eq!(obs.next().await, marker);
@@ -914,8 +954,11 @@ mod tests {
             7,
         )
         .unwrap();
-        assert!(matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(m) if m.starts_with("fatal: ")));
-        assert!(matches!(session.fatal_error(), Some(MqttError::UntrustedBroker(_))));
+        assert!(
+            matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(m) if m.starts_with("fatal: "))
+        );
+        let e = session.fatal_error();
+        assert!(matches!(e, Some(MqttError::UntrustedBroker(_))), "{e:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,7 +979,10 @@ mod tests {
         .unwrap();
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         let broker = broker.restart().await;
-        assert!(matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(_)));
+        assert!(matches!(
+            events.recv().await.unwrap(),
+            BackendEvent::Disconnected(_)
+        ));
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         // Resubscribed: a message reaches the session.
         let obs = Observer::start(&pool, broker.port, "W1").await;
@@ -969,7 +1015,10 @@ mod tests {
             7,
         )
         .unwrap();
-        assert!(matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(_)));
+        assert!(matches!(
+            events.recv().await.unwrap(),
+            BackendEvent::Disconnected(_)
+        ));
         assert!(session.fatal_error().is_none());
         session.shutdown().await;
         assert_eq!(events.recv().await, None);

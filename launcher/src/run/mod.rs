@@ -369,9 +369,6 @@ impl Run {
         };
 
         if !matches!(ended, Ended::Exited | Ended::Docker(_)) {
-            if let Ended::TimedOut(_, msg) = &ended {
-                self.log.launcher(msg);
-            }
             stop_container(rt.as_ref(), id, settings.stop_grace).await;
             // Keep the last words of a stopped container.
             let _ = tokio::time::timeout(DRAIN_OUTPUT, async {

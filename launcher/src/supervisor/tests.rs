@@ -58,7 +58,7 @@ async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
     let rt = h.runtime.clone();
     h.world
         .until("first line printed", || {
-            rt.with(|s| s.containers.values().any(|c| !c.output.is_empty()))
+            rt.peek(|s| s.containers.values().any(|c| !c.output.is_empty()))
         })
         .await;
     assert_eq!(h.store.pinned_now(), 1);
@@ -101,7 +101,7 @@ async fn container_carries_labels_entrypoint_and_env() {
     let rt = h.runtime.clone();
     h.world
         .until("container running", || {
-            rt.with(|s| s.containers.values().any(|c| c.running))
+            rt.peek(|s| s.containers.values().any(|c| c.running))
         })
         .await;
     let spec = h
@@ -246,7 +246,7 @@ async fn results_are_kept_while_disconnected_and_sent_on_reconnect() {
     // The run goes on while the backend is unreachable.
     let rt = h.runtime.clone();
     h.world
-        .until("container removed", || rt.with(|s| s.removed.len() == 1))
+        .until("container removed", || rt.peek(|s| s.removed.len() == 1))
         .await;
     tokio::time::sleep(secs(600)).await;
     assert!(h.backend.states("R1").is_empty());
@@ -432,7 +432,7 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
     let rt = h.runtime.clone();
     h.world
         .until("output seen", || {
-            rt.with(|s| s.containers.values().any(|c| !c.output.is_empty()))
+            rt.peek(|s| s.containers.values().any(|c| !c.output.is_empty()))
         })
         .await;
     h.runtime.with(|s| s.unavailable = true);
@@ -509,7 +509,7 @@ async fn the_lease_is_renewed_and_its_loss_stops_the_run_silently() {
     let t0 = Instant::now();
     // Every 10 s (ttl / 3).
     h.world
-        .until("three renewals", || b.with(|s| s.renewals.len()) >= 3)
+        .until("three renewals", || b.peek(|s| s.renewals.len()) >= 3)
         .await;
     assert!(t0.elapsed() <= secs(31), "{:?}", t0.elapsed());
 
@@ -635,7 +635,7 @@ async fn drain_waits_for_undelivered_results() {
     r.schedule("R1").await;
     let rt = h.runtime.clone();
     h.world
-        .until("container removed", || rt.with(|s| s.removed.len() == 1))
+        .until("container removed", || rt.peek(|s| s.removed.len() == 1))
         .await;
     r.signal().await;
     tokio::time::sleep(secs(300)).await;
