@@ -49,37 +49,60 @@ async fn setup(config: Config) -> Option<(FakeDockerHandle, Cli)> {
         return None;
     };
     let fd = FakeDocker::start(config).await.expect("start fake-docker");
-    let cli = Cli { bin, host: fd.docker_host(), config_dir: tempfile::tempdir().expect("tempdir") };
+    let cli = Cli {
+        bin,
+        host: fd.docker_host(),
+        config_dir: tempfile::tempdir().expect("tempdir"),
+    };
     Some((fd, cli))
 }
 
 #[tokio::test]
 async fn version_info_pull_run() {
-    let Some((fd, cli)) = setup(Config::default()).await else { return };
+    let Some((fd, cli)) = setup(Config::default()).await else {
+        return;
+    };
 
     let out = cli.run(&["version"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("Server: fake-docker"), "{stdout}");
-    assert!(stdout.contains("API version:      1.53 (minimum version 1.24)"), "{stdout}");
+    assert!(
+        stdout.contains("API version:      1.53 (minimum version 1.24)"),
+        "{stdout}"
+    );
 
     let out = cli.run(&["info"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("Architecture: x86_64"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("Architecture: x86_64"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = cli.run(&["pull", "busybox"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("Using default tag: latest"), "{stdout}");
-    assert!(stdout.contains("Status: Downloaded newer image for busybox:latest"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("docker.io/library/busybox:latest"), "{stdout}");
+    assert!(
+        stdout.contains("Status: Downloaded newer image for busybox:latest"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with("docker.io/library/busybox:latest"),
+        "{stdout}"
+    );
 
     let out = cli.run(&["run", "--rm", "busybox", "echo", "hi"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
     assert!(fd.containers().is_empty(), "--rm removed the container");
 
-    let out = cli.run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"]).await;
+    let out = cli
+        .run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])
+        .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 
     // An image not present locally: the CLI gets 404 on create, pulls, and retries.
@@ -91,18 +114,39 @@ async fn version_info_pull_run() {
 
 #[tokio::test]
 async fn logs_inspect_ps_rm() {
-    let Some((fd, cli)) = setup(Config { local_images: vec!["busybox".into()], ..Config::default() }).await else {
+    let Some((fd, cli)) = setup(Config {
+        local_images: vec!["busybox".into()],
+        ..Config::default()
+    })
+    .await
+    else {
         return;
     };
     let out = cli
-        .run(&["run", "--name", "logged", "--label", "suite=cli", "busybox", "sh", "-c", "echo out; echo err >&2; exit 4"])
+        .run(&[
+            "run",
+            "--name",
+            "logged",
+            "--label",
+            "suite=cli",
+            "busybox",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 4",
+        ])
         .await;
     assert_eq!(out.status.code(), Some(4));
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out\n".to_string(), "err\n".to_string()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out\n".to_string(), "err\n".to_string())
+    );
 
     let out = cli.run(&["logs", "logged"]).await;
     assert!(out.status.success());
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out\n".to_string(), "err\n".to_string()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out\n".to_string(), "err\n".to_string())
+    );
 
     let out = cli.run(&["inspect", "logged"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -110,17 +154,37 @@ async fn logs_inspect_ps_rm() {
     assert_eq!(v[0]["State"]["ExitCode"], 4);
     assert_eq!(v[0]["Name"], "/logged");
 
-    let out = cli.run(&["ps", "-a", "--filter", "label=suite=cli", "--format", "{{.Names}} {{.Status}}"]).await;
+    let out = cli
+        .run(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=suite=cli",
+            "--format",
+            "{{.Names}} {{.Status}}",
+        ])
+        .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "logged Exited (4) Less than a second ago\n");
-    let out = cli.run(&["ps", "-a", "--filter", "label=suite=other", "-q"]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "logged Exited (4) Less than a second ago\n"
+    );
+    let out = cli
+        .run(&["ps", "-a", "--filter", "label=suite=other", "-q"])
+        .await;
     assert_eq!(text(&out.stdout), "");
 
-    let out = cli.run(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "1000"]).await;
+    let out = cli
+        .run(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "1000"])
+        .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = cli.run(&["rm", "sleeper"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("container is running"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("container is running"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = cli.run(&["rm", "-f", "logged", "sleeper"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "logged\nsleeper\n");
@@ -128,19 +192,49 @@ async fn logs_inspect_ps_rm() {
 
     let out = cli.run(&["inspect", "nothing"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("No such object: nothing"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("No such object: nothing"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn foreign_arch_and_old_api() {
-    let Some((fd, cli)) = setup(Config { api_version: "1.41".into(), ..Config::default() }).await else { return };
-    fd.set_image_platforms("busybox-arm64", &["linux/arm64"]).expect("platforms");
-    let out = cli.run(&["version", "--format", "{{.Server.APIVersion}} {{.Client.APIVersion}}"]).await;
+    let Some((fd, cli)) = setup(Config {
+        api_version: "1.41".into(),
+        ..Config::default()
+    })
+    .await
+    else {
+        return;
+    };
+    fd.set_image_platforms("busybox-arm64", &["linux/arm64"])
+        .expect("platforms");
+    let out = cli
+        .run(&[
+            "version",
+            "--format",
+            "{{.Server.APIVersion}} {{.Client.APIVersion}}",
+        ])
+        .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "1.41 1.41\n", "the CLI negotiated down via /_ping");
-    let out = cli.run(&["run", "--rm", "busybox-arm64", "echo", "hi"]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "1.41 1.41\n",
+        "the CLI negotiated down via /_ping"
+    );
+    let out = cli
+        .run(&["run", "--rm", "busybox-arm64", "echo", "hi"])
+        .await;
     assert_eq!(out.status.code(), Some(255));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("exec /bin/echo: exec format error"), "{stderr}");
-    assert!(stderr.contains("does not match the detected host platform"), "{stderr}");
+    assert!(
+        stderr.contains("exec /bin/echo: exec format error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not match the detected host platform"),
+        "{stderr}"
+    );
 }

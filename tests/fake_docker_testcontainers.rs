@@ -10,7 +10,9 @@ use testcontainers::{GenericImage, ImageExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_image_starts_and_waits_for_a_log_line() {
-    let fd = FakeDocker::start(Config::default()).await.expect("start fake-docker");
+    let fd = FakeDocker::start(Config::default())
+        .await
+        .expect("start fake-docker");
     // The only test in this binary: no other thread reads or writes the environment.
     std::env::set_var("DOCKER_HOST", fd.docker_host());
 
@@ -29,13 +31,17 @@ async fn generic_image_starts_and_waits_for_a_log_line() {
     assert_eq!(running[0].status, "running");
     assert_eq!(running[0].image, "busybox:1.36");
     assert_eq!(
-        running[0].labels.get("org.testcontainers.managed-by").map(String::as_str),
+        running[0]
+            .labels
+            .get("org.testcontainers.managed-by")
+            .map(String::as_str),
         Some("testcontainers")
     );
     let stdout = container.stdout_to_vec().await.expect("logs");
     assert_eq!(String::from_utf8_lossy(&stdout), "booting\nready\n");
 
     container.rm().await.expect("remove");
-    fd.wait_for_event(|e| e.kind == "container" && e.action == "destroy" && e.id == id).await;
+    fd.wait_for_event(|e| e.kind == "container" && e.action == "destroy" && e.id == id)
+        .await;
     assert!(fd.containers().is_empty());
 }

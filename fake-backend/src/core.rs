@@ -1384,7 +1384,15 @@ mod tests {
         let run = core.schedule_run(ScheduleRun::new(&p)).unwrap();
         assert_eq!(w.out.recv().await.unwrap().worker, a);
         let b = register(&core, &p, 1);
-        heartbeat(&core, &p, &b, 1);
+        let keepalive = {
+            let (core, p, b) = (core.clone(), p.clone(), b.clone());
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    heartbeat(&core, &p, &b, seq);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            })
+        };
         // `a` stays silent: offline after 3 heartbeat intervals; the offer goes to `b`.
         let offline = core.events.wait_for_since(0, |e| e.kind == kinds::WORKER_OFFLINE).await;
         assert_eq!(offline.worker.as_deref(), Some(a.as_str()));
@@ -1394,6 +1402,7 @@ mod tests {
             run_ulid: run.clone(),
         }));
         assert!(!core.worker_view(&a).unwrap().online);
+        keepalive.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -66,7 +66,11 @@ impl Admin {
 
     /// Tells the fake registry what `name` (`repo` = any tag, or `repo:tag`) offers.
     pub fn set_image(&self, name: &str, image: RemoteImage) -> Result<(), Error> {
-        self.daemon.lock().registry.set(name, image).map_err(|e| Error::Config(e))
+        self.daemon
+            .lock()
+            .registry
+            .set(name, image)
+            .map_err(Error::Config)
     }
 
     /// Shorthand: the image exists for exactly these platforms (`"linux/arm64"`...).
@@ -74,14 +78,30 @@ impl Admin {
         let arch = self.daemon.config.arch.clone();
         let platforms = platforms
             .iter()
-            .map(|p| Platform::parse(p, &arch).map_err(Error::Config)?.ok_or_else(|| Error::Config("empty platform".into())))
+            .map(|p| {
+                Platform::parse(p, &arch)
+                    .map_err(Error::Config)?
+                    .ok_or_else(|| Error::Config("empty platform".into()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        self.set_image(name, RemoteImage { platforms, ..RemoteImage::default() })
+        self.set_image(
+            name,
+            RemoteImage {
+                platforms,
+                ..RemoteImage::default()
+            },
+        )
     }
 
     /// Shorthand: pulls of `name` fail with "repository does not exist".
     pub fn set_image_missing(&self, name: &str) -> Result<(), Error> {
-        self.set_image(name, RemoteImage { exists: false, ..RemoteImage::default() })
+        self.set_image(
+            name,
+            RemoteImage {
+                exists: false,
+                ..RemoteImage::default()
+            },
+        )
     }
 
     /// Makes `name` present locally, as if pulled (platform per the registry, else host).
@@ -89,7 +109,9 @@ impl Admin {
         let r = Reference::parse(name).map_err(Error::Config)?;
         let d = &self.daemon;
         let mut st = d.lock();
-        let platform = d.default_pull_platform(&st, &r, None).map_err(Error::Config)?;
+        let platform = d
+            .default_pull_platform(&st, &r, None)
+            .map_err(Error::Config)?;
         let id = d.commit_image(&mut st, &r, platform);
         d.notify();
         Ok(id)
@@ -110,7 +132,11 @@ impl Admin {
 
     /// Delays every call of `route` (or `*`) by `latency` (tokio time).
     pub fn set_latency(&self, route: &str, latency: Duration) {
-        self.daemon.lock().faults.latency.insert(route.to_string(), latency);
+        self.daemon
+            .lock()
+            .faults
+            .latency
+            .insert(route.to_string(), latency);
     }
 
     pub fn pull_fault(&self, fault: PullFault) {
@@ -150,7 +176,12 @@ impl Admin {
             d.lose_containers();
         }
         let mut st = d.lock();
-        let attrs = [("keep_containers".to_string(), opts.keep_containers.to_string())].into_iter().collect();
+        let attrs = [(
+            "keep_containers".to_string(),
+            opts.keep_containers.to_string(),
+        )]
+        .into_iter()
+        .collect();
         d.record(&mut st, "daemon", "restart", "", attrs);
     }
 
@@ -160,7 +191,11 @@ impl Admin {
     }
 
     pub fn events_since(&self, seq: u64) -> Vec<Event> {
-        self.daemon.lock().log.since(usize::try_from(seq).unwrap_or(usize::MAX)).to_vec()
+        self.daemon
+            .lock()
+            .log
+            .since(usize::try_from(seq).unwrap_or(usize::MAX))
+            .to_vec()
     }
 
     /// Waits (on state changes, not on time) for the first event matching `pred`.
@@ -218,7 +253,9 @@ fn cfg_err(e: Error) -> ApiError {
 
 /// `/_fake/...` over HTTP. See the README for the route list.
 pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Reply {
-    let admin = Admin { daemon: daemon.clone() };
+    let admin = Admin {
+        daemon: daemon.clone(),
+    };
     let method = req.method().clone();
     let path = req.uri().path().trim_start_matches("/_fake").to_string();
     let query = Query::parse(req.uri().query());
@@ -231,10 +268,19 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Reply {
         Ok(match (&method, segs.as_slice()) {
             (&Method::GET, ["events"]) => {
                 let since = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
-                json(StatusCode::OK, &serde_json::to_value(admin.events_since(since)).unwrap_or(Value::Null))
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(admin.events_since(since)).unwrap_or(Value::Null),
+                )
             }
-            (&Method::GET, ["containers"]) => json(StatusCode::OK, &serde_json::to_value(admin.containers()).unwrap_or(Value::Null)),
-            (&Method::GET, ["rules"]) => json(StatusCode::OK, &serde_json::to_value(admin.rules()).unwrap_or(Value::Null)),
+            (&Method::GET, ["containers"]) => json(
+                StatusCode::OK,
+                &serde_json::to_value(admin.containers()).unwrap_or(Value::Null),
+            ),
+            (&Method::GET, ["rules"]) => json(
+                StatusCode::OK,
+                &serde_json::to_value(admin.rules()).unwrap_or(Value::Null),
+            ),
             (&Method::POST, ["rules"]) => {
                 admin.add_rule(parse(&body)?);
                 ok()
@@ -248,7 +294,9 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Reply {
                 ok()
             }
             (&Method::PUT, ["registry", name @ ..]) if !name.is_empty() => {
-                admin.set_image(&name.join("/"), parse(&body)?).map_err(cfg_err)?;
+                admin
+                    .set_image(&name.join("/"), parse(&body)?)
+                    .map_err(cfg_err)?;
                 ok()
             }
             (&Method::POST, ["images", "load"]) => {
@@ -287,7 +335,11 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Reply {
                 ok()
             }
             (&Method::POST, ["restart"]) => {
-                let opts: RestartOptions = if body.is_empty() { RestartOptions::default() } else { parse(&body)? };
+                let opts: RestartOptions = if body.is_empty() {
+                    RestartOptions::default()
+                } else {
+                    parse(&body)?
+                };
                 // Restarting drops this very connection: reply first, restart just after.
                 let a = admin.clone();
                 tokio::spawn(async move {

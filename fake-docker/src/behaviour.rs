@@ -193,7 +193,11 @@ pub fn interpret(argv: &[String]) -> Behaviour {
                     .collect::<Vec<_>>()
                     .join(" ");
                 b.lines.push(Line {
-                    stream: if to_stderr { Stream::Stderr } else { Stream::Stdout },
+                    stream: if to_stderr {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
                     text,
                     delay_ms: 0,
                 });

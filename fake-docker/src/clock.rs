@@ -121,8 +121,14 @@ mod tests {
         let t = datetime!(2024-01-02 03:04:05.120 UTC);
         assert_eq!(rfc3339_nano(t), "2024-01-02T03:04:05.12Z");
         assert_eq!(rfc3339_nano_fixed(t), "2024-01-02T03:04:05.120000000Z");
-        assert_eq!(rfc3339_nano(datetime!(2024-01-02 03:04:05 UTC)), "2024-01-02T03:04:05Z");
+        assert_eq!(
+            rfc3339_nano(datetime!(2024-01-02 03:04:05 UTC)),
+            "2024-01-02T03:04:05Z"
+        );
         assert_eq!(parse_unix_ts("0"), None);
-        assert_eq!(parse_unix_ts("1.5").map(|t| t.nanosecond()), Some(500_000_000));
+        assert_eq!(
+            parse_unix_ts("1.5").map(|t| t.nanosecond()),
+            Some(500_000_000)
+        );
     }
 }

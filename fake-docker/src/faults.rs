@@ -81,9 +81,12 @@ impl Faults {
         };
         let idx = self.pulls.iter().position(|f| match &f.image {
             None => true,
-            Some(i) => norm(i) == image || crate::registry::Reference::parse(i).is_ok_and(|r| {
-                !i.contains(':') && image.starts_with(&format!("{}:", r.repo))
-            }),
+            Some(i) => {
+                norm(i) == image
+                    || crate::registry::Reference::parse(i).is_ok_and(|r| {
+                        !i.contains(':') && image.starts_with(&format!("{}:", r.repo))
+                    })
+            }
         })?;
         let f = &mut self.pulls[idx];
         let out = f.clone();

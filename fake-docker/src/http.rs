@@ -30,8 +30,10 @@ pub fn json(status: StatusCode, v: &Value) -> Reply {
     body.push(b'\n');
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -77,7 +79,10 @@ impl Query {
     pub fn bool(&self, k: &str) -> bool {
         match self.get(k) {
             None => false,
-            Some(v) => !matches!(v.to_ascii_lowercase().as_str(), "" | "0" | "no" | "false" | "none"),
+            Some(v) => !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "" | "0" | "no" | "false" | "none"
+            ),
         }
     }
     /// The `filters` parameter in either encoding: `{"k":["v"]}` (bollard) or `{"k":{"v":true}}` (CLI).
@@ -94,7 +99,10 @@ impl Query {
         };
         for (k, vals) in map {
             let list: Vec<String> = match vals {
-                Value::Array(a) => a.into_iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                Value::Array(a) => a
+                    .into_iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
                 Value::Object(o) => o
                     .into_iter()
                     .filter(|(_, on)| on.as_bool().unwrap_or(false))

@@ -36,7 +36,11 @@ pub use routes::ROUTE_KEYS;
 pub use server::Listener;
 
 /// Runs a daemon on the given listeners until `shutdown` completes (mini-redis style).
-pub async fn serve(config: Config, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn serve(
+    config: Config,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let daemon = state::Daemon::new(config)?;
     server::serve(daemon, listeners, shutdown).await;
     Ok(())
@@ -61,9 +65,13 @@ impl FakeDocker {
         let listener = tokio::net::UnixListener::bind(&socket)?;
         let daemon = state::Daemon::new(config)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(daemon.clone(), vec![Listener::Unix(listener)], async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(server::serve(
+            daemon.clone(),
+            vec![Listener::Unix(listener)],
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Ok(FakeDockerHandle {
             socket,
             admin: Admin { daemon },

@@ -7,7 +7,10 @@ use clap::Parser;
 use fake_docker::{Config, Listener};
 
 #[derive(Parser, Debug)]
-#[command(name = "fake-docker", about = "Fake Docker Engine API daemon for deterministic tests")]
+#[command(
+    name = "fake-docker",
+    about = "Fake Docker Engine API daemon for deterministic tests"
+)]
 struct Args {
     /// Unix socket to listen on.
     #[arg(long)]
@@ -38,8 +41,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<Config>(&text).with_context(|| format!("parsing {}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<Config>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
         }
         None => Config::default(),
     };
@@ -57,10 +62,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     let mut listeners = vec![Listener::Unix(
-        tokio::net::UnixListener::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?,
+        tokio::net::UnixListener::bind(&args.socket)
+            .with_context(|| format!("binding {}", args.socket.display()))?,
     )];
     if let Some(addr) = args.tcp {
-        listeners.push(Listener::Tcp(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?));
+        listeners.push(Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ));
     }
     eprintln!("fake-docker listening on unix://{}", args.socket.display());
     fake_docker::serve(config, listeners, async {

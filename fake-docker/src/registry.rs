@@ -36,7 +36,9 @@ impl Platform {
         let parts: Vec<&str> = s.split('/').collect();
         let os = parts[0].to_ascii_lowercase();
         if os != "linux" && os != "windows" && os != "darwin" {
-            return Err(format!("\"{s}\": unknown operating system or architecture: invalid argument"));
+            return Err(format!(
+                "\"{s}\": unknown operating system or architecture: invalid argument"
+            ));
         }
         let arch = match parts.get(1).map(|a| a.to_ascii_lowercase()) {
             None => host_arch.to_string(),

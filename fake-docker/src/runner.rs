@@ -26,7 +26,12 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
             .iter()
             .find(|m| m.kind == "bind" && m.target == c.path)
             .map(|m| m.source.clone());
-        (id, c.path.clone(), c.platform.architecture.clone(), entry_source)
+        (
+            id,
+            c.path.clone(),
+            c.platform.architecture.clone(),
+            entry_source,
+        )
     };
     let mut foreign = image_arch != daemon.config.arch;
     if let Some(src) = entry_source {
@@ -47,7 +52,11 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
         let mut b = Daemon::subject_behaviour(&st, c);
         if foreign || b.exec_format_error {
             // runc reports the PATH-resolved binary; busybox-style images keep it in /bin.
-            let shown = if path.contains('/') { path.clone() } else { format!("/bin/{path}") };
+            let shown = if path.contains('/') {
+                path.clone()
+            } else {
+                format!("/bin/{path}")
+            };
             b = Behaviour {
                 stderr: vec![exec_format_error_line(&shown)],
                 exit_code: daemon.config.exec_format_exit_code,
@@ -57,7 +66,9 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
         b
     };
     if let Some(msg) = behaviour.start_error.clone() {
-        let code = if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        let code = if msg.contains("executable file not found")
+            || msg.contains("no such file or directory")
+        {
             127
         } else if msg.contains("permission denied") {
             126

@@ -20,7 +20,11 @@ pub enum Listener {
 }
 
 /// Serves until `shutdown` completes, then drops every connection and stops containers.
-pub async fn serve(daemon: Arc<Daemon>, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
@@ -75,7 +79,13 @@ where
         let d = daemon.clone();
         let svc = service_fn(move |req| {
             let d = d.clone();
-            async move { Ok::<_, Infallible>(crate::routes::handle(d, req).await.unwrap_or_else(|e| match e {})) }
+            async move {
+                Ok::<_, Infallible>(
+                    crate::routes::handle(d, req)
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
         });
         let conn = http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)

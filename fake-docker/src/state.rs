@@ -212,7 +212,9 @@ impl Daemon {
             let r = Reference::parse(name)
                 .map_err(|e| crate::Error::Config(format!("local image {name:?}: {e}")))?;
             let mut st = daemon.lock();
-            let platform = daemon.default_pull_platform(&st, &r, None).unwrap_or_else(|_| daemon.host_platform());
+            let platform = daemon
+                .default_pull_platform(&st, &r, None)
+                .unwrap_or_else(|_| daemon.host_platform());
             daemon.commit_image(&mut st, &r, platform);
         }
         Ok(daemon)
@@ -231,7 +233,14 @@ impl Daemon {
         Platform::linux(&self.config.arch)
     }
 
-    pub fn record(&self, st: &mut State, kind: &str, action: &str, id: &str, attrs: BTreeMap<String, String>) {
+    pub fn record(
+        &self,
+        st: &mut State,
+        kind: &str,
+        action: &str,
+        id: &str,
+        attrs: BTreeMap<String, String>,
+    ) {
         let now = self.clock.now();
         st.log.push(now, kind, action, id, attrs);
         self.notify();
@@ -244,8 +253,16 @@ impl Daemon {
         a
     }
 
-    pub fn container_event(&self, st: &mut State, id: &str, action: &str, extra: &[(&str, String)]) {
-        let Some(c) = st.containers.get(id) else { return };
+    pub fn container_event(
+        &self,
+        st: &mut State,
+        id: &str,
+        action: &str,
+        extra: &[(&str, String)],
+    ) {
+        let Some(c) = st.containers.get(id) else {
+            return;
+        };
         let mut attrs = Self::container_attrs(c);
         for (k, v) in extra {
             attrs.insert((*k).to_string(), v.clone());
@@ -306,7 +323,11 @@ impl Daemon {
             .find(|n| n.id == given)
             .or_else(|| st.networks.iter().find(|n| n.name == given))
             .or_else(|| {
-                let hits: Vec<&Network> = st.networks.iter().filter(|n| !given.is_empty() && n.id.starts_with(given)).collect();
+                let hits: Vec<&Network> = st
+                    .networks
+                    .iter()
+                    .filter(|n| !given.is_empty() && n.id.starts_with(given))
+                    .collect();
                 (hits.len() == 1).then(|| hits[0])
             })
     }
@@ -314,10 +335,19 @@ impl Daemon {
     // ---- images ----
 
     /// The platform a pull resolves to, or the in-stream error dockerd would give.
-    pub fn default_pull_platform(&self, st: &State, r: &Reference, requested: Option<&Platform>) -> Result<Platform, String> {
+    pub fn default_pull_platform(
+        &self,
+        st: &State,
+        r: &Reference,
+        requested: Option<&Platform>,
+    ) -> Result<Platform, String> {
         let remote = st.registry.lookup(r);
         let host = self.host_platform();
-        let platforms = if remote.platforms.is_empty() { vec![host.clone()] } else { remote.platforms.clone() };
+        let platforms = if remote.platforms.is_empty() {
+            vec![host.clone()]
+        } else {
+            remote.platforms.clone()
+        };
         let want = requested.cloned().unwrap_or_else(|| host.clone());
         if let Some(p) = platforms.iter().find(|p| p.matches(&want)) {
             return Ok(p.clone());
@@ -326,14 +356,24 @@ impl Daemon {
         if requested.is_none() && platforms.len() == 1 {
             return Ok(platforms[0].clone());
         }
-        Err(format!("no matching manifest for {want} in the manifest list entries"))
+        Err(format!(
+            "no matching manifest for {want} in the manifest list entries"
+        ))
     }
 
     /// Adds (or re-points) the tag `r` to the image for `platform`. Returns the image ID.
     pub fn commit_image(&self, st: &mut State, r: &Reference, platform: Platform) -> String {
         let remote = st.registry.lookup(r);
-        let id = format!("sha256:{}", st.ids.content_hash(&format!("image:{}:{}", r.repo, platform)));
-        let digest = format!("{}@sha256:{}", r.repo, st.ids.content_hash(&format!("digest:{}", r.repo)));
+        let id = format!(
+            "sha256:{}",
+            st.ids
+                .content_hash(&format!("image:{}:{}", r.repo, platform))
+        );
+        let digest = format!(
+            "{}@sha256:{}",
+            r.repo,
+            st.ids.content_hash(&format!("digest:{}", r.repo))
+        );
         let tag = r.to_string();
         for img in st.images.iter_mut() {
             if img.id != id {
@@ -371,12 +411,18 @@ impl Daemon {
 
     pub fn append_output(&self, id: &str, gen: u64, stream: Stream, data: bytes::Bytes) {
         let st = self.lock();
-        let Some(c) = st.containers.get(id) else { return };
+        let Some(c) = st.containers.get(id) else {
+            return;
+        };
         if c.run_gen != gen || !c.running() {
             return;
         }
         let mut out = c.output.lock().unwrap_or_else(|e| e.into_inner());
-        out.entries.push(LogEntry { stream, at: self.clock.now(), data });
+        out.entries.push(LogEntry {
+            stream,
+            at: self.clock.now(),
+            data,
+        });
         drop(out);
         drop(st);
         self.notify();
@@ -403,7 +449,9 @@ impl Daemon {
     /// Delivers `signal` to a running container: SIGKILL always ends it; other signals
     /// end it with 128+signal unless its behaviour ignores them.
     pub fn signal_locked(&self, st: &mut State, id: &str, signal: i64) {
-        let Some(c) = st.containers.get(id) else { return };
+        let Some(c) = st.containers.get(id) else {
+            return;
+        };
         if !c.running() {
             return;
         }
@@ -422,7 +470,11 @@ impl Daemon {
     }
 
     pub fn subject_behaviour(st: &State, c: &Container) -> Behaviour {
-        let subject = Subject { labels: &c.labels, image: &c.image_ref, env: &c.env };
+        let subject = Subject {
+            labels: &c.labels,
+            image: &c.image_ref,
+            env: &c.env,
+        };
         crate::behaviour::choose(&st.rules, &subject, &c.path, &c.args)
     }
 
@@ -444,7 +496,9 @@ impl Daemon {
     /// `exit` for callers that already hold the lock.
     pub fn exit_locked(&self, st: &mut State, id: &str, gen: u64, code: i64, oom: bool) {
         let now = self.clock.now();
-        let Some(c) = st.containers.get_mut(id) else { return };
+        let Some(c) = st.containers.get_mut(id) else {
+            return;
+        };
         if c.run_gen != gen || !c.running() {
             return;
         }

@@ -6,6 +6,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the whole picture and the invariants.
 
+pub mod app;
 pub mod backend;
 pub mod backoff;
 pub mod binaries;
@@ -26,6 +27,9 @@ pub mod tls;
 
 #[cfg(test)]
 mod testing;
+
+pub use lifecycle::{Error, ExitOutcome, Signal};
+pub use supervisor::{status_channel, Ports, Supervisor};
 
 /// Spacelift's documented default runner image.
 pub const DEFAULT_RUNNER_IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";

@@ -100,6 +100,9 @@ pub enum Error {
     Backend(BackendError),
     #[error("the backend's message channel (MQTT) closed and will not reconnect")]
     EventsClosed,
+    /// The MQTT session stopped for good (its message says what to check).
+    #[error("{0}")]
+    Mqtt(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{what}: {source}")]

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::binaries::{CacheCounters, CacheCountersSnapshot};
 use crate::lifecycle::Error;
 use crate::ports::WorkerStatus;
 
@@ -31,6 +32,8 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
+    /// The binary cache's own counters, copied into ours at each scrape.
+    cache: std::sync::Mutex<Option<(Arc<CacheCounters>, CacheCountersSnapshot)>>,
     runs: Family<OutcomeLabels, Counter>,
     spawn_latency: Histogram,
     reconnects: Counter,
@@ -77,13 +80,13 @@ impl Metrics {
         let downloads = Counter::default();
         registry.register(
             "worker_binary_downloads",
-            "Worker binaries first obtained by this process (downloaded or found on disk)",
+            "Worker binaries downloaded (one per single-flight group)",
             downloads.clone(),
         );
         let cache_hits = Counter::default();
         registry.register(
             "worker_binary_cache_hits",
-            "Runs that reused a worker binary this process already had",
+            "Worker binaries served from the local cache",
             cache_hits.clone(),
         );
         let binary_failures = Counter::default();
@@ -95,6 +98,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 registry,
+                cache: std::sync::Mutex::new(None),
                 runs,
                 spawn_latency,
                 reconnects,
@@ -122,20 +126,37 @@ impl Metrics {
         self.inner.reconnects.inc();
     }
 
-    pub fn binary_download(&self) {
-        self.inner.downloads.inc();
-    }
-
-    pub fn binary_cache_hit(&self) {
-        self.inner.cache_hits.inc();
-    }
-
     pub fn binary_failure(&self) {
         self.inner.binary_failures.inc();
     }
 
+    /// Reports the binary cache's downloads and hits (read at each scrape).
+    pub fn attach_binary_cache(&self, counters: Arc<CacheCounters>) {
+        let snap = CacheCountersSnapshot::default();
+        if let Ok(mut c) = self.inner.cache.lock() {
+            *c = Some((counters, snap));
+        }
+    }
+
+    fn sync_binary_cache(&self) {
+        let Ok(mut guard) = self.inner.cache.lock() else {
+            return;
+        };
+        if let Some((counters, last)) = guard.as_mut() {
+            let now = counters.snapshot();
+            self.inner
+                .downloads
+                .inc_by(now.downloads.saturating_sub(last.downloads));
+            self.inner
+                .cache_hits
+                .inc_by(now.hits.saturating_sub(last.hits));
+            *last = now;
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.sync_binary_cache();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.inner.registry);
@@ -212,8 +233,19 @@ mod tests {
         m.run_ended("failed");
         m.spawn_latency(Duration::from_millis(30));
         m.reconnected();
-        m.binary_download();
-        m.binary_cache_hit();
+        let cache = Arc::new(CacheCounters::default());
+        m.attach_binary_cache(cache.clone());
+        cache
+            .downloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache
+            .hits
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let text = m.encode();
+        assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 2"));
+        cache
+            .hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let text = m.encode();
         assert!(
             text.contains("spacelift_launcher_runs_total{outcome=\"finished\"} 2"),
@@ -223,6 +255,6 @@ mod tests {
         assert!(text.contains("spacelift_launcher_spawn_latency_seconds_count 1"));
         assert!(text.contains("spacelift_launcher_backend_reconnects_total 1"));
         assert!(text.contains("spacelift_launcher_worker_binary_downloads_total 1"));
-        assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 1"));
+        assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 3"));
     }
 }

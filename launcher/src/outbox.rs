@@ -64,7 +64,13 @@ pub struct OutboxDeps {
 /// A run's outbox: the handle to queue reports, and the delivery loop to spawn. The loop
 /// returns the run ULID when everything queued has been delivered (or refused for good)
 /// and every handle has been dropped.
-pub fn new(run_ulid: String, deps: OutboxDeps) -> (OutboxHandle, impl std::future::Future<Output = String> + Send) {
+pub fn new(
+    run_ulid: String,
+    deps: OutboxDeps,
+) -> (
+    OutboxHandle,
+    impl std::future::Future<Output = String> + Send,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     (OutboxHandle { tx }, deliver(run_ulid, deps, rx))
 }

@@ -579,9 +579,8 @@ impl ContainerRuntime for MemRuntime {
         let state = self.state.clone();
         let rx = self.world.tick.subscribe();
         let id = id.to_string();
-        let stream = futures_util::stream::unfold(
-            (0usize, rx, false),
-            move |(next, mut rx, failed)| {
+        let stream =
+            futures_util::stream::unfold((0usize, rx, false), move |(next, mut rx, failed)| {
                 let state = state.clone();
                 let id = id.clone();
                 async move {
@@ -608,8 +607,7 @@ impl ContainerRuntime for MemRuntime {
                         rx.changed().await.ok()?;
                     }
                 }
-            },
-        );
+            });
         Ok(Box::pin(stream))
     }
 
@@ -840,6 +838,10 @@ impl Harness {
     }
 
     pub fn start(&self) -> Running {
+        self.start_with_metrics(crate::metrics::Metrics::new())
+    }
+
+    pub fn start_with_metrics(&self, metrics: crate::metrics::Metrics) -> Running {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (signals_tx, signals_rx) = mpsc::channel(8);
         let (status_tx, status_rx) = status_channel(self.settings.capacity);
@@ -856,6 +858,7 @@ impl Harness {
             status_tx,
         )
         .with_held_runs(self.held_runs.clone())
+        .with_metrics(metrics)
         .with_stdout_logs(StdoutLogs {
             clock: Arc::new(FixedClock),
             sink: self.stdout.clone(),

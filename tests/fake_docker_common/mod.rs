@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use fake_docker::{Config, FakeDocker, FakeDockerHandle};
@@ -24,9 +24,19 @@ pub fn connect(host: &str, version: &bollard::ClientVersion) -> Docker {
 }
 
 /// Pulls and returns every status line, or the stream error.
-pub async fn pull(docker: &Docker, image: &str, platform: &str) -> Result<Vec<String>, bollard::errors::Error> {
-    let opts = CreateImageOptionsBuilder::default().from_image(image).platform(platform).build();
-    let infos = docker.create_image(Some(opts), None, None).try_collect::<Vec<_>>().await?;
+pub async fn pull(
+    docker: &Docker,
+    image: &str,
+    platform: &str,
+) -> Result<Vec<String>, bollard::errors::Error> {
+    let opts = CreateImageOptionsBuilder::default()
+        .from_image(image)
+        .platform(platform)
+        .build();
+    let infos = docker
+        .create_image(Some(opts), None, None)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(infos.into_iter().filter_map(|i| i.status).collect())
 }
 
@@ -34,24 +44,42 @@ pub fn body(image: &str, cmd: &[&str]) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-        host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 pub fn with_labels(mut b: ContainerCreateBody, labels: &[(&str, &str)]) -> ContainerCreateBody {
-    b.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>());
+    b.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    );
     b
 }
 
-pub async fn create(docker: &Docker, name: Option<&str>, b: ContainerCreateBody) -> Result<String, bollard::errors::Error> {
+pub async fn create(
+    docker: &Docker,
+    name: Option<&str>,
+    b: ContainerCreateBody,
+) -> Result<String, bollard::errors::Error> {
     let opts = name.map(|n| CreateContainerOptionsBuilder::default().name(n).build());
     Ok(docker.create_container(opts, b).await?.id)
 }
 
 /// Waits with the given condition; returns the exit code (bollard reports >0 as an error).
-pub async fn wait(docker: &Docker, id: &str, condition: &str) -> Result<i64, bollard::errors::Error> {
-    let opts = WaitContainerOptionsBuilder::default().condition(condition).build();
+pub async fn wait(
+    docker: &Docker,
+    id: &str,
+    condition: &str,
+) -> Result<i64, bollard::errors::Error> {
+    let opts = WaitContainerOptionsBuilder::default()
+        .condition(condition)
+        .build();
     match docker.wait_container(id, Some(opts)).next().await {
         Some(Ok(r)) => Ok(r.status_code),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
@@ -61,8 +89,18 @@ pub async fn wait(docker: &Docker, id: &str, condition: &str) -> Result<i64, bol
 }
 
 /// Non-following logs as `(stream, text)` pairs.
-pub async fn logs(docker: &Docker, id: &str, timestamps: bool, tail: &str) -> Vec<(&'static str, String)> {
-    let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).timestamps(timestamps).tail(tail).build();
+pub async fn logs(
+    docker: &Docker,
+    id: &str,
+    timestamps: bool,
+    tail: &str,
+) -> Vec<(&'static str, String)> {
+    let opts = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(timestamps)
+        .tail(tail)
+        .build();
     docker
         .logs(id, Some(opts))
         .map(|r| r.expect("log frame"))
@@ -89,15 +127,25 @@ pub async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollard::erro
 /// `(status, message)` of a server error, for comparisons.
 pub fn server_error<T: std::fmt::Debug>(r: Result<T, bollard::errors::Error>) -> (u16, String) {
     match r {
-        Err(bollard::errors::Error::DockerResponseServerError { status_code, message }) => (status_code, message),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        }) => (status_code, message),
         other => panic!("expected a server error, got {other:?}"),
     }
 }
 
 /// A minimal raw HTTP/1.1 exchange over a unix socket, for requests no client library makes.
-pub async fn raw_request(socket: &std::path::Path, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+pub async fn raw_request(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(socket).await.expect("connect");
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -107,8 +155,15 @@ pub async fn raw_request(socket: &std::path::Path, method: &str, path: &str, bod
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read");
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, dechunk(&body))
 }
 

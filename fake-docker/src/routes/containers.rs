@@ -31,7 +31,9 @@ fn strings(v: &Value, field: &str) -> ApiResult<Vec<String>> {
             .iter()
             .map(|x| {
                 x.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::bad_request(format!("json: cannot unmarshal {x} into Go struct field .{field} of type string"))
+                    ApiError::bad_request(format!(
+                        "json: cannot unmarshal {x} into Go struct field .{field} of type string"
+                    ))
                 })
             })
             .collect(),
@@ -47,7 +49,14 @@ fn string_map(v: &Value, field: &str) -> ApiResult<BTreeMap<String, String>> {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(m)) => Ok(m
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect()),
         Some(other) => Err(ApiError::bad_request(format!(
             "json: cannot unmarshal {} into Go struct field .{field} of type map[string]string",
@@ -78,14 +87,21 @@ fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     let d = &ctx.daemon;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("config cannot be empty in order to create a container"));
+        return Err(ApiError::bad_request(
+            "config cannot be empty in order to create a container",
+        ));
     }
     let v = parse_json(ctx, body)?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("json: cannot unmarshal into Go value of type container.Config"));
+        return Err(ApiError::bad_request(
+            "json: cannot unmarshal into Go value of type container.Config",
+        ));
     }
     let empty = Value::Object(Map::new());
-    let hc = v.get("HostConfig").filter(|h| h.is_object()).unwrap_or(&empty);
+    let hc = v
+        .get("HostConfig")
+        .filter(|h| h.is_object())
+        .unwrap_or(&empty);
 
     let name = ctx.query.str("name").to_string();
     if !name.is_empty() && !is_valid_name(&name) {
@@ -93,7 +109,8 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
             "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )));
     }
-    let requested_platform = Platform::parse(ctx.query.str("platform"), &d.config.arch).map_err(ApiError::bad_request)?;
+    let requested_platform = Platform::parse(ctx.query.str("platform"), &d.config.arch)
+        .map_err(ApiError::bad_request)?;
     let image_ref = text(&v, "Image").to_string();
     if image_ref.is_empty() {
         return Err(ApiError::bad_request("no command specified"));
@@ -106,7 +123,9 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
 
     let runtime = text(hc, "Runtime");
     if !runtime.is_empty() && runtime != "runc" {
-        return Err(ApiError::bad_request(format!("unknown or invalid runtime name: {runtime}")));
+        return Err(ApiError::bad_request(format!(
+            "unknown or invalid runtime name: {runtime}"
+        )));
     }
     let mut mounts = Vec::new();
     for b in &binds {
@@ -114,10 +133,18 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
         let (source, target, mode) = match parts.as_slice() {
             [s, t] => (*s, *t, ""),
             [s, t, m] => (*s, *t, *m),
-            _ => return Err(ApiError::bad_request(format!("invalid volume specification: '{b}'"))),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid volume specification: '{b}'"
+                )))
+            }
         };
         mounts.push(MountSpec {
-            kind: if source.starts_with('/') { "bind".into() } else { "volume".into() },
+            kind: if source.starts_with('/') {
+                "bind".into()
+            } else {
+                "volume".into()
+            },
             source: source.into(),
             target: target.into(),
             rw: !mode.split(',').any(|m| m == "ro"),
@@ -133,7 +160,11 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
                 )));
             }
             mounts.push(MountSpec {
-                kind: if kind.is_empty() { "volume".into() } else { kind.into() },
+                kind: if kind.is_empty() {
+                    "volume".into()
+                } else {
+                    kind.into()
+                },
                 source: source.into(),
                 target: text(m, "Target").into(),
                 rw: !flag(m, "ReadOnly"),
@@ -143,7 +174,9 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
 
     let mut st = d.lock();
     let Some(img) = Daemon::find_image(&st, &image_ref).cloned() else {
-        let shown = Reference::parse(&image_ref).map(|r| r.to_string()).unwrap_or_else(|_| image_ref.clone());
+        let shown = Reference::parse(&image_ref)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| image_ref.clone());
         return Err(ApiError::not_found(format!("No such image: {shown}")));
     };
     let mut warnings: Vec<String> = Vec::new();
@@ -179,9 +212,17 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     }
 
     // A given Entrypoint drops the image's Cmd; Path/Args come from Entrypoint + Cmd.
-    let entry = if entrypoint.is_empty() { img.config.entrypoint.clone() } else { entrypoint.clone() };
+    let entry = if entrypoint.is_empty() {
+        img.config.entrypoint.clone()
+    } else {
+        entrypoint.clone()
+    };
     if cmd.is_empty() && entrypoint.is_empty() {
-        cmd = if img.config.cmd.is_empty() && img.config.entrypoint.is_empty() { vec!["sh".into()] } else { img.config.cmd.clone() };
+        cmd = if img.config.cmd.is_empty() && img.config.entrypoint.is_empty() {
+            vec!["sh".into()]
+        } else {
+            img.config.cmd.clone()
+        };
     }
     let mut argv = entry.clone();
     argv.extend(cmd.iter().cloned());
@@ -204,8 +245,13 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     let mut ports = BTreeMap::new();
     if let Some(Value::Object(exposed)) = v.get("ExposedPorts") {
         for p in exposed.keys() {
-            let key = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
-            let host = if publish_all || hc.get("PortBindings").and_then(|b| b.get(&key)).is_some() {
+            let key = if p.contains('/') {
+                p.clone()
+            } else {
+                format!("{p}/tcp")
+            };
+            let host = if publish_all || hc.get("PortBindings").and_then(|b| b.get(&key)).is_some()
+            {
                 st.next_port += 1;
                 Some(st.next_port - 1)
             } else {
@@ -228,8 +274,10 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
         m.insert("NetworkMode".into(), json!(network_mode));
         m.entry("Binds").or_insert(Value::Null);
         m.entry("AutoRemove").or_insert(json!(false));
-        m.entry("RestartPolicy").or_insert(json!({"Name": "no", "MaximumRetryCount": 0}));
-        m.entry("LogConfig").or_insert(json!({"Type": "json-file", "Config": {}}));
+        m.entry("RestartPolicy")
+            .or_insert(json!({"Name": "no", "MaximumRetryCount": 0}));
+        m.entry("LogConfig")
+            .or_insert(json!({"Type": "json-file", "Config": {}}));
     }
     let config = json!({
         "Hostname": id[..12],
@@ -284,7 +332,10 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     };
     st.containers.insert(id.clone(), c);
     d.container_event(&mut st, &id, "create", &[]);
-    Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warnings": warnings})))
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"Id": id, "Warnings": warnings}),
+    ))
 }
 
 fn status_text(d: &Daemon, c: &Container) -> String {
@@ -324,13 +375,23 @@ fn mounts_json(c: &Container) -> Vec<Value> {
 }
 
 fn networks_json(st: &crate::state::State, c: &Container) -> Value {
-    let mode = if c.network_mode == "default" { "bridge" } else { c.network_mode.as_str() };
-    let net_id = Daemon::find_network(st, mode).map(|n| n.id.clone()).unwrap_or_default();
+    let mode = if c.network_mode == "default" {
+        "bridge"
+    } else {
+        c.network_mode.as_str()
+    };
+    let net_id = Daemon::find_network(st, mode)
+        .map(|n| n.id.clone())
+        .unwrap_or_default();
     let running = c.running();
     let mut nets = Map::new();
     if !mode.starts_with("container:") {
         let bridged = mode != "host" && mode != "none";
-        let ip = if running && bridged { format!("172.17.0.{}", 2 + c.seq % 250) } else { String::new() };
+        let ip = if running && bridged {
+            format!("172.17.0.{}", 2 + c.seq % 250)
+        } else {
+            String::new()
+        };
         nets.insert(
             mode.to_string(),
             json!({
@@ -361,7 +422,12 @@ fn ports_json(c: &Container) -> Value {
 pub fn list(ctx: &Ctx) -> ApiResult<Reply> {
     let filters = ctx.query.filters()?;
     let all = ctx.query.bool("all");
-    let limit: Option<usize> = ctx.query.get("limit").and_then(|l| l.parse::<i64>().ok()).and_then(|l| usize::try_from(l).ok()).filter(|l| *l > 0);
+    let limit: Option<usize> = ctx
+        .query
+        .get("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .and_then(|l| usize::try_from(l).ok())
+        .filter(|l| *l > 0);
     let d = &ctx.daemon;
     let st = d.lock();
     let mut cs: Vec<&Container> = st
@@ -369,7 +435,11 @@ pub fn list(ctx: &Ctx) -> ApiResult<Reply> {
         .values()
         .filter(|c| all || c.running() || !filters.get("status").is_empty())
         .filter(|c| filters.labels_match(&c.labels))
-        .filter(|c| filters.any("name", |n| c.name.contains(n.trim_start_matches('/')) || c.name.contains(n)))
+        .filter(|c| {
+            filters.any("name", |n| {
+                c.name.contains(n.trim_start_matches('/')) || c.name.contains(n)
+            })
+        })
         .filter(|c| filters.any("id", |p| c.id.starts_with(p)))
         .filter(|c| filters.any("status", |s| s == c.status.as_str()))
         .filter(|c| {
@@ -378,7 +448,7 @@ pub fn list(ctx: &Ctx) -> ApiResult<Reply> {
             })
         })
         .collect();
-    cs.sort_by(|a, b| b.seq.cmp(&a.seq));
+    cs.sort_by_key(|c| std::cmp::Reverse(c.seq));
     if let Some(l) = limit {
         cs.truncate(l);
     }
@@ -424,7 +494,9 @@ pub fn inspect(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let Some(c) = st.containers.get(&id) else {
         return Err(ApiError::no_such_container(given));
     };
-    let t = |x: Option<time::OffsetDateTime>| x.map(rfc3339_nano).unwrap_or_else(|| ZERO_TIME.to_string());
+    let t = |x: Option<time::OffsetDateTime>| {
+        x.map(rfc3339_nano).unwrap_or_else(|| ZERO_TIME.to_string())
+    };
     let v = json!({
         "Id": c.id,
         "Created": rfc3339_nano(c.created),
@@ -474,7 +546,11 @@ pub fn inspect(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
 }
 
 pub async fn start(ctx: &Ctx, given: &str, body: &[u8]) -> ApiResult<Reply> {
-    if body.len() > 7 && !body.iter().all(u8::is_ascii_whitespace) && body != b"null" && body != b"{}" {
+    if body.len() > 7
+        && !body.iter().all(u8::is_ascii_whitespace)
+        && body != b"null"
+        && body != b"{}"
+    {
         return Err(ApiError::bad_request(
             "starting container with non-empty request body was deprecated since API v1.22 and removed in v1.24",
         ));
@@ -487,7 +563,11 @@ pub async fn start(ctx: &Ctx, given: &str, body: &[u8]) -> ApiResult<Reply> {
 
 pub fn kill(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let d = &ctx.daemon;
-    let prefix = if ctx.legacy() { "Cannot kill container" } else { "cannot kill container" };
+    let prefix = if ctx.legacy() {
+        "Cannot kill container"
+    } else {
+        "cannot kill container"
+    };
     let sig_text = ctx.query.str("signal");
     let Some(sig) = crate::runner::parse_signal(sig_text) else {
         return Err(ApiError::bad_request(format!("Invalid signal: {sig_text}")));
@@ -497,15 +577,25 @@ pub fn kill(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         .map_err(|e| ApiError::new(e.status, format!("{prefix}: {given}: {}", e.message)))?;
     let running = st.containers.get(&id).is_some_and(Container::running);
     if !running {
-        let who = if ctx.legacy() { "Container" } else { "container" };
-        return Err(ApiError::conflict(format!("{prefix}: {given}: {who} {id} is not running")));
+        let who = if ctx.legacy() {
+            "Container"
+        } else {
+            "container"
+        };
+        return Err(ApiError::conflict(format!(
+            "{prefix}: {given}: {who} {id} is not running"
+        )));
     }
     d.signal_locked(&mut st, &id, sig);
     Ok(status_only(StatusCode::NO_CONTENT))
 }
 
 pub async fn stop(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
-    let t = ctx.query.get("t").or_else(|| ctx.query.get("timeout")).and_then(|t| t.parse::<i64>().ok());
+    let t = ctx
+        .query
+        .get("t")
+        .or_else(|| ctx.query.get("timeout"))
+        .and_then(|t| t.parse::<i64>().ok());
     match crate::runner::stop(&ctx.daemon, given, t).await? {
         true => Ok(status_only(StatusCode::NO_CONTENT)),
         false => Ok(status_only(StatusCode::NOT_MODIFIED)),

@@ -19,9 +19,9 @@ pub fn pull(ctx: &Ctx) -> ApiResult<Reply> {
         return Err(ApiError::bad_request("invalid reference format"));
     }
     let r = Reference::parse_with_tag(from, ctx.query.str("tag"))
-        .map_err(|e| ApiError::bad_request(e))?;
+        .map_err(ApiError::bad_request)?;
     let requested = Platform::parse(ctx.query.str("platform"), &d.config.arch)
-        .map_err(|e| ApiError::bad_request(e))?;
+        .map_err(ApiError::bad_request)?;
 
     let mut st = d.lock();
     let remote = st.registry.lookup(&r);
@@ -45,7 +45,8 @@ pub fn pull(ctx: &Ctx) -> ApiResult<Reply> {
     let daemon = d.clone();
     tokio::spawn(async move {
         let step = Duration::from_millis(fault.as_ref().map(|f| f.step_delay_ms).unwrap_or(0));
-        let mut lines: Vec<Value> = vec![json!({"status": format!("Pulling from {}", r.remote_path()), "id": r.tag})];
+        let mut lines: Vec<Value> =
+            vec![json!({"status": format!("Pulling from {}", r.remote_path()), "id": r.tag})];
         if !up_to_date && resolved.is_ok() {
             let total = 2_228_224u64;
             lines.push(json!({"status": "Pulling fs layer", "progressDetail": {}, "id": layer}));
@@ -72,7 +73,12 @@ pub fn pull(ctx: &Ctx) -> ApiResult<Reply> {
         if let Some(msg) = err {
             {
                 let mut st = daemon.lock();
-                let attrs = [("name".to_string(), r.to_string()), ("error".to_string(), msg.clone())].into_iter().collect();
+                let attrs = [
+                    ("name".to_string(), r.to_string()),
+                    ("error".to_string(), msg.clone()),
+                ]
+                .into_iter()
+                .collect();
                 daemon.record(&mut st, "fault", "pull", "", attrs);
             }
             let _ = send_line(&tx, &json!({"errorDetail": {"message": msg}, "error": msg})).await;
@@ -147,7 +153,11 @@ pub fn inspect(ctx: &Ctx, name: &str) -> ApiResult<Reply> {
     if env.is_empty() {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
-    let cmd = if cfg.cmd.is_empty() && cfg.entrypoint.is_empty() { json!(["sh"]) } else { null_if_empty(&cfg.cmd) };
+    let cmd = if cfg.cmd.is_empty() && cfg.entrypoint.is_empty() {
+        json!(["sh"])
+    } else {
+        null_if_empty(&cfg.cmd)
+    };
     let mut v = json!({
         "Id": img.id,
         "RepoTags": img.repo_tags,
@@ -180,7 +190,9 @@ pub fn inspect(ctx: &Ctx, name: &str) -> ApiResult<Reply> {
 }
 
 fn no_such_image(ctx: &Ctx, name: &str) -> ApiError {
-    let shown = Reference::parse(name).map(|r| r.to_string()).unwrap_or_else(|_| name.to_string());
+    let shown = Reference::parse(name)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| name.to_string());
     if ctx.legacy() {
         ApiError::not_found(format!("no such image: {name}: No such image: {shown}"))
     } else {
@@ -206,7 +218,8 @@ pub fn delete(ctx: &Ctx, name: &str) -> ApiResult<Reply> {
     }
     let r = Reference::parse(name).ok().map(|r| r.to_string());
     let mut out = Vec::new();
-    let untag_only = r.as_ref().is_some_and(|t| img.repo_tags.contains(t)) && img.repo_tags.len() > 1;
+    let untag_only =
+        r.as_ref().is_some_and(|t| img.repo_tags.contains(t)) && img.repo_tags.len() > 1;
     if let (true, Some(t)) = (untag_only, r) {
         if let Some(i) = st.images.iter_mut().find(|i| i.id == img.id) {
             i.repo_tags.retain(|x| *x != t);
@@ -218,7 +231,9 @@ pub fn delete(ctx: &Ctx, name: &str) -> ApiResult<Reply> {
         }
         out.push(json!({"Deleted": img.id}));
         st.images.retain(|i| i.id != img.id);
-        let attrs = [("name".to_string(), name.to_string())].into_iter().collect();
+        let attrs = [("name".to_string(), name.to_string())]
+            .into_iter()
+            .collect();
         d.record(&mut st, "image", "delete", &img.id, attrs);
     }
     Ok(json(StatusCode::OK, &Value::Array(out)))

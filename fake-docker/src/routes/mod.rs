@@ -82,11 +82,28 @@ impl Route {
 
 /// Every route key, for documentation and validation of fault requests.
 pub const ROUTE_KEYS: &[&str] = &[
-    "ping", "version", "info", "events", "images.create", "images.list", "images.inspect",
-    "images.delete", "containers.create", "containers.list", "containers.inspect",
-    "containers.start", "containers.wait", "containers.logs", "containers.attach",
-    "containers.kill", "containers.stop", "containers.delete", "networks.list",
-    "networks.inspect", "networks.create", "networks.delete",
+    "ping",
+    "version",
+    "info",
+    "events",
+    "images.create",
+    "images.list",
+    "images.inspect",
+    "images.delete",
+    "containers.create",
+    "containers.list",
+    "containers.inspect",
+    "containers.start",
+    "containers.wait",
+    "containers.logs",
+    "containers.attach",
+    "containers.kill",
+    "containers.stop",
+    "containers.delete",
+    "networks.list",
+    "networks.inspect",
+    "networks.create",
+    "networks.delete",
 ];
 
 fn decode(s: &str) -> String {
@@ -177,10 +194,12 @@ pub async fn read_body(daemon: &Daemon, body: Incoming) -> ApiResult<Bytes> {
     let limit = daemon.config.max_body_bytes;
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::bad_request(format!(
-            "request body too large: more than {limit} bytes"
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::bad_request(
+            format!("request body too large: more than {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
         ))),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
     }
 }
 
@@ -201,7 +220,10 @@ fn add_headers(daemon: &Daemon, r: &mut Reply) {
     h.insert("Api-Version", v(&daemon.config.api_version));
     h.insert("Ostype", HeaderValue::from_static("linux"));
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
-    h.insert("Server", v(&format!("Docker/{} (linux)", daemon.config.server_version)));
+    h.insert(
+        "Server",
+        v(&format!("Docker/{} (linux)", daemon.config.server_version)),
+    );
 }
 
 pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, Infallible> {
@@ -217,9 +239,13 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Reply
     add_headers(&daemon, &mut reply);
     let status = reply.status().as_u16().to_string();
     let mut st = daemon.lock();
-    let attrs = [("method".to_string(), method.to_string()), ("path".to_string(), full_path), ("status".to_string(), status)]
-        .into_iter()
-        .collect();
+    let attrs = [
+        ("method".to_string(), method.to_string()),
+        ("path".to_string(), full_path),
+        ("status".to_string(), status),
+    ]
+    .into_iter()
+    .collect();
     daemon.record(&mut st, "request", "http", "", attrs);
     Ok(reply)
 }
@@ -260,9 +286,12 @@ async fn dispatch(
         let latency = st.faults.latency_for(key);
         let fault = st.faults.take_route_fault(key);
         if let Some(f) = &fault {
-            let attrs = [("route".to_string(), key.to_string()), ("status".to_string(), f.status.to_string())]
-                .into_iter()
-                .collect();
+            let attrs = [
+                ("route".to_string(), key.to_string()),
+                ("status".to_string(), f.status.to_string()),
+            ]
+            .into_iter()
+            .collect();
             daemon.record(&mut st, "fault", "route", "", attrs);
         }
         (latency, fault)
@@ -326,10 +355,123 @@ mod tests {
         assert_eq!(split_version("/volumes"), (None, "/volumes"));
         assert_eq!(
             route(&Method::GET, "/images/docker.io/library/alpine:latest/json"),
-            Some(Route::ImageInspect("docker.io/library/alpine:latest".into()))
+            Some(Route::ImageInspect(
+                "docker.io/library/alpine:latest".into()
+            ))
         );
         assert_eq!(route(&Method::HEAD, "/_ping"), Some(Route::Ping));
         assert_eq!(percent_decode("a%2Fb"), "a/b");
         assert_eq!(percent_decode("a%2"), "a%2");
+    }
+}
+
+/// Behaviours play on tokio's clock: with paused time, a 30 s run and a 10 s stop grace
+/// period take no wall-clock time and land on exact, deterministic timestamps.
+#[cfg(test)]
+mod paused_time_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admin::Admin;
+    use crate::behaviour::{Behaviour, Match, Rule};
+    use crate::config::Config;
+
+    fn daemon() -> Arc<Daemon> {
+        let rule = |label: &str, behaviour| Rule {
+            matches: Match {
+                labels: [("job".to_string(), label.to_string())].into(),
+                ..Match::default()
+            },
+            behaviour,
+        };
+        let config = Config {
+            local_images: vec!["busybox".into()],
+            rules: vec![
+                rule(
+                    "run",
+                    Behaviour {
+                        stdout: vec!["x".into()],
+                        duration_ms: 30_000,
+                        exit_code: 2,
+                        ..Behaviour::default()
+                    },
+                ),
+                rule(
+                    "stubborn",
+                    Behaviour {
+                        hang: true,
+                        ignore_sigterm: true,
+                        ..Behaviour::default()
+                    },
+                ),
+            ],
+            ..Config::default()
+        };
+        Daemon::new(config).expect("daemon")
+    }
+
+    fn create(d: &Arc<Daemon>, name: &str, job: &str) {
+        let ctx = Ctx {
+            daemon: d.clone(),
+            query: Query::parse(Some(&format!("name={name}"))),
+            version: (1, 53),
+        };
+        let body = format!(r#"{{"Image":"busybox","Cmd":["x"],"Labels":{{"job":"{job}"}}}}"#);
+        containers::create(&ctx, body.as_bytes()).expect("create");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duration_and_stop_grace_use_tokio_time() {
+        let d = daemon();
+        let admin = Admin { daemon: d.clone() };
+        let t0 = tokio::time::Instant::now();
+
+        create(&d, "runner", "run");
+        assert!(crate::runner::start(&d, "runner").await.expect("start"));
+        let die = admin.wait_for_event(|e| e.action == "die").await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+        assert_eq!(
+            die.attributes.get("exitCode").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(die.time, "2024-01-01T00:00:30Z");
+
+        create(&d, "stubborn", "stubborn");
+        assert!(crate::runner::start(&d, "stubborn").await.expect("start"));
+        assert!(crate::runner::stop(&d, "stubborn", Some(10))
+            .await
+            .expect("stop"));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(40),
+            "SIGTERM ignored, SIGKILL after t=10"
+        );
+        let info = admin.containers();
+        assert_eq!(info[1].exit_code, 137);
+        let actions: Vec<String> = admin
+            .events()
+            .into_iter()
+            .filter(|e| e.kind == "container")
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.attributes.get("name").cloned().unwrap_or_default(),
+                    e.action
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "runner:create",
+                "runner:start",
+                "runner:die",
+                "stubborn:create",
+                "stubborn:start",
+                "stubborn:kill",
+                "stubborn:kill",
+                "stubborn:die",
+            ]
+        );
     }
 }

@@ -16,7 +16,11 @@ fn network_json(st: &State, n: &Network) -> Value {
     let ipam_config: Vec<Value> = n.subnet.iter().map(|s| json!({"Subnet": s})).collect();
     let mut containers = serde_json::Map::new();
     for c in st.containers.values().filter(|c| c.running()) {
-        let mode = if c.network_mode == "default" { "bridge" } else { c.network_mode.as_str() };
+        let mode = if c.network_mode == "default" {
+            "bridge"
+        } else {
+            c.network_mode.as_str()
+        };
         if mode == n.name || mode == n.id {
             containers.insert(
                 c.id.clone(),
@@ -70,25 +74,37 @@ pub fn inspect(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
 
 pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     let v = parse_json(ctx, body)?;
-    let name = v.get("Name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = v
+        .get("Name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
         return Err(ApiError::bad_request("network name must not be empty"));
     }
     let driver = match v.get("Driver").and_then(Value::as_str).unwrap_or("") {
         "" => "bridge".to_string(),
-        "bridge" | "null" | "host" | "macvlan" | "ipvlan" | "overlay" => v["Driver"].as_str().unwrap_or("bridge").to_string(),
+        "bridge" | "null" | "host" | "macvlan" | "ipvlan" | "overlay" => {
+            v["Driver"].as_str().unwrap_or("bridge").to_string()
+        }
         other => return Err(ApiError::not_found(format!("plugin \"{other}\" not found"))),
     };
     let str_map = |f: &str| -> BTreeMap<String, String> {
         v.get(f)
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, x)| (k.clone(), x.as_str().unwrap_or("").to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, x)| (k.clone(), x.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let d = &ctx.daemon;
     let mut st = d.lock();
     if st.networks.iter().any(|n| n.name == name) {
-        return Err(ApiError::conflict(format!("network with name {name} already exists")));
+        return Err(ApiError::conflict(format!(
+            "network with name {name} already exists"
+        )));
     }
     let id = st.ids.network_id();
     let octet = 18 + st.networks.len() % 200;
@@ -108,7 +124,12 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
         internal: v.get("Internal").and_then(Value::as_bool).unwrap_or(false),
         predefined: false,
     });
-    let attrs = [("name".to_string(), name), ("type".to_string(), "bridge".to_string())].into_iter().collect();
+    let attrs = [
+        ("name".to_string(), name),
+        ("type".to_string(), "bridge".to_string()),
+    ]
+    .into_iter()
+    .collect();
     d.record(&mut st, "network", "create", &id, attrs);
     Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warning": ""})))
 }
@@ -116,22 +137,35 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
 pub fn delete(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let d = &ctx.daemon;
     let mut st = d.lock();
-    let n = Daemon::find_network(&st, given).ok_or_else(|| not_found(given))?.clone();
+    let n = Daemon::find_network(&st, given)
+        .ok_or_else(|| not_found(given))?
+        .clone();
     if n.predefined {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("{} is a pre-defined network and cannot be removed", n.name),
         ));
     }
-    let in_use = st.containers.values().any(|c| c.running() && (c.network_mode == n.name || c.network_mode == n.id));
+    let in_use = st
+        .containers
+        .values()
+        .any(|c| c.running() && (c.network_mode == n.name || c.network_mode == n.id));
     if in_use {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("error while removing network: network {} id {} has active endpoints", n.name, n.id),
+            format!(
+                "error while removing network: network {} id {} has active endpoints",
+                n.name, n.id
+            ),
         ));
     }
     st.networks.retain(|x| x.id != n.id);
-    let attrs = [("name".to_string(), n.name.clone()), ("type".to_string(), n.driver.clone())].into_iter().collect();
+    let attrs = [
+        ("name".to_string(), n.name.clone()),
+        ("type".to_string(), n.driver.clone()),
+    ]
+    .into_iter()
+    .collect();
     d.record(&mut st, "network", "destroy", &n.id, attrs);
     Ok(status_only(StatusCode::NO_CONTENT))
 }

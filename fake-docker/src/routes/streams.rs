@@ -29,7 +29,13 @@ pub fn wait(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         "" | "not-running" => Cond::NotRunning,
         "next-exit" => Cond::NextExit,
         "removed" => Cond::Removed,
-        other => return Err(ApiError::bad_request(format!("invalid condition: \"{other}\""))),
+        // dockerd 20.10 treats an unknown condition as the default; later versions refuse it.
+        _ if ctx.legacy() => Cond::NotRunning,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid condition: \"{other}\""
+            )))
+        }
     };
     let d = ctx.daemon.clone();
     let mut changes = d.changes.subscribe();
@@ -46,9 +52,15 @@ pub fn wait(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
             {
                 let st = d.lock();
                 match (st.containers.get(&id), cond) {
-                    (None, _) => break Some((st.removed.get(&id).copied().unwrap_or(0), String::new())),
-                    (Some(c), Cond::NotRunning) if !c.running() => break Some((c.exit_code, c.error.clone())),
-                    (Some(c), Cond::NextExit) if c.exits > exits0 => break Some((c.exit_code, c.error.clone())),
+                    (None, _) => {
+                        break Some((st.removed.get(&id).copied().unwrap_or(0), String::new()))
+                    }
+                    (Some(c), Cond::NotRunning) if !c.running() => {
+                        break Some((c.exit_code, c.error.clone()))
+                    }
+                    (Some(c), Cond::NextExit) if c.exits > exits0 => {
+                        break Some((c.exit_code, c.error.clone()))
+                    }
                     _ => {}
                 }
             }
@@ -58,10 +70,12 @@ pub fn wait(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
             }
         };
         if let Some((code, err)) = result {
-            let mut v = json!({"StatusCode": code});
-            if !err.is_empty() {
-                v["Error"] = json!({"Message": err});
-            }
+            let error = if err.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!({"Message": err})
+            };
+            let v = json!({"Error": error, "StatusCode": code});
             let mut b = serde_json::to_vec(&v).unwrap_or_default();
             b.push(b'\n');
             let _ = tx.send(Bytes::from(b)).await;
@@ -103,13 +117,18 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let q = &ctx.query;
     let (stdout, stderr) = (q.bool("stdout"), q.bool("stderr"));
     if !stdout && !stderr {
-        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
     }
     let since = parse_unix_ts(q.str("since"));
     let until = parse_unix_ts(q.str("until"));
     let tail: Option<usize> = match q.str("tail") {
         "" | "all" => None,
-        n => n.parse::<i64>().ok().map(|n| usize::try_from(n).unwrap_or(0)),
+        n => n
+            .parse::<i64>()
+            .ok()
+            .map(|n| usize::try_from(n).unwrap_or(0)),
     };
     let d = ctx.daemon.clone();
     let mut changes = d.changes.subscribe();
@@ -121,11 +140,21 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         };
         (c.output.clone(), q.bool("follow") && c.running(), c.tty)
     };
-    let framing = Framing { stdout, stderr, timestamps: q.bool("timestamps"), tty };
-    let ct = if tty || ctx.version < (1, 42) { RAW } else { MUX };
+    let framing = Framing {
+        stdout,
+        stderr,
+        timestamps: q.bool("timestamps"),
+        tty,
+    };
+    let ct = if tty || ctx.version < (1, 42) {
+        RAW
+    } else {
+        MUX
+    };
     let (tx, reply) = channel(ct);
     tokio::spawn(async move {
-        let in_window = |e: &LogEntry| since.is_none_or(|s| e.at >= s) && until.is_none_or(|u| e.at <= u);
+        let in_window =
+            |e: &LogEntry| since.is_none_or(|s| e.at >= s) && until.is_none_or(|u| e.at <= u);
         let (first, mut idx) = {
             let out = output.lock().unwrap_or_else(|e| e.into_inner());
             let picked: Vec<Bytes> = out
@@ -165,9 +194,20 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     Ok(reply)
 }
 
-fn take_new(output: &std::sync::Mutex<crate::state::Output>, idx: &mut usize, f: &Framing) -> (Vec<Bytes>, bool) {
+fn take_new(
+    output: &std::sync::Mutex<crate::state::Output>,
+    idx: &mut usize,
+    f: &Framing,
+) -> (Vec<Bytes>, bool) {
     let out = output.lock().unwrap_or_else(|e| e.into_inner());
-    let new = out.entries.get(*idx..).unwrap_or(&[]).iter().filter(|e| f.wanted(e)).map(|e| f.encode(e)).collect();
+    let new = out
+        .entries
+        .get(*idx..)
+        .unwrap_or(&[])
+        .iter()
+        .filter(|e| f.wanted(e))
+        .map(|e| f.encode(e))
+        .collect();
     *idx = out.entries.len();
     (new, out.closed)
 }
@@ -184,16 +224,40 @@ pub fn attach(ctx: &Ctx, given: &str, mut req: Request<Incoming>) -> ApiResult<R
             return Err(ApiError::no_such_container(given));
         };
         if matches!(c.status, Status::Exited | Status::Dead) && !q.bool("logs") {
-            return Err(ApiError::conflict("You cannot attach to a stopped container, start it first"));
+            return Err(ApiError::conflict(
+                "You cannot attach to a stopped container, start it first",
+            ));
         }
-        let len = c.output.lock().unwrap_or_else(|e| e.into_inner()).entries.len();
-        (c.output.clone(), c.tty, if q.bool("logs") { 0 } else { len })
+        let len = c
+            .output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len();
+        (
+            c.output.clone(),
+            c.tty,
+            if q.bool("logs") { 0 } else { len },
+        )
     };
+    {
+        let mut st = d.lock();
+        if let Ok(id) = Daemon::resolve_container(&st, given) {
+            d.container_event(&mut st, &id, "attach", &[]);
+        }
+    }
     let stream = q.bool("stream");
-    let framing = Framing { stdout: q.bool("stdout"), stderr: q.bool("stderr"), timestamps: false, tty };
+    let framing = Framing {
+        stdout: q.bool("stdout"),
+        stderr: q.bool("stderr"),
+        timestamps: false,
+        tty,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         // Drain client input; EOF (the CLI half-closes without -i) must not end the stream.
         let reader = tokio::spawn(async move {
@@ -226,7 +290,10 @@ pub fn attach(ctx: &Ctx, given: &str, mut req: Request<Incoming>) -> ApiResult<R
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(if tty { RAW } else { MUX }));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if tty { RAW } else { MUX }),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     Ok(r)
@@ -243,7 +310,11 @@ pub fn events(ctx: &Ctx) -> ApiResult<Reply> {
     let until = parse_unix_ts(q.str("until"));
     let d = ctx.daemon.clone();
     let mut changes = d.changes.subscribe();
-    let mut idx = if since.is_some() { 0 } else { d.lock().log.all().len() };
+    let mut idx = if since.is_some() {
+        0
+    } else {
+        d.lock().log.all().len()
+    };
     let (tx, reply) = channel("application/json");
     tokio::spawn(async move {
         let deadline = until.map(|u| {
@@ -258,10 +329,23 @@ pub fn events(ctx: &Ctx) -> ApiResult<Reply> {
                 idx += evs.len();
                 evs.iter()
                     .filter(|e| e.is_docker_event())
-                    .filter(|e| e.at.is_some_and(|at| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at <= u)))
+                    .filter(|e| {
+                        e.at.is_some_and(|at| {
+                            since.is_none_or(|s| at >= s) && until.is_none_or(|u| at <= u)
+                        })
+                    })
                     .filter(|e| filters.any("type", |t| t == e.kind))
-                    .filter(|e| filters.any("event", |a| a == e.action) && filters.any("action", |a| a == e.action))
-                    .filter(|e| filters.any("container", |c| e.kind == "container" && (e.id.starts_with(c) || e.attributes.get("name").is_some_and(|n| n == c))))
+                    .filter(|e| {
+                        filters.any("event", |a| a == e.action)
+                            && filters.any("action", |a| a == e.action)
+                    })
+                    .filter(|e| {
+                        filters.any("container", |c| {
+                            e.kind == "container"
+                                && (e.id.starts_with(c)
+                                    || e.attributes.get("name").is_some_and(|n| n == c))
+                        })
+                    })
                     .filter(|e| filters.labels_match(&e.attributes))
                     .map(|e| {
                         let mut b = serde_json::to_vec(&e.docker_json()).unwrap_or_default();

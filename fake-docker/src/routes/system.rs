@@ -12,8 +12,14 @@ use crate::state::Status;
 pub fn ping(ctx: &Ctx, head: bool) -> Reply {
     let mut r = http::Response::new(if head { full("") } else { full("OK") });
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "Cache-Control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     h.insert("Pragma", HeaderValue::from_static("no-cache"));
     h.insert("Builder-Version", HeaderValue::from_static("2"));
     h.insert("Swarm", HeaderValue::from_static("inactive"));

@@ -46,7 +46,9 @@ pub(crate) async fn keep(
                     break;
                 }
                 Err(BackendError::Conflict { message }) => {
-                    let _ = lost.send(Some(format!("the backend refused to renew the lease: {message}")));
+                    let _ = lost.send(Some(format!(
+                        "the backend refused to renew the lease: {message}"
+                    )));
                     return;
                 }
                 Err(BackendError::Unauthorized { message }) => {

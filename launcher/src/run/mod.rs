@@ -10,8 +10,7 @@
 pub mod lease;
 pub mod log;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,8 +31,8 @@ use crate::ports::{
 };
 use crate::settings::Settings;
 
-pub use self::log::{LineSink, StdoutLogs, WallClock};
 use self::log::RunLog;
+pub use self::log::{LineSink, StdoutLogs, WallClock};
 
 /// Claims retried on transient errors before the run is left to the backend.
 const CLAIM_ATTEMPTS: u32 = 8;
@@ -93,8 +92,6 @@ pub(crate) struct RunContext {
     pub stdout: Option<StdoutLogs>,
     pub metrics: Metrics,
     pub fatal: FatalTx,
-    /// Binaries this process already used (for the cache-hit metric).
-    pub binaries_used: Mutex<HashSet<String>>,
 }
 
 impl RunContext {
@@ -454,14 +451,16 @@ impl Run {
                     ),
                 };
                 tracing::info!(reason = %reason.message, "run canceled");
-                self.log.launcher(&format!("Run canceled: {}", reason.message));
+                self.log
+                    .launcher(&format!("Run canceled: {}", reason.message));
                 self.log.flush();
                 self.report(RunState::Canceled, None, Some(reason));
                 RunEnd::Reported(RunState::Canceled)
             }
             Abort::Fail(f) => {
                 tracing::warn!(state = %f.state, reason = f.code, message = %f.message, exit_code = ?f.exit_code, "run did not finish");
-                self.log.launcher(&format!("Run {}: {}", f.state, f.message));
+                self.log
+                    .launcher(&format!("Run {}: {}", f.state, f.message));
                 self.log.flush();
                 self.report(f.state, f.exit_code, Some(Reason::new(f.code, f.message)));
                 RunEnd::Reported(f.state)
@@ -503,7 +502,10 @@ async fn prepare(ctx: &RunContext, spec: &RunSpec, log: &mut RunLog) -> Result<P
     })
 }
 
-async fn fetch_binary(ctx: &RunContext, run_ulid: &str) -> Result<(CachedBinary, BinaryPin), Abort> {
+async fn fetch_binary(
+    ctx: &RunContext,
+    run_ulid: &str,
+) -> Result<(CachedBinary, BinaryPin), Abort> {
     let mut backoff = Backoff::new(
         Duration::from_secs(1),
         Duration::from_secs(8),
@@ -529,16 +531,6 @@ async fn fetch_binary(ctx: &RunContext, run_ulid: &str) -> Result<(CachedBinary,
         match ctx.store.get(&wanted).await {
             Ok(cached) => {
                 let pin = ctx.store.pin(&cached.sha256);
-                let first_use = ctx
-                    .binaries_used
-                    .lock()
-                    .map(|mut s| s.insert(cached.sha256.clone()))
-                    .unwrap_or(true);
-                if first_use {
-                    ctx.metrics.binary_download();
-                } else {
-                    ctx.metrics.binary_cache_hit();
-                }
                 tracing::info!(version = %cached.version, sha256 = %cached.sha256, "worker binary ready");
                 return Ok((cached, pin));
             }
@@ -567,12 +559,16 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
     let rt = &ctx.runtime;
     let platform = format!("linux/{}", ctx.arch);
     let pull_failure = |e: &RuntimeError| docker_failure(e, reason_codes::IMAGE_PULL_FAILED, "");
-    let info = match rt.inspect_image(image).await.map_err(|e| pull_failure(&e))? {
+    let info = match rt
+        .inspect_image(image)
+        .await
+        .map_err(|e| pull_failure(&e))?
+    {
         Some(info) => info,
         None => {
             log.launcher(&format!("Pulling image {image} for {platform}"));
-            // Registry credentials: no adapter hook yet (SPACELIFT_DOCKER_CONFIG_DIR is read
-            // by the Docker adapter when it has one); pull anonymously.
+            // No credentials from the core: the Docker adapter looks them up in
+            // SPACELIFT_DOCKER_CONFIG_DIR for the image's registry.
             rt.pull_image(image, &platform, None)
                 .await
                 .map_err(|e| pull_failure(&e))?;
@@ -589,7 +585,11 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
     };
     if let Some(image_arch) = info.architecture.as_deref().filter(|a| !a.is_empty()) {
         if Arch::from_docker(image_arch) != Some(ctx.arch) {
-            let os = if info.os.is_empty() { "linux" } else { &info.os };
+            let os = if info.os.is_empty() {
+                "linux"
+            } else {
+                &info.os
+            };
             return Err(Failure::failed(
                 reason_codes::ARCHITECTURE_MISMATCH,
                 format!(
@@ -606,18 +606,17 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
 
 /// None: finished. Otherwise why it failed.
 fn judge_exit(status: &ExitStatus, exec_format: bool, image: &str, arch: Arch) -> Option<Failure> {
-    let exec_format = exec_format
-        || status
-            .error
-            .as_deref()
-            .is_some_and(mentions_exec_format);
+    let exec_format = exec_format || status.error.as_deref().is_some_and(mentions_exec_format);
     if status.code == 0 && !status.oom_killed {
         return None;
     }
     let mut f = if status.oom_killed {
         Failure::failed(
             reason_codes::OOM_KILLED,
-            format!("the run's container ran out of memory and was killed (exit code {})", status.code),
+            format!(
+                "the run's container ran out of memory and was killed (exit code {})",
+                status.code
+            ),
         )
     } else if exec_format && matches!(status.code, 255 | 1 | 127 | 126) {
         arch_mismatch_after_start(image, arch, "exec format error")
@@ -653,10 +652,9 @@ fn docker_failure(e: &RuntimeError, code: &'static str, doing: &str) -> Failure 
         format!("{doing}: ")
     };
     match e {
-        RuntimeError::Unavailable(_) => Failure::failed(
-            reason_codes::DOCKER_UNAVAILABLE,
-            format!("{doing}{e}"),
-        ),
+        RuntimeError::Unavailable(_) => {
+            Failure::failed(reason_codes::DOCKER_UNAVAILABLE, format!("{doing}{e}"))
+        }
         _ => Failure::failed(code, format!("{doing}{e}")),
     }
 }
@@ -726,7 +724,7 @@ async fn lease_lost(lost: &mut watch::Receiver<Option<String>>) -> String {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.checked_rem(60) == Some(0) {
         format!("{}m", s / 60)
     } else if s > 0 {
         format!("{s}s")

@@ -17,7 +17,7 @@
 //! backend can give the run to another worker, or to this one later.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::api::{reason_codes, Reason, TransitionRequest};
@@ -122,7 +122,6 @@ impl Supervisor {
             stdout: self.stdout,
             metrics: self.metrics,
             fatal,
-            binaries_used: Mutex::new(HashSet::new()),
         });
         let mut lp = Loop {
             capacity: ctx.settings.capacity.max(1) as usize,
@@ -153,7 +152,9 @@ impl Supervisor {
 
 /// A fresh status channel for [`Supervisor::new`]; hand the receiver to the heartbeat
 /// publisher.
-pub fn status_channel(capacity: u32) -> (watch::Sender<WorkerStatus>, watch::Receiver<WorkerStatus>) {
+pub fn status_channel(
+    capacity: u32,
+) -> (watch::Sender<WorkerStatus>, watch::Receiver<WorkerStatus>) {
     watch::channel(WorkerStatus {
         state: WorkerState::Idle,
         runs: Vec::new(),
@@ -374,7 +375,10 @@ impl Loop {
 
     fn on_message(&mut self, message: ServerMessage) {
         match message {
-            ServerMessage::RunScheduled { run_ulid, message_id } => {
+            ServerMessage::RunScheduled {
+                run_ulid,
+                message_id,
+            } => {
                 if self.seen.contains(&run_ulid) {
                     tracing::debug!(%run_ulid, %message_id, "duplicate run.scheduled ignored");
                 } else if self.draining() {
@@ -387,7 +391,9 @@ impl Loop {
                     self.start_run(run_ulid);
                 }
             }
-            ServerMessage::RunCancel { run_ulid, reason, .. } => match self.active.get(&run_ulid) {
+            ServerMessage::RunCancel {
+                run_ulid, reason, ..
+            } => match self.active.get(&run_ulid) {
                 Some(stop) => {
                     tracing::info!(%run_ulid, reason = ?reason, "cancel requested");
                     stop.send_if_modified(|s| {
@@ -498,8 +504,11 @@ impl Loop {
                     "draining: no new runs; exiting when the runs in flight are done (signal again to cancel them)");
             }
             Stage::Canceling => {
-                tracing::warn!(?signal, runs = self.active.len(),
-                    "canceling the runs in flight (signal again to exit at once)");
+                tracing::warn!(
+                    ?signal,
+                    runs = self.active.len(),
+                    "canceling the runs in flight (signal again to exit at once)"
+                );
                 for stop in self.active.values() {
                     stop.send_replace(Some(StopRequest::Shutdown));
                 }

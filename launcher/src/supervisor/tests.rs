@@ -84,7 +84,10 @@ async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
         .until("binary unpinned", || store.pinned_now() == 0)
         .await;
     let calls = h.runtime.calls();
-    assert!(calls.contains(&"create spacelift-r1".to_string()), "{calls:?}");
+    assert!(
+        calls.contains(&"create spacelift-r1".to_string()),
+        "{calls:?}"
+    );
     assert!(calls.contains(&"remove c1".to_string()), "{calls:?}");
     r.status_until("idle again", |s| {
         s.state == WorkerState::Idle && s.runs.is_empty()
@@ -132,7 +135,8 @@ async fn container_carries_labels_entrypoint_and_env() {
 #[tokio::test(start_paused = true)]
 async fn duplicate_and_late_run_scheduled_are_ignored() {
     let h = Harness::new();
-    h.runtime.with(|s| s.default_behaviour = steady(2, secs(1), 0));
+    h.runtime
+        .with(|s| s.default_behaviour = steady(2, secs(1), 0));
     let mut r = h.start();
     r.schedule("R1").await;
     r.schedule("R1").await;
@@ -164,16 +168,23 @@ async fn a_refused_claim_starts_nothing() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world.until("claim attempted", || !b.claims().is_empty()).await;
-    r.status_until("slot free again", |s| s.runs.is_empty() && s.state == WorkerState::Idle)
+    h.world
+        .until("claim attempted", || !b.claims().is_empty())
         .await;
+    r.status_until("slot free again", |s| {
+        s.runs.is_empty() && s.state == WorkerState::Idle
+    })
+    .await;
     // Then a run that is granted goes through; the refused one never touched Docker.
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
     assert!(h.backend.states("R1").is_empty());
     assert_eq!(h.store.state.lock().unwrap().gets, 1);
     let calls = h.runtime.calls();
-    assert!(!calls.iter().any(|c| c.contains("spacelift-r1")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("spacelift-r1")),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -250,7 +261,11 @@ async fn results_are_kept_while_disconnected_and_sent_on_reconnect() {
         .await;
     tokio::time::sleep(secs(600)).await;
     assert!(h.backend.states("R1").is_empty());
-    assert_eq!(*r.status.borrow().runs, ["R1"], "undelivered runs stay held");
+    assert_eq!(
+        *r.status.borrow().runs,
+        ["R1"],
+        "undelivered runs stay held"
+    );
 
     h.backend.with(|s| s.down = false);
     let back = Instant::now();
@@ -279,9 +294,16 @@ async fn silence_beyond_the_logs_timeout_times_the_run_out() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (TimedOut, reason_codes::LOGS_TIMEOUT));
+    assert_eq!(
+        (state, code.as_str()),
+        (TimedOut, reason_codes::LOGS_TIMEOUT)
+    );
     assert!(msg.contains("no output for 1m"), "{msg}");
-    assert!(t0.elapsed() >= secs(61) && t0.elapsed() < secs(70), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= secs(61) && t0.elapsed() < secs(70),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
     assert_eq!(h.backend.states("R1"), [Preparing, Running, TimedOut]);
     until_no_containers(&h).await;
@@ -300,8 +322,15 @@ async fn a_chatty_run_is_stopped_by_the_run_timeout() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, _, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (TimedOut, reason_codes::RUN_TIMEOUT));
-    assert!(t0.elapsed() >= secs(300) && t0.elapsed() < secs(310), "{:?}", t0.elapsed());
+    assert_eq!(
+        (state, code.as_str()),
+        (TimedOut, reason_codes::RUN_TIMEOUT)
+    );
+    assert!(
+        t0.elapsed() >= secs(300) && t0.elapsed() < secs(310),
+        "{:?}",
+        t0.elapsed()
+    );
     let texts = h.backend.log_texts("R1");
     assert_eq!(texts.len(), 10 + 1, "{texts:?}");
     assert!(texts[10].contains("exceeded 5m"), "{texts:?}");
@@ -326,7 +355,11 @@ async fn cancel_stops_with_grace_then_kills() {
     let t0 = Instant::now();
     r.cancel("R1").await;
     until_terminal(&h, "R1").await;
-    assert!(t0.elapsed() >= secs(10), "the grace was not given: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= secs(10),
+        "the grace was not given: {:?}",
+        t0.elapsed()
+    );
     let (state, code, msg, _) = reason(&h, "R1");
     assert_eq!((state, code.as_str()), (Canceled, reason_codes::CANCELED));
     assert_eq!(msg, "canceled by user");
@@ -349,13 +382,19 @@ async fn a_foreign_architecture_image_fails_before_any_container() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Failed, reason_codes::ARCHITECTURE_MISMATCH));
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::ARCHITECTURE_MISMATCH)
+    );
     assert!(
         msg.contains("image arm-img is linux/arm64 but the Docker daemon is linux/amd64"),
         "{msg}"
     );
     let calls = h.runtime.calls();
-    assert!(calls.contains(&"pull arm-img linux/amd64".to_string()), "{calls:?}");
+    assert!(
+        calls.contains(&"pull arm-img linux/amd64".to_string()),
+        "{calls:?}"
+    );
     assert!(!calls.iter().any(|c| c.starts_with("create")), "{calls:?}");
     assert_eq!(h.backend.states("R1"), [Preparing, Failed]);
 }
@@ -380,13 +419,19 @@ async fn exec_format_error_after_start_is_an_architecture_mismatch() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, _, exit) = reason(&h, "R1");
-    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::ARCHITECTURE_MISMATCH, Some(255)));
+    assert_eq!(
+        (state, code.as_str(), exit),
+        (Failed, reason_codes::ARCHITECTURE_MISMATCH, Some(255))
+    );
     // The same exit without the tell-tale line is an ordinary failure.
     until_no_containers(&h).await;
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
     let (state, code, _, exit) = reason(&h, "R2");
-    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::NONZERO_EXIT, Some(1)));
+    assert_eq!(
+        (state, code.as_str(), exit),
+        (Failed, reason_codes::NONZERO_EXIT, Some(1))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -403,7 +448,10 @@ async fn out_of_memory_is_reported_as_such() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, _, exit) = reason(&h, "R1");
-    assert_eq!((state, code.as_str(), exit), (Failed, reason_codes::OOM_KILLED, Some(137)));
+    assert_eq!(
+        (state, code.as_str(), exit),
+        (Failed, reason_codes::OOM_KILLED, Some(137))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -418,14 +466,18 @@ async fn a_missing_image_that_cannot_be_pulled_fails_the_run() {
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
     let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Failed, reason_codes::IMAGE_PULL_FAILED));
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::IMAGE_PULL_FAILED)
+    );
     assert!(msg.contains("nowhere:1"), "{msg}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
     let h = Harness::new();
-    h.runtime.with(|s| s.default_behaviour = Behaviour::prints(&["working"]));
+    h.runtime
+        .with(|s| s.default_behaviour = Behaviour::prints(&["working"]));
     h.runtime.with(|s| s.default_behaviour.hang = true);
     let mut r = h.start();
     r.schedule("R1").await;
@@ -438,14 +490,18 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
     h.runtime.with(|s| s.unavailable = true);
     until_terminal(&h, "R1").await;
     let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Failed, reason_codes::DOCKER_UNAVAILABLE));
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::DOCKER_UNAVAILABLE)
+    );
     assert!(msg.contains("connection"), "{msg}");
 
     // The daemon comes back (keeping its containers): the leftover is removed by the
     // retried removal, and the launcher serves the next run.
     h.runtime.with(|s| s.unavailable = false);
     until_no_containers(&h).await;
-    h.runtime.with(|s| s.default_behaviour = steady(1, secs(1), 0));
+    h.runtime
+        .with(|s| s.default_behaviour = steady(1, secs(1), 0));
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
     assert_eq!(h.backend.states("R2"), [Preparing, Running, Finished]);
@@ -471,7 +527,10 @@ async fn a_vanished_container_fails_the_run_with_container_failed() {
     });
     until_terminal(&h, "R1").await;
     let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Failed, reason_codes::CONTAINER_FAILED));
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::CONTAINER_FAILED)
+    );
     assert!(msg.contains("vanished"), "{msg}");
 }
 
@@ -489,9 +548,15 @@ async fn a_corrupt_binary_is_retried_and_never_executed() {
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
     let (state, code, msg, _) = reason(&h, "R2");
-    assert_eq!((state, code.as_str()), (Failed, reason_codes::WORKER_BINARY_UNAVAILABLE));
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::WORKER_BINARY_UNAVAILABLE)
+    );
     assert!(msg.contains("checksum mismatch"), "{msg}");
-    assert!(!h.runtime.calls().contains(&"create spacelift-r2".to_string()));
+    assert!(!h
+        .runtime
+        .calls()
+        .contains(&"create spacelift-r2".to_string()));
     assert_eq!(h.store.pinned_now(), 0);
 }
 
@@ -519,7 +584,11 @@ async fn the_lease_is_renewed_and_its_loss_stops_the_run_silently() {
     until_no_containers(&h).await;
     assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
     r.status_until("run released", |s| s.runs.is_empty()).await;
-    assert_eq!(h.backend.states("R1"), [Preparing, Running], "nothing reported after the loss");
+    assert_eq!(
+        h.backend.states("R1"),
+        [Preparing, Running],
+        "nothing reported after the loss"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -538,7 +607,10 @@ async fn lease_renewals_failing_for_a_whole_ttl_lose_the_lease() {
     until_no_containers(&h).await;
     // Not before the ttl since the last good renewal ran out.
     assert!(t0.elapsed() >= secs(20), "{:?}", t0.elapsed());
-    assert!(h.backend.with(|s| s.renewals.len()) > 2, "transient failures were retried");
+    assert!(
+        h.backend.with(|s| s.renewals.len()) > 2,
+        "transient failures were retried"
+    );
     assert_eq!(h.backend.states("R1"), [Preparing, Running]);
     r.status_until("run released", |s| s.runs.is_empty()).await;
 }
@@ -551,9 +623,7 @@ async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() 
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
-        .until("R1 claimed", || !b.claims().is_empty())
-        .await;
+    h.world.until("R1 claimed", || !b.claims().is_empty()).await;
     r.send(ServerMessage::Drain {
         message_id: "d".into(),
     })
@@ -573,7 +643,8 @@ async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() 
         message_id: "u".into(),
     })
     .await;
-    r.status_until("idle", |s| s.state == WorkerState::Idle).await;
+    r.status_until("idle", |s| s.state == WorkerState::Idle)
+        .await;
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
     assert_eq!(h.backend.claims(), ["R1", "R2"]);
@@ -587,9 +658,7 @@ async fn cycle_drains_then_exits_zero() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
-        .until("R1 claimed", || !b.claims().is_empty())
-        .await;
+    h.world.until("R1 claimed", || !b.claims().is_empty()).await;
     r.send(ServerMessage::Cycle {
         message_id: "c".into(),
     })
@@ -661,7 +730,10 @@ async fn second_signal_cancels_runs_in_flight() {
     let outcome = r.exit().await.unwrap();
     assert_eq!(outcome, ExitOutcome::Canceled);
     let (state, code, _, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Canceled, reason_codes::LAUNCHER_SHUTDOWN));
+    assert_eq!(
+        (state, code.as_str()),
+        (Canceled, reason_codes::LAUNCHER_SHUTDOWN)
+    );
     assert_eq!(h.runtime.live_containers(), 0);
 }
 
@@ -721,7 +793,10 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
     for run in ["R0", "R7", "R9"] {
         until_terminal(&h, run).await;
         let (state, code, _, _) = reason(&h, run);
-        assert_eq!((state, code.as_str()), (Failed, reason_codes::LAUNCHER_RESTARTED));
+        assert_eq!(
+            (state, code.as_str()),
+            (Failed, reason_codes::LAUNCHER_RESTARTED)
+        );
     }
     let left: Vec<String> = h
         .runtime
@@ -789,5 +864,94 @@ async fn unauthorized_is_fatal() {
         Err(Error::Unauthorized(_)) => {}
         other => panic!("expected Unauthorized, got {other:?}"),
     }
+    assert_eq!(h.runtime.live_containers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_outcomes_spawn_latency_and_reconnects() {
+    let h = Harness::new();
+    let metrics = crate::metrics::Metrics::new();
+    let mut r = h.start_with_metrics(metrics.clone());
+    r.event(BackendEvent::Connected).await;
+    r.event(BackendEvent::Connected).await;
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    r.status_until("idle", |s| s.runs.is_empty()).await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("spacelift_launcher_runs_total{outcome=\"finished\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("spacelift_launcher_spawn_latency_seconds_count 1"));
+    assert!(text.contains("spacelift_launcher_backend_reconnects_total 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_published_binary_for_our_arch_is_prefetched() {
+    let h = Harness::new();
+    let mut r = h.start();
+    let mut other = binary();
+    other.arch = protocol::Arch::Arm64;
+    r.send(ServerMessage::BinaryPublished {
+        message_id: "b1".into(),
+        binary: other,
+    })
+    .await;
+    r.send(ServerMessage::BinaryPublished {
+        message_id: "b2".into(),
+        binary: binary(),
+    })
+    .await;
+    let store = h.store.clone();
+    h.world
+        .until("prefetched", || store.state.lock().unwrap().gets == 1)
+        .await;
+    // Only ours: a second prefetch would have counted too.
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.store.state.lock().unwrap().gets, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_while_claiming_reports_canceled_without_a_container() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        s.claim_transient = 1;
+        s.retry_after = Some(secs(30));
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("first claim", || !b.claims().is_empty())
+        .await;
+    r.cancel("R1").await;
+    r.status_until("released", |s| {
+        s.runs.is_empty() && s.state == WorkerState::Idle
+    })
+    .await;
+    // Canceled during the retry wait: never claimed, nothing started.
+    assert_eq!(h.backend.claims(), ["R1"]);
+    assert!(h.backend.states("R1").is_empty());
+    assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_signal_gives_up_on_an_unreachable_backend_after_the_grace() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 running", || b.states("R1").contains(&Running))
+        .await;
+    h.backend.with(|s| s.down = true);
+    let t0 = Instant::now();
+    r.signal().await;
+    r.signal().await;
+    assert_eq!(r.exit().await.unwrap(), ExitOutcome::Canceled);
+    let waited = t0.elapsed();
+    assert!(waited >= secs(40) && waited < secs(41), "{waited:?}");
     assert_eq!(h.runtime.live_containers(), 0);
 }

@@ -1,0 +1,233 @@
+//! Wiring: from a validated configuration to a serving launcher. Order matters:
+//! Docker first (the architecture we register comes from the daemon, not the host), then
+//! registration (which names leftovers via `previous_worker_ulid`), then the push channel,
+//! then the supervisor, which reaps leftovers before taking runs.
+//!
+//! The scenario engine and tests do not come through here: they build a
+//! [`Supervisor`] over in-memory or fake adapters directly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::api::RegisterRequest;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::backend::https::{retry_transient, HttpsBackend};
+use crate::backend::mqtt::{MqttError, MqttSession};
+use crate::backoff::Backoff;
+use crate::binaries::FsBinaryStore;
+use crate::config::LauncherConfig;
+use crate::container_spec::Ids;
+use crate::docker::BollardRuntime;
+use crate::lifecycle::{Error, ExitOutcome, Signal};
+use crate::metrics::Metrics;
+use crate::ports::{ContainerRuntime, RuntimeError};
+use crate::supervisor::{status_channel, Ports, Supervisor};
+
+/// Attempts at reaching the Docker daemon at start (a DinD sidecar may still be booting).
+const DOCKER_CONNECT_ATTEMPTS: u32 = 10;
+/// Attempts at registering (Buildkite's agent tries 30 times).
+const REGISTER_ATTEMPTS: u32 = 30;
+/// The least heartbeat interval we accept from the backend.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What `<data_dir>/worker.json` remembers across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerFile {
+    pub worker_ulid: String,
+    pub pool_ulid: String,
+}
+
+/// Runs the launcher until it drains, cycles, is signalled out, or fails.
+pub async fn run(
+    config: LauncherConfig,
+    signals: mpsc::Receiver<Signal>,
+) -> Result<ExitOutcome, Error> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let settings = config.settings.clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
+
+    let runtime = connect_docker(config.docker_host.as_deref(), settings.seed).await?;
+    let runtime = runtime.with_docker_config_dir(settings.docker_config_dir.clone());
+    let arch = runtime.architecture().await?;
+    tracing::info!(%arch, docker_api = runtime.api_version(), "Docker daemon ready");
+
+    let tls = crate::tls::client_config(&config).map_err(|e| Error::Config(e.to_string()))?;
+    let backend = Arc::new(HttpsBackend::new(&config, tls)?);
+    let worker_file = settings.data_dir.join("worker.json");
+    let previous = read_worker_file(&worker_file).await;
+    let request = RegisterRequest {
+        protocol_version: protocol::PROTOCOL_VERSION,
+        arch,
+        launcher_version: crate::VERSION.to_string(),
+        capacity: settings.capacity,
+        metadata: settings.metadata.clone(),
+        previous_worker_ulid: previous.map(|p| p.worker_ulid),
+    };
+    let mut backoff = Backoff::standard(rng.random());
+    let reg = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
+        backend.register(&request)
+    })
+    .await?;
+    backend.set_worker_ulid(&reg.worker_ulid);
+    tracing::info!(worker_ulid = %reg.worker_ulid, pool_ulid = %reg.pool_ulid,
+        held_runs = reg.held_runs.len(), capacity = settings.capacity, "registered");
+    write_worker_file(
+        &worker_file,
+        &WorkerFile {
+            worker_ulid: reg.worker_ulid.clone(),
+            pool_ulid: reg.pool_ulid.clone(),
+        },
+    )
+    .await?;
+
+    let ids = Ids {
+        worker_ulid: reg.worker_ulid.clone(),
+        pool_ulid: reg.pool_ulid.clone(),
+        launcher_id: ulid::Ulid(rng.random()).to_string(),
+    };
+    let store = FsBinaryStore::new(
+        settings.data_dir.join("binaries"),
+        backend.clone(),
+        settings.binary_cache_keep,
+    );
+    let metrics = Metrics::new();
+    metrics.attach_binary_cache(store.counters());
+
+    let (status_tx, status_rx) = status_channel(settings.capacity);
+    let metrics_server = match settings.metrics_addr {
+        Some(addr) => {
+            let (bound, task) =
+                crate::metrics::serve(addr, metrics.clone(), status_rx.clone()).await?;
+            tracing::info!(%bound, "serving /metrics and /healthz");
+            Some(task)
+        }
+        None => None,
+    };
+
+    let heartbeat = Duration::from_millis(reg.heartbeat_interval_ms).max(MIN_HEARTBEAT);
+    let (mqtt, events) = MqttSession::start(
+        &config,
+        &reg.pool_ulid,
+        &reg.worker_ulid,
+        heartbeat,
+        status_rx,
+        rng.random(),
+    )
+    .map_err(mqtt_error)?;
+    let mut mqtt_fatal = mqtt.fatal();
+
+    let supervisor = Supervisor::new(
+        settings,
+        ids,
+        arch,
+        Ports {
+            backend,
+            runtime: Arc::new(runtime),
+            store: Arc::new(store),
+        },
+        events,
+        status_tx,
+    )
+    .with_held_runs(reg.held_runs)
+    .with_metrics(metrics);
+
+    let result = tokio::select! {
+        r = supervisor.run(signals) => r,
+        e = mqtt_fatal.wait_for(Option::is_some) => {
+            let e = e.ok().and_then(|e| e.clone());
+            Err(e.map(mqtt_error).unwrap_or(Error::EventsClosed))
+        }
+    };
+    match &result {
+        Ok(outcome) if outcome.graceful() => mqtt.shutdown().await,
+        _ => mqtt.abort().await,
+    }
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
+    result
+}
+
+fn mqtt_error(e: MqttError) -> Error {
+    match e {
+        MqttError::Unauthorized(m) => Error::Unauthorized(m),
+        other => Error::Mqtt(other.to_string()),
+    }
+}
+
+async fn connect_docker(host: Option<&str>, seed: u64) -> Result<BollardRuntime, Error> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(16), seed);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match BollardRuntime::connect(host).await {
+            Ok(rt) => return Ok(rt),
+            Err(RuntimeError::Unavailable(m)) if attempt < DOCKER_CONNECT_ATTEMPTS => {
+                let delay = backoff.next_delay(None);
+                tracing::warn!(attempt, error = %m, ?delay, "Docker daemon not reachable yet");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(Error::Docker(e)),
+        }
+    }
+}
+
+/// The previous worker identity, if a readable one is there (anything else: start fresh).
+pub async fn read_worker_file(path: &Path) -> Option<WorkerFile> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable worker.json");
+            None
+        }
+    }
+}
+
+/// Written atomically (temp file + rename) so a crash never leaves half a file.
+pub async fn write_worker_file(path: &Path, file: &WorkerFile) -> Result<(), Error> {
+    let io = |what: &str, source| Error::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io("creating the directory of", e))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(file).unwrap_or_default();
+    tokio::fs::write(&tmp, json)
+        .await
+        .map_err(|e| io("writing", e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| io("replacing", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn worker_file_round_trips_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/worker.json");
+        assert_eq!(read_worker_file(&path).await, None);
+        let f = WorkerFile {
+            worker_ulid: "W".into(),
+            pool_ulid: "P".into(),
+        };
+        write_worker_file(&path, &f).await.unwrap();
+        assert_eq!(read_worker_file(&path).await, Some(f));
+        tokio::fs::write(&path, b"{not json").await.unwrap();
+        assert_eq!(read_worker_file(&path).await, None);
+    }
+}
