@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use bollard::models::HostConfig;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use fake_docker::{Config, FakeDocker, FakeDockerHandle, RemoteImage};
@@ -219,6 +220,31 @@ async fn run_scenarios(t: &mut Target) {
         .collect()
         .await;
     t.record("attach.frames", frames);
+    // The event history of that container, replayed with since=0 and read up to destroy.
+    t.docker.remove_container(&id, None).await.expect("remove");
+    let opts = EventsOptionsBuilder::default()
+        .since("0")
+        .filters(
+            &[("container".to_string(), vec![id.clone()])]
+                .into_iter()
+                .collect(),
+        )
+        .build();
+    let mut events = t.docker.events(Some(opts));
+    let mut actions = Vec::new();
+    // The timeout only guards against a hang; the loop ends on the destroy event.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(e)) = events.next().await {
+            let action = e.action.unwrap_or_default();
+            let done = action == "destroy";
+            actions.push(action);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    t.record("attach.events", (read.is_ok(), actions));
 
     // Running containers: removal without force, kill, kill again, stop escalation.
     let id = t

@@ -28,7 +28,12 @@ pub async fn require(data_dir: &Path) -> Result<SocketAddr> {
 }
 
 /// Calls `method path` with an optional JSON body; errors carry the admin API's message.
-pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the admin API at {addr}"))?;
@@ -49,9 +54,8 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Valu
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::String(
-        String::from_utf8_lossy(&body).into_owned(),
-    ));
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
     if !status.is_success() {
         let msg = value
             .get("error")

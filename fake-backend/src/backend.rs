@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::binaries::BinaryContent;
 use crate::broker::Broker;
 use crate::clock::{Clock, BASE_MS};
-use crate::core::{Core, PoolKeySource, RunView, Timing, WorkerCommand, WorkerView};
+use crate::core::{Core, Parts, PoolKeySource, RunView, Timing, WorkerCommand, WorkerView};
 use crate::error::{BackendError, Result};
 use crate::events::{kinds, Event, EventLog, NewEvent};
 use crate::external;
@@ -161,12 +161,24 @@ fn offline_core(data_dir: &Path) -> Result<Core> {
         heartbeat_interval: Duration::from_secs(5),
         offer_ttl: Duration::from_secs(30),
     };
-    Ok(Core::new(timing, clock, events, store, pki, state, 0, tx))
+    let parts = Parts {
+        timing,
+        clock,
+        events,
+        store,
+        pki,
+        seed: 0,
+    };
+    Ok(Core::new(parts, state, tx))
 }
 
 fn offline_credentials(core: &Core, pool: &str, key: Option<String>) -> Result<PoolCredentials> {
     let (cert, endpoints) = core
-        .read(|s| s.pools.get(pool).map(|p| (p.cert_pem.clone(), s.endpoints.clone())))
+        .read(|s| {
+            s.pools
+                .get(pool)
+                .map(|p| (p.cert_pem.clone(), s.endpoints.clone()))
+        })
         .ok_or_else(|| BackendError::NotFound(format!("pool {pool}")))?;
     let endpoints = endpoints.unwrap_or_else(|| Endpoints {
         broker: format!("mqtts://{DEFAULT_MQTT_BIND}"),
@@ -209,16 +221,15 @@ impl FakeBackend {
             heartbeat_interval: config.heartbeat_interval,
             offer_ttl: config.lease_ttl,
         };
-        let core = Arc::new(Core::new(
+        let parts = Parts {
             timing,
             clock,
             events,
             store,
             pki,
-            state,
-            config.seed,
-            out_tx,
-        ));
+            seed: config.seed,
+        };
+        let core = Arc::new(Core::new(parts, state, out_tx));
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -249,7 +260,9 @@ impl FakeBackend {
                 let acceptor =
                     TlsAcceptor::from(crate::tls::server_config(&core.pki, &server, &[])?);
                 let broker = Broker::new(core.clone(), acceptor, in_tx);
-                tasks.push(tokio::spawn(broker.clone().serve(listener, shutdown.clone())));
+                tasks.push(tokio::spawn(
+                    broker.clone().serve(listener, shutdown.clone()),
+                ));
                 (
                     Bus::Embedded(broker.clone()),
                     Some(broker),
@@ -313,7 +326,10 @@ impl FakeBackend {
             out_rx,
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(crate::core::run_timers(core.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::core::run_timers(
+            core.clone(),
+            shutdown.clone(),
+        )));
 
         let admin_listener = match config.admin {
             true => Some(bind("admin API", config.admin_bind).await?),
@@ -343,7 +359,11 @@ impl FakeBackend {
             }),
         };
         if let Some(listener) = admin_listener {
-            let task = tokio::spawn(crate::admin::serve(handle.clone(), listener, shutdown.clone()));
+            let task = tokio::spawn(crate::admin::serve(
+                handle.clone(),
+                listener,
+                shutdown.clone(),
+            ));
             handle.push_task(task);
         }
         core.record(NewEvent::new(kinds::BACKEND_STARTED).data(json!({
@@ -427,10 +447,7 @@ impl BackendHandle {
     /// A pool whose key the backend makes: full credentials.
     pub fn create_pool(&self) -> Result<PoolCredentials> {
         let bits = self.inner.config.pool_key_bits;
-        let (pool, key) = self
-            .inner
-            .core
-            .add_pool(PoolKeySource::Generate { bits })?;
+        let (pool, key) = self.inner.core.add_pool(PoolKeySource::Generate { bits })?;
         self.credentials(&pool, key)
     }
 
@@ -463,7 +480,13 @@ impl BackendHandle {
             .core
             .read(|s| s.pools.get(pool).map(|p| p.cert_pem.clone()))
             .ok_or_else(|| BackendError::NotFound(format!("pool {pool}")))?;
-        Ok(make_token(&self.inner.endpoints, pool, cert, self.inner.core.pki.ca_cert_pem()).encode())
+        Ok(make_token(
+            &self.inner.endpoints,
+            pool,
+            cert,
+            self.inner.core.pki.ca_cert_pem(),
+        )
+        .encode())
     }
 
     pub fn pools(&self) -> Vec<String> {
@@ -514,7 +537,9 @@ impl BackendHandle {
         self.inner.core.worker_command(worker, WorkerCommand::Drain)
     }
     pub fn undrain(&self, worker: &str) -> Result<()> {
-        self.inner.core.worker_command(worker, WorkerCommand::Undrain)
+        self.inner
+            .core
+            .worker_command(worker, WorkerCommand::Undrain)
     }
     pub fn cycle(&self, worker: &str) -> Result<()> {
         self.inner.core.worker_command(worker, WorkerCommand::Cycle)
@@ -638,11 +663,12 @@ impl BackendHandle {
 
     /// Stops every listener and task; the data dir keeps everything for a restart.
     pub async fn shutdown(self) {
-        self.inner.core.record(NewEvent::new(kinds::BACKEND_STOPPED));
+        self.inner
+            .core
+            .record(NewEvent::new(kinds::BACKEND_STOPPED));
         self.inner.shutdown.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;
         }

@@ -16,7 +16,11 @@ use serde_json::{json, Value};
 use crate::admin_client;
 
 #[derive(Debug, Parser)]
-#[command(name = "fake-backend", version, about = "Fake Spacelift backend for tests and local sandboxes")]
+#[command(
+    name = "fake-backend",
+    version,
+    about = "Fake Spacelift backend for tests and local sandboxes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,11 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct Dir {
     /// The backend's data directory (CA, pools, workers, runs, binaries, events).
-    #[arg(long, env = "FAKE_BACKEND_DATA_DIR", default_value = "fake-backend-data")]
+    #[arg(
+        long,
+        env = "FAKE_BACKEND_DATA_DIR",
+        default_value = "fake-backend-data"
+    )]
     data_dir: PathBuf,
 }
 
@@ -101,7 +109,11 @@ struct Serve {
 #[derive(Debug, Args)]
 struct KeySource {
     /// A PEM CSR, e.g. from `openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr`.
-    #[arg(long, conflicts_with = "generate_key", required_unless_present = "generate_key")]
+    #[arg(
+        long,
+        conflicts_with = "generate_key",
+        required_unless_present = "generate_key"
+    )]
     csr: Option<PathBuf>,
     /// Make the key too, and print it as SPACELIFT_POOL_PRIVATE_KEY.
     #[arg(long)]
@@ -507,11 +519,15 @@ async fn events(dir: &Dir, since: u64, kind: Option<String>) -> Result<()> {
         }
         None => {
             let path = dir.data_dir.join("events.jsonl");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             text.lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .filter(|v| v["seq"].as_u64().is_some_and(|s| s > since))
-                .filter(|v| kind.as_deref().is_none_or(|k| v["kind"].as_str().is_some_and(|x| x.starts_with(k))))
+                .filter(|v| {
+                    kind.as_deref()
+                        .is_none_or(|k| v["kind"].as_str().is_some_and(|x| x.starts_with(k)))
+                })
                 .collect()
         }
     };
@@ -524,7 +540,8 @@ async fn events(dir: &Dir, since: u64, kind: Option<String>) -> Result<()> {
 async fn serve(s: Serve) -> Result<()> {
     init_tracing();
     let data_dir = s.dir.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let config = BackendConfig {
         data_dir: data_dir.clone(),
         mqtt_bind: s.mqtt_bind,
@@ -545,7 +562,10 @@ async fn serve(s: Serve) -> Result<()> {
     println!("  broker: {}", handle.broker_endpoint());
     println!("  api:    {}", handle.api_endpoint());
     if let Some(a) = handle.admin_addr() {
-        println!("  admin:  http://{a} (also in {})", data_dir.join("admin.addr").display());
+        println!(
+            "  admin:  http://{a} (also in {})",
+            data_dir.join("admin.addr").display()
+        );
     }
     if handle.pools().is_empty() && !s.no_default_pool {
         let h = handle.clone();
@@ -560,7 +580,11 @@ async fn serve(s: Serve) -> Result<()> {
             ),
         )?;
         write_pem_pair(&data_dir, &creds)?;
-        println!("created pool {} (credentials also in {})", creds.pool_ulid, env_file.display());
+        println!(
+            "created pool {} (credentials also in {})",
+            creds.pool_ulid,
+            env_file.display()
+        );
         print_credentials(&creds, false)?;
     } else {
         for pool in handle.pools() {
@@ -600,5 +624,8 @@ async fn wait_for_signal() {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAKE_BACKEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -76,6 +76,16 @@ pub(crate) struct Timing {
     pub offer_ttl: Duration,
 }
 
+/// What a [`Core`] is built from (besides the loaded state).
+pub(crate) struct Parts {
+    pub timing: Timing,
+    pub clock: Clock,
+    pub events: EventLog,
+    pub store: Store,
+    pub pki: Pki,
+    pub seed: u64,
+}
+
 pub(crate) struct World {
     pub state: State,
     ids: Ids,
@@ -347,15 +357,18 @@ fn worker_view_state(w: &Worker) -> &'static str {
 
 impl Core {
     pub(crate) fn new(
-        timing: Timing,
-        clock: Clock,
-        events: EventLog,
-        store: Store,
-        pki: Pki,
+        parts: Parts,
         mut state: State,
-        seed: u64,
         outbox: mpsc::UnboundedSender<Outbound>,
     ) -> Core {
+        let Parts {
+            timing,
+            clock,
+            events,
+            store,
+            pki,
+            seed,
+        } = parts;
         state.generation += 1;
         let ids = Ids::new(seed ^ state.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut leases = HashMap::new();
@@ -452,7 +465,10 @@ impl Core {
     // ---- pools -------------------------------------------------------------------
 
     /// The pool a client certificate belongs to; `Err` says why it is refused.
-    pub(crate) fn pool_for_fingerprint(&self, fingerprint: &str) -> std::result::Result<String, String> {
+    pub(crate) fn pool_for_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> std::result::Result<String, String> {
         let w = self.lock();
         for pool in w.state.pools.values() {
             if pool.fingerprint == fingerprint {
@@ -550,7 +566,9 @@ impl Core {
     fn check_run(s: &State, pool: &str, run: &str) -> std::result::Result<(), ApiError> {
         match s.runs.get(run) {
             Some(r) if r.pool == pool => Ok(()),
-            _ => Err(ApiError::not_found(format!("run {run} not found in pool {pool}"))),
+            _ => Err(ApiError::not_found(format!(
+                "run {run} not found in pool {pool}"
+            ))),
         }
     }
 
@@ -574,8 +592,7 @@ impl Core {
         let interval_ms = self.timing.heartbeat_interval.as_millis() as u64;
         Ok(self.mutate(|tx| {
             let reuse = req.previous_worker_ulid.as_ref().filter(|id| {
-                tx.w
-                    .state
+                tx.w.state
                     .workers
                     .get(*id)
                     .is_some_and(|w| w.pool == pool && !w.online)
@@ -604,29 +621,31 @@ impl Core {
                     gone_crashed: None,
                 },
             );
-            let held_runs: Vec<String> = tx
-                .w
-                .state
-                .runs
-                .iter()
-                .filter(|(_, r)| {
-                    r.worker.as_deref() == Some(id.as_str())
-                        && !r.state.is_terminal()
-                        && r.state != RunState::Scheduled
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            tx.event(NewEvent::new(kinds::WORKER_REGISTERED).pool(pool).worker(&id).data(
-                json!({
-                    "reused": reused,
-                    "previous_worker_ulid": req.previous_worker_ulid,
-                    "arch": req.arch,
-                    "capacity": req.capacity,
-                    "launcher_version": req.launcher_version,
-                    "metadata": req.metadata,
-                    "held_runs": held_runs,
-                }),
-            ));
+            let held_runs: Vec<String> =
+                tx.w.state
+                    .runs
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.worker.as_deref() == Some(id.as_str())
+                            && !r.state.is_terminal()
+                            && r.state != RunState::Scheduled
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+            tx.event(
+                NewEvent::new(kinds::WORKER_REGISTERED)
+                    .pool(pool)
+                    .worker(&id)
+                    .data(json!({
+                        "reused": reused,
+                        "previous_worker_ulid": req.previous_worker_ulid,
+                        "arch": req.arch,
+                        "capacity": req.capacity,
+                        "launcher_version": req.launcher_version,
+                        "metadata": req.metadata,
+                        "held_runs": held_runs,
+                    })),
+            );
             RegisterResponse {
                 worker_ulid: id,
                 pool_ulid: pool.to_string(),
@@ -766,7 +785,10 @@ impl Core {
                 Err(ApiError::conflict(why, current))
             };
             if run.worker.as_deref() != Some(worker) {
-                return refuse(tx, format!("run {run_id} is not claimed by worker {worker}"));
+                return refuse(
+                    tx,
+                    format!("run {run_id} is not claimed by worker {worker}"),
+                );
             }
             match current.transition(req.state) {
                 Err(e) => refuse(tx, e.to_string()),
@@ -897,12 +919,17 @@ impl Core {
                     cancel_requested: false,
                 },
             );
-            tx.event(NewEvent::new(kinds::RUN_CREATED).pool(&req.pool).run(&id).data(json!({
-                "stack_id": req.stack_id,
-                "run_type": req.run_type,
-                "image": req.image,
-                "env": req.env,
-            })));
+            tx.event(
+                NewEvent::new(kinds::RUN_CREATED)
+                    .pool(&req.pool)
+                    .run(&id)
+                    .data(json!({
+                        "stack_id": req.stack_id,
+                        "run_type": req.run_type,
+                        "image": req.image,
+                        "env": req.env,
+                    })),
+            );
             tx.dispatch();
             if tx.w.state.runs[&id].offered_to.is_none() {
                 tx.event(NewEvent::new(kinds::RUN_QUEUED).pool(&req.pool).run(&id));
@@ -915,13 +942,12 @@ impl Core {
     /// `run.cancel` sent to its worker, which reports the outcome. Returns the state now.
     pub(crate) fn cancel_run(&self, run_id: &str, reason: Option<String>) -> Result<RunState> {
         self.mutate(|tx| {
-            let (pool, state) = tx
-                .w
-                .state
-                .runs
-                .get(run_id)
-                .map(|r| (r.pool.clone(), r.state))
-                .ok_or_else(|| BackendError::NotFound(format!("run {run_id}")))?;
+            let (pool, state) =
+                tx.w.state
+                    .runs
+                    .get(run_id)
+                    .map(|r| (r.pool.clone(), r.state))
+                    .ok_or_else(|| BackendError::NotFound(format!("run {run_id}")))?;
             tx.event(
                 NewEvent::new(kinds::RUN_CANCEL_REQUESTED)
                     .pool(&pool)
@@ -934,7 +960,9 @@ impl Core {
                     run.offered_to = None;
                     run.reason = Some(Reason::new(
                         reason_codes::CANCELED,
-                        reason.clone().unwrap_or_else(|| "canceled before it was claimed".into()),
+                        reason
+                            .clone()
+                            .unwrap_or_else(|| "canceled before it was claimed".into()),
                     ));
                     tx.set_state(run_id, RunState::Canceled, "backend");
                     Ok(RunState::Canceled)
@@ -961,12 +989,11 @@ impl Core {
 
     pub(crate) fn worker_command(&self, worker: &str, command: WorkerCommand) -> Result<()> {
         self.mutate(|tx| {
-            let w = tx
-                .w
-                .state
-                .workers
-                .get_mut(worker)
-                .ok_or_else(|| BackendError::NotFound(format!("worker {worker}")))?;
+            let w =
+                tx.w.state
+                    .workers
+                    .get_mut(worker)
+                    .ok_or_else(|| BackendError::NotFound(format!("worker {worker}")))?;
             let pool = w.pool.clone();
             let (kind, drained) = match command {
                 WorkerCommand::Drain => (kinds::WORKER_DRAIN, true),
@@ -1025,14 +1052,13 @@ impl Core {
                 NewEvent::new(kinds::BINARY_PUBLISHED)
                     .data(json!({ "binary": binary, "kind": content.kind() })),
             );
-            let online: Vec<(String, String)> = tx
-                .w
-                .state
-                .workers
-                .values()
-                .filter(|w| w.online)
-                .map(|w| (w.pool.clone(), w.ulid.clone()))
-                .collect();
+            let online: Vec<(String, String)> =
+                tx.w.state
+                    .workers
+                    .values()
+                    .filter(|w| w.online)
+                    .map(|w| (w.pool.clone(), w.ulid.clone()))
+                    .collect();
             for (pool, worker) in online {
                 let message_id = tx.message_id();
                 tx.send(
@@ -1105,7 +1131,12 @@ impl Core {
             if claimed_worker != worker {
                 return ignore(tx, "worker_ulid differs from the topic's worker");
             }
-            let Some(w) = tx.w.state.workers.get_mut(&worker).filter(|w| w.pool == pool) else {
+            let Some(w) =
+                tx.w.state
+                    .workers
+                    .get_mut(&worker)
+                    .filter(|w| w.pool == pool)
+            else {
                 return ignore(tx, "unknown worker");
             };
             match msg {
@@ -1119,12 +1150,15 @@ impl Core {
                     w.online = true;
                     w.gone_crashed = None;
                     w.reported_state = Some(hb.state);
-                    tx.w
-                        .heartbeats
+                    tx.w.heartbeats
                         .insert(worker.clone(), Instant::now() + interval * 3);
                     if !was_online {
                         tx.dirty = true;
-                        tx.event(NewEvent::new(kinds::WORKER_ONLINE).pool(&pool).worker(&worker));
+                        tx.event(
+                            NewEvent::new(kinds::WORKER_ONLINE)
+                                .pool(&pool)
+                                .worker(&worker),
+                        );
                     }
                     if old_state != Some(hb.state) {
                         tx.dirty = true;
@@ -1168,7 +1202,10 @@ impl Core {
 
 /// Applies deadlines (leases, offers, heartbeats) as they pass, on tokio's clock, so
 /// paused-time tests drive them.
-pub(crate) async fn run_timers(core: std::sync::Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) async fn run_timers(
+    core: std::sync::Arc<Core>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
         let next = core.next_deadline();
         tokio::select! {
@@ -1290,23 +1327,27 @@ mod tests {
     fn world(lease_s: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let (tx, out) = mpsc::unbounded_channel();
-        let core = Arc::new(Core::new(
-            Timing {
+        let parts = Parts {
+            timing: Timing {
                 lease_ttl: Duration::from_secs(lease_s),
                 heartbeat_interval: Duration::from_secs(5),
                 offer_ttl: Duration::from_secs(lease_s),
             },
-            Clock::new(BASE_MS),
-            EventLog::open(dir.path()).unwrap(),
-            Store::open(dir.path()).unwrap(),
-            Pki::load_or_create(dir.path()).unwrap(),
-            State::default(),
-            42,
-            tx,
-        ));
+            clock: Clock::new(BASE_MS),
+            events: EventLog::open(dir.path()).unwrap(),
+            store: Store::open(dir.path()).unwrap(),
+            pki: Pki::load_or_create(dir.path()).unwrap(),
+            seed: 42,
+        };
+        let core = Arc::new(Core::new(parts, State::default(), tx));
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(run_timers(core.clone(), stop.clone()));
-        World { core, out, _dir: dir, _stop: stop.drop_guard() }
+        World {
+            core,
+            out,
+            _dir: dir,
+            _stop: stop.drop_guard(),
+        }
     }
 
     fn pool(core: &Core) -> String {
@@ -1315,7 +1356,13 @@ mod tests {
             let id = tx.new_id();
             tx.w.state.pools.insert(
                 id.clone(),
-                Pool { ulid: id.clone(), cert_pem: String::new(), fingerprint: id.clone(), retired_fingerprints: vec![], resets: 0 },
+                Pool {
+                    ulid: id.clone(),
+                    cert_pem: String::new(),
+                    fingerprint: id.clone(),
+                    retired_fingerprints: vec![],
+                    resets: 0,
+                },
             );
             id
         })
@@ -1355,14 +1402,20 @@ mod tests {
         let sent = w.out.recv().await.unwrap();
         assert!(matches!(sent.msg, ServerMessage::RunScheduled { .. }));
         core.claim(&p, &run, &worker).unwrap();
-        let granted = core.events.wait_for_since(0, |e| e.kind == kinds::CLAIM_GRANTED).await;
+        let granted = core
+            .events
+            .wait_for_since(0, |e| e.kind == kinds::CLAIM_GRANTED)
+            .await;
         // Renewals push the deadline out; keep the worker's heartbeats going meanwhile.
         for i in 0..3u32 {
             tokio::time::sleep(Duration::from_secs(4)).await;
             heartbeat(&core, &p, &worker, 2 + u64::from(i));
             core.renew(&p, &run, &worker).unwrap();
         }
-        let expired = core.events.wait_for_since(0, |e| e.kind == kinds::LEASE_EXPIRED).await;
+        let expired = core
+            .events
+            .wait_for_since(0, |e| e.kind == kinds::LEASE_EXPIRED)
+            .await;
         assert_eq!(expired.at_ms - granted.at_ms, 12_000 + 30_000);
         let v = core.run_view(&run).unwrap();
         assert_eq!(v.state, RunState::Failed);
@@ -1370,7 +1423,12 @@ mod tests {
         // Never offered again, even with the worker online and free.
         heartbeat(&core, &p, &worker, 10);
         tokio::time::sleep(Duration::from_secs(120)).await;
-        let offers = core.events.since(0).iter().filter(|e| e.kind == kinds::RUN_OFFERED).count();
+        let offers = core
+            .events
+            .since(0)
+            .iter()
+            .filter(|e| e.kind == kinds::RUN_OFFERED)
+            .count();
         assert_eq!(offers, 1);
     }
 
@@ -1394,13 +1452,25 @@ mod tests {
             })
         };
         // `a` stays silent: offline after 3 heartbeat intervals; the offer goes to `b`.
-        let offline = core.events.wait_for_since(0, |e| e.kind == kinds::WORKER_OFFLINE).await;
+        let offline = core
+            .events
+            .wait_for_since(0, |e| e.kind == kinds::WORKER_OFFLINE)
+            .await;
         assert_eq!(offline.worker.as_deref(), Some(a.as_str()));
         let next = w.out.recv().await.unwrap();
-        assert_eq!((next.worker.as_str(), &next.msg), (b.as_str(), &ServerMessage::RunScheduled {
-            message_id: match &next.msg { ServerMessage::RunScheduled { message_id, .. } => message_id.clone(), _ => unreachable!() },
-            run_ulid: run.clone(),
-        }));
+        assert_eq!(
+            (next.worker.as_str(), &next.msg),
+            (
+                b.as_str(),
+                &ServerMessage::RunScheduled {
+                    message_id: match &next.msg {
+                        ServerMessage::RunScheduled { message_id, .. } => message_id.clone(),
+                        _ => unreachable!(),
+                    },
+                    run_ulid: run.clone(),
+                }
+            )
+        );
         assert!(!core.worker_view(&a).unwrap().online);
         keepalive.abort();
     }
@@ -1426,8 +1496,14 @@ mod tests {
             })
         };
         let again = w.out.recv().await.unwrap();
-        assert!(matches!(&again.msg, ServerMessage::RunScheduled { run_ulid, .. } if *run_ulid == run));
-        assert!(core.events.since(0).iter().any(|e| e.kind == kinds::RUN_OFFER_EXPIRED));
+        assert!(
+            matches!(&again.msg, ServerMessage::RunScheduled { run_ulid, .. } if *run_ulid == run)
+        );
+        assert!(core
+            .events
+            .since(0)
+            .iter()
+            .any(|e| e.kind == kinds::RUN_OFFER_EXPIRED));
         keepalive.abort();
     }
 }

@@ -269,7 +269,9 @@ mod tests {
         assert_eq!(log.last_seq(), 2);
         let ev = log.record(3, NewEvent::new("c"));
         assert_eq!(ev.seq, 3);
-        let got = log.wait_for_since(0, |e| e.run.as_deref() == Some("R")).await;
+        let got = log
+            .wait_for_since(0, |e| e.run.as_deref() == Some("R"))
+            .await;
         assert_eq!(got.kind, "b");
         assert_eq!(log.since(1).len(), 2);
     }

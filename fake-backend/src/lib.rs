@@ -17,8 +17,8 @@ pub mod error;
 pub mod events;
 mod external;
 pub mod faults;
-mod outbox;
 pub mod mosquitto;
+mod outbox;
 pub mod pki;
 mod store;
 pub mod tls;
@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 
 pub use api::MAX_BODY;
 pub use backend::{
-    create_pool_offline, reset_pool_offline, BackendConfig, BackendHandle, BrokerMode,
-    FakeBackend, PoolCredentials, DEFAULT_HTTPS_BIND, DEFAULT_MQTT_BIND,
+    create_pool_offline, reset_pool_offline, BackendConfig, BackendHandle, BrokerMode, FakeBackend,
+    PoolCredentials, DEFAULT_HTTPS_BIND, DEFAULT_MQTT_BIND,
 };
 pub use binaries::BinaryContent;
 pub use core::{ApiError, RunView, WorkerView};

@@ -6,7 +6,10 @@ mod cli;
 
 fn main() -> std::process::ExitCode {
     let args = <cli::Cli as clap::Parser>::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fake-backend: starting the runtime: {e}");

@@ -67,6 +67,7 @@ fn pki_err(what: &str) -> impl Fn(rcgen::Error) -> BackendError + '_ {
 impl Pki {
     /// Loads `dir/ca.pem` + `dir/ca.key`, creating them on first use.
     pub fn load_or_create(dir: &Path) -> Result<Pki> {
+        std::fs::create_dir_all(dir).map_err(|e| BackendError::io("creating", dir, e))?;
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
         if cert_path.exists() && key_path.exists() {
@@ -120,8 +121,7 @@ impl Pki {
             && !csr_pem.contains("-----BEGIN NEW CERTIFICATE REQUEST-----")
         {
             return Err(BackendError::Csr(
-                "not a PEM certificate signing request (expected BEGIN CERTIFICATE REQUEST)"
-                    .into(),
+                "not a PEM certificate signing request (expected BEGIN CERTIFICATE REQUEST)".into(),
             ));
         }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
@@ -201,11 +201,7 @@ impl Pki {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(serial_for(
-            &key.subject_public_key_info(),
-            "server",
-            0,
-        ));
+        params.serial_number = Some(serial_for(&key.subject_public_key_info(), "server", 0));
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(pki_err("signing server cert"))?;
@@ -258,7 +254,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path()).unwrap();
         let err = pki.sign_csr("hello", "P", 0).unwrap_err().to_string();
-        assert!(err.contains("not a PEM certificate signing request"), "{err}");
+        assert!(
+            err.contains("not a PEM certificate signing request"),
+            "{err}"
+        );
         let err = pki
             .sign_csr(
                 "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",

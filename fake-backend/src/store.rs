@@ -21,7 +21,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let mut f = std::fs::File::create(&tmp).map_err(|e| BackendError::io("creating", &tmp, e))?;
     // No fsync: rename is atomic against a process crash, which is what tests simulate.
-    f.write_all(bytes).map_err(|e| BackendError::io("writing", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| BackendError::io("writing", &tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| BackendError::io("renaming", path, e))
 }

@@ -47,9 +47,12 @@ fn roots(pki: &Pki) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-
 /// Server config requiring a client certificate signed by the backend CA.
-pub fn server_config(pki: &Pki, server: &CertifiedKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
+pub fn server_config(
+    pki: &Pki,
+    server: &CertifiedKey,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(pki)?), provider())
         .build()
         .map_err(|e| BackendError::Tls(format!("client verifier: {e}")))?;
@@ -79,7 +82,10 @@ pub fn client_config_pem(ca_pem: &str, identity: &CertifiedKey) -> Result<Arc<Cl
         .with_safe_default_protocol_versions()
         .map_err(tls_err("protocol versions"))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(parse_certs(&identity.cert_pem)?, parse_key(&identity.key_pem)?)
+        .with_client_auth_cert(
+            parse_certs(&identity.cert_pem)?,
+            parse_key(&identity.key_pem)?,
+        )
         .map_err(tls_err("client certificate"))?;
     Ok(Arc::new(cfg))
 }

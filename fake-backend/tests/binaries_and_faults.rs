@@ -18,24 +18,43 @@ async fn binaries_are_listed_per_arch_and_served_with_etag_and_ranges() {
     let api = creds.http();
     let (_w, mut m) = online_worker(&b, &creds, 1).await;
 
-    let none = api.get_json::<WorkerBinary>(&paths::latest_binary(Arch::Arm64)).await.unwrap_err();
+    let none = api
+        .get_json::<WorkerBinary>(&paths::latest_binary(Arch::Arm64))
+        .await
+        .unwrap_err();
     assert_eq!(none.status, 404);
 
-    let amd1 = b.publish_version(Arch::Amd64, Some("1.0.0"), BinaryContent::ElfStub).unwrap();
-    let arm = b.publish_version(Arch::Arm64, None, BinaryContent::ElfStub).unwrap();
-    let amd2 = b.publish_version(Arch::Amd64, Some("1.1.0"), BinaryContent::ShellWorker).unwrap();
+    let amd1 = b
+        .publish_version(Arch::Amd64, Some("1.0.0"), BinaryContent::ElfStub)
+        .unwrap();
+    let arm = b
+        .publish_version(Arch::Arm64, None, BinaryContent::ElfStub)
+        .unwrap();
+    let amd2 = b
+        .publish_version(Arch::Amd64, Some("1.1.0"), BinaryContent::ShellWorker)
+        .unwrap();
     for expected in [&amd1, &arm, &amd2] {
         match m.next_message().await {
             ServerMessage::BinaryPublished { binary, .. } => assert_eq!(&binary, expected),
             other => panic!("expected worker_binary.published, got {other:?}"),
         }
     }
-    let latest: WorkerBinary = api.get_json(&paths::latest_binary(Arch::Amd64)).await.unwrap();
+    let latest: WorkerBinary = api
+        .get_json(&paths::latest_binary(Arch::Amd64))
+        .await
+        .unwrap();
     assert_eq!(latest, amd2);
-    let latest_arm: WorkerBinary = api.get_json(&paths::latest_binary(Arch::Arm64)).await.unwrap();
+    let latest_arm: WorkerBinary = api
+        .get_json(&paths::latest_binary(Arch::Arm64))
+        .await
+        .unwrap();
     assert_eq!(latest_arm.version, "0.1.1");
 
-    let url = format!("{}{}", creds.token.api.endpoint, paths::binary("1.0.0", Arch::Amd64));
+    let url = format!(
+        "{}{}",
+        creds.token.api.endpoint,
+        paths::binary("1.0.0", Arch::Amd64)
+    );
     let full = api.client.get(&url).send().await.unwrap();
     assert_eq!(full.status(), 200);
     assert_eq!(full.headers()["etag"], format!("\"{}\"", amd1.sha256));
@@ -45,26 +64,78 @@ async fn binaries_are_listed_per_arch_and_served_with_etag_and_ranges() {
     assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 0x3E);
     assert_eq!(fake_backend::binaries::sha256_hex(&bytes), amd1.sha256);
 
-    let part = api.client.get(&url).header("range", "bytes=16-19").send().await.unwrap();
+    let part = api
+        .client
+        .get(&url)
+        .header("range", "bytes=16-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(part.status(), 206);
-    assert_eq!(part.headers()["content-range"], format!("bytes 16-19/{}", amd1.size));
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 16-19/{}", amd1.size)
+    );
     assert_eq!(&part.bytes().await.unwrap()[..], &bytes[16..20]);
-    let tail = api.client.get(&url).header("range", format!("bytes={}-", amd1.size - 3)).send().await.unwrap();
+    let tail = api
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", amd1.size - 3))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(tail.status(), 206);
     assert_eq!(&tail.bytes().await.unwrap()[..], &bytes[bytes.len() - 3..]);
-    let out = api.client.get(&url).header("range", format!("bytes={}-", amd1.size)).send().await.unwrap();
+    let out = api
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", amd1.size))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 416);
-    assert_eq!(out.headers()["content-range"], format!("bytes */{}", amd1.size));
-    let cached = api.client.get(&url).header("if-none-match", format!("\"{}\"", amd1.sha256)).send().await.unwrap();
+    assert_eq!(
+        out.headers()["content-range"],
+        format!("bytes */{}", amd1.size)
+    );
+    let cached = api
+        .client
+        .get(&url)
+        .header("if-none-match", format!("\"{}\"", amd1.sha256))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cached.status(), 304);
-    let missing = api.client.get(format!("{}{}", creds.token.api.endpoint, paths::binary("9.9.9", Arch::Amd64))).send().await.unwrap();
+    let missing = api
+        .client
+        .get(format!(
+            "{}{}",
+            creds.token.api.endpoint,
+            paths::binary("9.9.9", Arch::Amd64)
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let shell = api.client.get(format!("{}{}", creds.token.api.endpoint, paths::binary("1.1.0", Arch::Amd64))).send().await.unwrap();
+    let shell = api
+        .client
+        .get(format!(
+            "{}{}",
+            creds.token.api.endpoint,
+            paths::binary("1.1.0", Arch::Amd64)
+        ))
+        .send()
+        .await
+        .unwrap();
     let text = shell.text().await.unwrap();
     assert!(text.starts_with("#!/bin/sh\n"));
     assert!(text.contains("SPACELIFT_TEST_EXIT_CODE"));
-    within("download events", b.wait_for(|e| e.kind == "binary.download" && e.data["status"] == 416)).await;
+    within(
+        "download events",
+        b.wait_for(|e| e.kind == "binary.download" && e.data["status"] == 416),
+    )
+    .await;
     b.shutdown().await;
 }
 
@@ -74,22 +145,63 @@ async fn download_faults_corrupt_and_slow_the_bytes() {
     let b = start(dir.path()).await;
     let creds = new_pool(&b).await;
     let api = creds.http();
-    let bin = b.publish_version(Arch::Amd64, Some("2.0.0"), BinaryContent::Bytes(vec![7u8; 5000])).unwrap();
-    let url = format!("{}{}", creds.token.api.endpoint, paths::binary("2.0.0", Arch::Amd64));
+    let bin = b
+        .publish_version(
+            Arch::Amd64,
+            Some("2.0.0"),
+            BinaryContent::Bytes(vec![7u8; 5000]),
+        )
+        .unwrap();
+    let url = format!(
+        "{}{}",
+        creds.token.api.endpoint,
+        paths::binary("2.0.0", Arch::Amd64)
+    );
 
     b.inject(Fault::CorruptDownload { count: 1 }).unwrap();
     let bad = api.client.get(&url).send().await.unwrap();
-    assert_eq!(bad.headers()["etag"], format!("\"{}\"", bin.sha256), "the ETag keeps the true hash");
+    assert_eq!(
+        bad.headers()["etag"],
+        format!("\"{}\"", bin.sha256),
+        "the ETag keeps the true hash"
+    );
     let bad = bad.bytes().await.unwrap();
     assert_eq!(bad.len(), 5000);
     assert_ne!(fake_backend::binaries::sha256_hex(&bad), bin.sha256);
-    let good = api.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let good = api
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(fake_backend::binaries::sha256_hex(&good), bin.sha256);
 
-    b.inject(Fault::SlowDownload { count: 1, chunk_bytes: 1000, chunk_delay_ms: 20 }).unwrap();
-    let slow = api.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    b.inject(Fault::SlowDownload {
+        count: 1,
+        chunk_bytes: 1000,
+        chunk_delay_ms: 20,
+    })
+    .unwrap();
+    let slow = api
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(fake_backend::binaries::sha256_hex(&slow), bin.sha256);
-    let ev = within("slow fault", b.wait_for(|e| e.kind == "fault.triggered" && e.str("fault").is_some_and(|f| f.starts_with("slow")))).await;
+    let ev = within(
+        "slow fault",
+        b.wait_for(|e| {
+            e.kind == "fault.triggered" && e.str("fault").is_some_and(|f| f.starts_with("slow"))
+        }),
+    )
+    .await;
     assert_eq!(ev.data["version"], "2.0.0");
     b.shutdown().await;
 }
@@ -101,8 +213,20 @@ async fn http_faults_answer_5xx_and_429_with_retry_after() {
     let creds = new_pool(&b).await;
     let api = creds.http();
     let w = api.register(1, None).await.worker_ulid;
-    b.inject(Fault::HttpError { status: 503, count: 2, path_prefix: Some("/v1/runs/".into()), retry_after_s: Some(3) }).unwrap();
-    b.inject(Fault::HttpError { status: 429, count: 1, path_prefix: None, retry_after_s: Some(1) }).unwrap();
+    b.inject(Fault::HttpError {
+        status: 503,
+        count: 2,
+        path_prefix: Some("/v1/runs/".into()),
+        retry_after_s: Some(3),
+    })
+    .unwrap();
+    b.inject(Fault::HttpError {
+        status: 429,
+        count: 1,
+        path_prefix: None,
+        retry_after_s: Some(1),
+    })
+    .unwrap();
     // The register path does not match the first fault; it takes the 429.
     let r: Result<protocol::api::RegisterResponse, _> = api
         .post(paths::REGISTER, &serde_json::json!({"protocol_version": 1, "arch": "amd64", "launcher_version": "x", "capacity": 1}))
@@ -127,7 +251,11 @@ async fn message_faults_duplicate_delay_and_reorder() {
     let creds = new_pool(&b).await;
     let (w, mut m) = online_worker(&b, &creds, 4).await;
 
-    b.inject(Fault::DuplicateMessage { worker: w.clone(), count: 1 }).unwrap();
+    b.inject(Fault::DuplicateMessage {
+        worker: w.clone(),
+        count: 1,
+    })
+    .unwrap();
     let run = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
     assert_eq!(run_scheduled(&m.next_message().await), Some(run.as_str()));
     assert_eq!(run_scheduled(&m.next_message().await), Some(run.as_str()));
@@ -135,19 +263,44 @@ async fn message_faults_duplicate_delay_and_reorder() {
     creds.http().claim(&run, &w).await.unwrap();
 
     // Reorder: the drain is held and arrives after the undrain that followed it.
-    b.inject(Fault::ReorderMessage { worker: w.clone(), hold_ms: 60_000 }).unwrap();
+    b.inject(Fault::ReorderMessage {
+        worker: w.clone(),
+        hold_ms: 60_000,
+    })
+    .unwrap();
     b.drain(&w).unwrap();
     b.undrain(&w).unwrap();
-    assert!(matches!(m.next_message().await, ServerMessage::Undrain { .. }));
-    assert!(matches!(m.next_message().await, ServerMessage::Drain { .. }));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Drain { .. }
+    ));
 
     // Delay: a message sent later overtakes the delayed one.
-    b.inject(Fault::DelayMessage { worker: w.clone(), delay_ms: 300, count: 1 }).unwrap();
+    b.inject(Fault::DelayMessage {
+        worker: w.clone(),
+        delay_ms: 300,
+        count: 1,
+    })
+    .unwrap();
     b.cycle(&w).unwrap();
     b.undrain(&w).unwrap();
-    assert!(matches!(m.next_message().await, ServerMessage::Undrain { .. }));
-    assert!(matches!(m.next_message().await, ServerMessage::Cycle { .. }));
-    let ev = within("delayed send", b.wait_for(|e| e.kind == "message.sent" && e.data["fault"] == "delayed")).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
+    let ev = within(
+        "delayed send",
+        b.wait_for(|e| e.kind == "message.sent" && e.data["fault"] == "delayed"),
+    )
+    .await;
     assert_eq!(ev.data["type"], "worker.cycle");
     b.shutdown().await;
 }
@@ -171,16 +324,29 @@ async fn connection_faults_drop_a_worker_and_take_the_broker_down() {
     m2.disconnected().await;
     let mut refused = Mqtt::spawn(mqtt_options(&creds, &w2, true), &w2, creds.pool());
     refused.disconnected().await;
-    within("refused while down", b.wait_for_since(since, |e| e.kind == "mqtt.refused")).await;
+    within(
+        "refused while down",
+        b.wait_for_since(since, |e| e.kind == "mqtt.refused"),
+    )
+    .await;
     // The broker going down is not a worker crash: no will.
-    assert!(!b.events_since(since).iter().any(|e| e.kind == "worker.gone"));
+    assert!(!b
+        .events_since(since)
+        .iter()
+        .any(|e| e.kind == "worker.gone"));
     b.broker_up().unwrap();
     let _m3 = Mqtt::connect(&creds, &w2).await;
 
     // A timed outage ends by itself.
     let since = b.last_seq();
     b.broker_down(Some(Duration::from_millis(200))).unwrap();
-    within("outage over", b.wait_for_since(since, |e| e.kind == "fault.cleared" && e.data["fault"] == "broker_down")).await;
+    within(
+        "outage over",
+        b.wait_for_since(since, |e| {
+            e.kind == "fault.cleared" && e.data["fault"] == "broker_down"
+        }),
+    )
+    .await;
     let _m4 = Mqtt::connect(&creds, &w2).await;
     b.shutdown().await;
 }

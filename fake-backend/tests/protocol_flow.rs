@@ -19,7 +19,11 @@ async fn a_run_goes_from_scheduled_to_finished() {
     let (w, mut m) = online_worker(&b, &creds, 2).await;
 
     let run = b
-        .schedule_run(ScheduleRun::new(creds.pool()).image("busybox:latest").env("SPACELIFT_TEST_EXIT_CODE", "0"))
+        .schedule_run(
+            ScheduleRun::new(creds.pool())
+                .image("busybox:latest")
+                .env("SPACELIFT_TEST_EXIT_CODE", "0"),
+        )
         .unwrap();
     let msg = m.next_message().await;
     assert_eq!(run_scheduled(&msg), Some(run.as_str()), "{msg:?}");
@@ -38,42 +42,117 @@ async fn a_run_goes_from_scheduled_to_finished() {
     assert_eq!(body.error.code, error_codes::CONFLICT);
     assert_eq!(body.error.current_state, Some(RunState::Claimed));
 
-    api.transition(&run, &w, RunState::Preparing, None).await.unwrap();
+    api.transition(&run, &w, RunState::Preparing, None)
+        .await
+        .unwrap();
     api.renew(&run, &w).await.unwrap();
-    api.transition(&run, &w, RunState::Running, None).await.unwrap();
+    api.transition(&run, &w, RunState::Running, None)
+        .await
+        .unwrap();
     // Repeats are idempotent; going backwards is 409 with the current state.
-    assert_eq!(api.transition(&run, &w, RunState::Running, None).await.unwrap().state, RunState::Running);
-    let back = api.transition(&run, &w, RunState::Preparing, None).await.unwrap_err();
+    assert_eq!(
+        api.transition(&run, &w, RunState::Running, None)
+            .await
+            .unwrap()
+            .state,
+        RunState::Running
+    );
+    let back = api
+        .transition(&run, &w, RunState::Preparing, None)
+        .await
+        .unwrap_err();
     assert_eq!(back.status, 409);
-    assert_eq!(back.body.unwrap().error.current_state, Some(RunState::Running));
+    assert_eq!(
+        back.body.unwrap().error.current_state,
+        Some(RunState::Running)
+    );
     // Only the holder reports.
-    assert_eq!(api.transition(&run, &other, RunState::Finished, None).await.unwrap_err().status, 409);
+    assert_eq!(
+        api.transition(&run, &other, RunState::Finished, None)
+            .await
+            .unwrap_err()
+            .status,
+        409
+    );
 
-    let line = |seq: u64, text: &str| LogLine { seq, stream: LogStream::Stdout, text: text.into() };
+    let line = |seq: u64, text: &str| LogLine {
+        seq,
+        stream: LogStream::Stdout,
+        text: text.into(),
+    };
     let ack: protocol::api::LogAck = api
-        .post(&protocol::api::paths::logs(&run), &LogBatch { worker_ulid: w.clone(), lines: vec![line(0, "a"), line(1, "b")] })
+        .post(
+            &protocol::api::paths::logs(&run),
+            &LogBatch {
+                worker_ulid: w.clone(),
+                lines: vec![line(0, "a"), line(1, "b")],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(ack.next_seq, 2);
     // Re-sent lines are ignored; a gap is not accepted.
     let ack: protocol::api::LogAck = api
-        .post(&protocol::api::paths::logs(&run), &LogBatch { worker_ulid: w.clone(), lines: vec![line(1, "b"), line(2, "c"), line(4, "e")] })
+        .post(
+            &protocol::api::paths::logs(&run),
+            &LogBatch {
+                worker_ulid: w.clone(),
+                lines: vec![line(1, "b"), line(2, "c"), line(4, "e")],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(ack.next_seq, 3);
 
-    api.transition(&run, &w, RunState::Finished, Some(0)).await.unwrap();
+    api.transition(&run, &w, RunState::Finished, Some(0))
+        .await
+        .unwrap();
     assert_eq!(b.run_state(&run), Some(RunState::Finished));
     let view = b.run(&run).unwrap();
-    assert_eq!(view.history, vec![RunState::Scheduled, RunState::Claimed, RunState::Preparing, RunState::Running, RunState::Finished]);
-    assert_eq!(view.log_lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(
+        view.history,
+        vec![
+            RunState::Scheduled,
+            RunState::Claimed,
+            RunState::Preparing,
+            RunState::Running,
+            RunState::Finished
+        ]
+    );
+    assert_eq!(
+        view.log_lines
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
     assert_eq!(view.exit_code, Some(0));
-    assert_eq!(api.transition(&run, &w, RunState::Failed, None).await.unwrap_err().status, 409);
+    assert_eq!(
+        api.transition(&run, &w, RunState::Failed, None)
+            .await
+            .unwrap_err()
+            .status,
+        409
+    );
     // The lease of a finished run is gone.
     assert_eq!(api.renew(&run, &w).await.unwrap_err().status, 409);
 
-    let kinds: Vec<String> = b.events().iter().filter(|e| e.run.as_deref() == Some(run.as_str())).map(|e| e.kind.clone()).collect();
-    for k in ["run.created", "run.offered", "message.sent", "claim.granted", "claim.refused", "run.transition", "logs.received", "transition.refused"] {
+    let kinds: Vec<String> = b
+        .events()
+        .iter()
+        .filter(|e| e.run.as_deref() == Some(run.as_str()))
+        .map(|e| e.kind.clone())
+        .collect();
+    for k in [
+        "run.created",
+        "run.offered",
+        "message.sent",
+        "claim.granted",
+        "claim.refused",
+        "run.transition",
+        "logs.received",
+        "transition.refused",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "missing {k} in {kinds:?}");
     }
     m.stop().await;
@@ -109,7 +188,9 @@ async fn register_reuses_an_offline_identity_and_lists_held_runs() {
     let run = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
     assert_eq!(run_scheduled(&m.next_message().await), Some(run.as_str()));
     api.claim(&run, &w).await.unwrap();
-    api.transition(&run, &w, RunState::Preparing, None).await.unwrap();
+    api.transition(&run, &w, RunState::Preparing, None)
+        .await
+        .unwrap();
 
     // While it is online, its ULID is not handed out again.
     let fresh = api.register(1, Some(&w)).await;
@@ -122,7 +203,9 @@ async fn register_reuses_an_offline_identity_and_lists_held_runs() {
     assert_eq!(again.heartbeat_interval_ms, 5000);
     // The restarted worker can go on with its run.
     api.renew(&run, &w).await.unwrap();
-    api.transition(&run, &w, RunState::Running, None).await.unwrap();
+    api.transition(&run, &w, RunState::Running, None)
+        .await
+        .unwrap();
 
     // Another pool's worker ULID is never reused.
     let other = new_pool(&b).await;
@@ -142,17 +225,32 @@ async fn runs_queue_until_capacity_frees_and_go_to_the_newest_idle_worker() {
     assert!(new > old);
 
     let r1 = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
-    assert_eq!(run_scheduled(&new_m.next_message().await), Some(r1.as_str()));
+    assert_eq!(
+        run_scheduled(&new_m.next_message().await),
+        Some(r1.as_str())
+    );
     let r2 = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
-    assert_eq!(run_scheduled(&old_m.next_message().await), Some(r2.as_str()));
+    assert_eq!(
+        run_scheduled(&old_m.next_message().await),
+        Some(r2.as_str())
+    );
     let r3 = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
-    within("queued", b.wait_for(|e| e.kind == "run.queued" && e.run.as_deref() == Some(r3.as_str()))).await;
+    within(
+        "queued",
+        b.wait_for(|e| e.kind == "run.queued" && e.run.as_deref() == Some(r3.as_str())),
+    )
+    .await;
 
     api.claim(&r1, &new).await.unwrap();
     // Capacity 1: the new worker cannot take a second run.
     assert_eq!(api.claim(&r3, &new).await.unwrap_err().status, 409);
-    api.transition(&r1, &new, RunState::Failed, Some(1)).await.unwrap();
-    assert_eq!(run_scheduled(&new_m.next_message().await), Some(r3.as_str()));
+    api.transition(&r1, &new, RunState::Failed, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        run_scheduled(&new_m.next_message().await),
+        Some(r3.as_str())
+    );
     b.shutdown().await;
 }
 
@@ -164,20 +262,33 @@ async fn drained_workers_get_no_runs_until_undrained() {
     let api = creds.http();
     let (w, mut m) = online_worker(&b, &creds, 1).await;
     b.drain(&w).unwrap();
-    assert!(matches!(m.next_message().await, ServerMessage::Drain { .. }));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Drain { .. }
+    ));
     assert_eq!(b.worker(&w).unwrap().status, "DRAINED");
     let run = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
     within("queued", b.wait_for(|e| e.kind == "run.queued")).await;
     assert_eq!(api.claim(&run, &w).await.unwrap_err().status, 409);
     b.undrain(&w).unwrap();
-    assert!(matches!(m.next_message().await, ServerMessage::Undrain { .. }));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
     assert_eq!(run_scheduled(&m.next_message().await), Some(run.as_str()));
     b.cycle(&w).unwrap();
-    assert!(matches!(m.next_message().await, ServerMessage::Cycle { .. }));
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
     // A worker reporting DRAINED is not scheduled either.
     b.undrain(&w).unwrap();
     m.heartbeat(WorkerState::Drained, vec![], 1).await;
-    within("drained state", b.wait_for(|e| e.kind == "worker.state" && e.data["to"] == "DRAINED")).await;
+    within(
+        "drained state",
+        b.wait_for(|e| e.kind == "worker.state" && e.data["to"] == "DRAINED"),
+    )
+    .await;
     assert_eq!(b.worker(&w).unwrap().status, "DRAINED");
     b.shutdown().await;
 }
@@ -196,14 +307,25 @@ async fn cancel_ends_unclaimed_runs_and_asks_holders_to_stop() {
     let run = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
     assert_eq!(run_scheduled(&m.next_message().await), Some(run.as_str()));
     // A canceled run cannot be claimed.
-    assert_eq!(api.claim(&queued, &w).await.unwrap_err().body.unwrap().error.current_state, Some(RunState::Canceled));
+    assert_eq!(
+        api.claim(&queued, &w)
+            .await
+            .unwrap_err()
+            .body
+            .unwrap()
+            .error
+            .current_state,
+        Some(RunState::Canceled)
+    );
     api.claim(&run, &w).await.unwrap();
     assert_eq!(b.cancel_run(&run).unwrap(), RunState::Claimed);
     match m.next_message().await {
         ServerMessage::RunCancel { run_ulid, .. } => assert_eq!(run_ulid, run),
         other => panic!("expected run.cancel, got {other:?}"),
     }
-    api.transition(&run, &w, RunState::Canceled, None).await.unwrap();
+    api.transition(&run, &w, RunState::Canceled, None)
+        .await
+        .unwrap();
     assert_eq!(b.run_state(&run), Some(RunState::Canceled));
     b.shutdown().await;
 }
@@ -226,10 +348,23 @@ async fn an_expired_lease_fails_the_run_as_worker_lost_and_never_reschedules_it(
     assert_eq!(view.state, RunState::Failed);
     assert_eq!(view.reason.unwrap().code, "worker_lost");
     let late = api.renew(&run, &w).await.unwrap_err();
-    assert_eq!((late.status, late.body.unwrap().error.current_state), (409, Some(RunState::Failed)));
-    assert_eq!(api.transition(&run, &w, RunState::Running, None).await.unwrap_err().status, 409);
+    assert_eq!(
+        (late.status, late.body.unwrap().error.current_state),
+        (409, Some(RunState::Failed))
+    );
+    assert_eq!(
+        api.transition(&run, &w, RunState::Running, None)
+            .await
+            .unwrap_err()
+            .status,
+        409
+    );
     // Never offered again.
-    let offers = b.events().iter().filter(|e| e.kind == "run.offered" && e.run.as_deref() == Some(run.as_str())).count();
+    let offers = b
+        .events()
+        .iter()
+        .filter(|e| e.kind == "run.offered" && e.run.as_deref() == Some(run.as_str()))
+        .count();
     assert_eq!(offers, 1);
     b.shutdown().await;
 }

@@ -57,7 +57,7 @@ pub fn channel(content_type: &'static str) -> (mpsc::Sender<Bytes>, Reply) {
     (tx, r)
 }
 
-/// Query parameters; later duplicates win, like Go's `r.Form.Get` takes the first — close enough.
+/// Query parameters; the first of duplicates wins, like Go's `r.Form.Get`.
 #[derive(Debug, Default, Clone)]
 pub struct Query(BTreeMap<String, String>);
 

@@ -73,8 +73,12 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     eprintln!("fake-docker listening on unix://{}", args.socket.display());
-    fake_docker::serve(config, listeners, async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    fake_docker::serve(config, listeners, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     })
     .await?;
     let _ = std::fs::remove_file(&args.socket);

@@ -3,6 +3,13 @@
 //! Code map:
 //! - [`settings`]: the validated configuration every other module reads.
 //! - [`ports`]: the traits the core talks to (`Backend`, `ContainerRuntime`, `BinaryStore`).
+//! - The core, on those traits: [`supervisor`] (the event loop: dedupe, slots, drain,
+//!   signals, status for heartbeats), [`run`] (one run from claim to removed container,
+//!   with its lease and log batching), [`outbox`] (ordered, retrying delivery of a run's
+//!   reports), [`container_spec`] (the run container as a pure function), [`masking`],
+//!   [`reaper`] (leftovers of an earlier launcher), [`lifecycle`] (signal stages, exit
+//!   outcome, the library's `Error`), [`metrics`].
+//! - [`app`]: wires the production adapters to the core (`app::run`); `main.rs` is the CLI.
 //!
 //! See `docs/ARCHITECTURE.md` for the whole picture and the invariants.
 

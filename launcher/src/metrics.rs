@@ -61,7 +61,7 @@ impl Metrics {
         registry.register(
             "runs",
             "Runs that ended, by outcome (finished, failed, canceled, timed_out, lease_lost, \
-             not_claimed)",
+             not_claimed, claim_abandoned)",
             runs.clone(),
         );
         // 10 ms .. ~80 s.
@@ -256,5 +256,29 @@ mod tests {
         assert!(text.contains("spacelift_launcher_backend_reconnects_total 1"));
         assert!(text.contains("spacelift_launcher_worker_binary_downloads_total 1"));
         assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 3"));
+    }
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn endpoint_serves_metrics_and_health() {
+        let m = Metrics::new();
+        m.run_ended("finished");
+        let (_tx, rx) = crate::supervisor::status_channel(3);
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), m, rx).await.unwrap();
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("spacelift_launcher_runs_total{outcome=\"finished\"} 1"));
+        let health = get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.contains("state=Idle runs=0 capacity=3"), "{health}");
+        task.abort();
     }
 }

@@ -361,6 +361,8 @@ pub struct RuntimeState {
     pub removed: Vec<String>,
     pub calls: Vec<String>,
     pub unavailable: bool,
+    /// `logs` answers an API error (the output cannot be followed).
+    pub logs_error: bool,
     pub running_now: usize,
     pub max_running: usize,
     next_id: u64,
@@ -575,7 +577,9 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn logs(&self, id: &str) -> Result<OutputStream, RuntimeError> {
-        drop(self.check(format!("logs {id}"))?);
+        if self.check(format!("logs {id}"))?.logs_error {
+            return Err(RuntimeError::Api("cannot attach".into()));
+        }
         let state = self.state.clone();
         let rx = self.world.tick.subscribe();
         let id = id.to_string();

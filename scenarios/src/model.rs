@@ -108,7 +108,8 @@ pub struct LauncherTopology {
     pub docker: String,
     #[serde(default = "one")]
     pub capacity: u32,
-    /// Extra launcher environment (e.g. `SPACELIFT_LAUNCHER_LOGS_TIMEOUT: 2s`).
+    /// Extra launcher environment (e.g. `SPACELIFT_LAUNCHER_LOGS_TIMEOUT: 2s`). The value
+    /// `${OTHER_POOL_KEY}` stands for a valid private key of another pool.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Start it with the topology (default) or later with a `start_launcher` step.
@@ -298,6 +299,13 @@ pub enum Fault {
     /// Flip bytes in the next `count` downloads.
     CorruptDownloads {
         count: u32,
+    },
+    /// Serve the next `count` downloads slowly (`chunk_bytes` every `every`).
+    SlowDownloads {
+        count: u32,
+        chunk_bytes: usize,
+        #[serde(with = "duration")]
+        every: Duration,
     },
     /// Fail the next `count` calls of a Docker route (`POST /images/create`, ...).
     DockerErrors {

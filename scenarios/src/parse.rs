@@ -174,7 +174,8 @@ fn validate(s: &Scenario) -> Result<(), String> {
                     Fault::BrokerDown { .. }
                     | Fault::BrokerUp
                     | Fault::HttpErrors { .. }
-                    | Fault::CorruptDownloads { .. } => {}
+                    | Fault::CorruptDownloads { .. }
+                    | Fault::SlowDownloads { .. } => {}
                 },
             }
         }

@@ -65,7 +65,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
-pub(crate) async fn serve(handle: BackendHandle, listener: TcpListener, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    handle: BackendHandle,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let app = router(handle);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -140,14 +144,19 @@ async fn reset_pool(
 }
 
 async fn pool_token(State(h): State<BackendHandle>, Path(pool): Path<String>) -> AResult<Value> {
-    Ok(Json(json!({ "pool_ulid": pool, "token": h.token_for(&pool)? })))
+    Ok(Json(
+        json!({ "pool_ulid": pool, "token": h.token_for(&pool)? }),
+    ))
 }
 
 async fn runs(State(h): State<BackendHandle>) -> Json<Vec<crate::RunView>> {
     Json(h.runs())
 }
 
-async fn schedule_run(State(h): State<BackendHandle>, Body(req): Body<ScheduleRun>) -> AResult<Value> {
+async fn schedule_run(
+    State(h): State<BackendHandle>,
+    Body(req): Body<ScheduleRun>,
+) -> AResult<Value> {
     let run = h.schedule_run(req)?;
     Ok(Json(json!({ "run_ulid": run })))
 }
@@ -177,7 +186,10 @@ async fn workers(State(h): State<BackendHandle>) -> Json<Vec<crate::WorkerView>>
     Json(h.workers())
 }
 
-async fn worker(State(h): State<BackendHandle>, Path(w): Path<String>) -> AResult<crate::WorkerView> {
+async fn worker(
+    State(h): State<BackendHandle>,
+    Path(w): Path<String>,
+) -> AResult<crate::WorkerView> {
     h.worker(&w)
         .map(Json)
         .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("worker {w} not found")))
@@ -232,7 +244,11 @@ async fn publish_version(
             ))
         }
     };
-    Ok(Json(h.publish_version(req.arch, req.version.as_deref(), content)?))
+    Ok(Json(h.publish_version(
+        req.arch,
+        req.version.as_deref(),
+        content,
+    )?))
 }
 
 async fn versions(State(h): State<BackendHandle>) -> Json<Vec<protocol::api::WorkerBinary>> {
@@ -254,9 +270,12 @@ async fn events(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> AResult<Vec<crate::Event>> {
     let since = match q.get("since") {
-        Some(s) => s
-            .parse()
-            .map_err(|_| AdminError(StatusCode::BAD_REQUEST, format!("since={s:?} is not a number")))?,
+        Some(s) => s.parse().map_err(|_| {
+            AdminError(
+                StatusCode::BAD_REQUEST,
+                format!("since={s:?} is not a number"),
+            )
+        })?,
         None => 0,
     };
     let mut evs = h.events_since(since);

@@ -49,7 +49,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
             .await
             .map_err(|e| {
-                if format!("{e:?}").contains("LengthLimit") || e.to_string().contains("length limit") {
+                if format!("{e:?}").contains("LengthLimit")
+                    || e.to_string().contains("length limit")
+                {
                     too_large()
                 } else {
                     ApiError::new(400, error_codes::BAD_REQUEST, format!("reading body: {e}"))

@@ -80,10 +80,14 @@ pub(super) async fn download(
     })?;
     let etag = format!("\"{}\"", rec.sha256);
     let record = |status: u16, range: Option<String>, bytes: u64, fault: Option<String>| {
-        core.record(NewEvent::new(kinds::BINARY_DOWNLOAD).pool(&c.pool).data(json!({
-            "version": version, "arch": arch, "status": status, "range": range,
-            "bytes": bytes, "fault": fault,
-        })));
+        core.record(
+            NewEvent::new(kinds::BINARY_DOWNLOAD)
+                .pool(&c.pool)
+                .data(json!({
+                    "version": version, "arch": arch, "status": status, "range": range,
+                    "bytes": bytes, "fault": fault,
+                })),
+        );
     };
     if headers
         .get(header::IF_NONE_MATCH)
@@ -97,9 +101,10 @@ pub(super) async fn download(
         }
         return Ok(r);
     }
-    let data = core.store.read_binary(&rec.sha256).map_err(|e| {
-        ApiError::new(500, error_codes::INTERNAL, format!("reading binary: {e}"))
-    })?;
+    let data = core
+        .store
+        .read_binary(&rec.sha256)
+        .map_err(|e| ApiError::new(500, error_codes::INTERNAL, format!("reading binary: {e}")))?;
     let len = data.len() as u64;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, end) = match parse_range(range_header, len) {
@@ -110,7 +115,10 @@ pub(super) async fn download(
             let mut r = ApiError::new(
                 416,
                 error_codes::BAD_REQUEST,
-                format!("range {:?} is outside the {len} bytes", range_header.unwrap_or("")),
+                format!(
+                    "range {:?} is outside the {len} bytes",
+                    range_header.unwrap_or("")
+                ),
             )
             .into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -144,9 +152,13 @@ pub(super) async fn download(
         _ => {}
     }
     if let Some(f) = &fault_note {
-        core.record(NewEvent::new(kinds::FAULT_TRIGGERED).pool(&c.pool).data(json!({
-            "fault": f, "version": version, "arch": arch,
-        })));
+        core.record(
+            NewEvent::new(kinds::FAULT_TRIGGERED)
+                .pool(&c.pool)
+                .data(json!({
+                    "fault": f, "version": version, "arch": arch,
+                })),
+        );
     }
     let sent = body.len() as u64;
     record(
@@ -192,12 +204,33 @@ mod tests {
     #[test]
     fn ranges() {
         assert!(matches!(parse_range(None, 10), RangeSpec::Full));
-        assert!(matches!(parse_range(Some("bytes=2-4"), 10), RangeSpec::Part(2, 4)));
-        assert!(matches!(parse_range(Some("bytes=8-"), 10), RangeSpec::Part(8, 9)));
-        assert!(matches!(parse_range(Some("bytes=-3"), 10), RangeSpec::Part(7, 9)));
-        assert!(matches!(parse_range(Some("bytes=5-100"), 10), RangeSpec::Part(5, 9)));
-        assert!(matches!(parse_range(Some("bytes=10-"), 10), RangeSpec::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=4-2"), 10), RangeSpec::Full));
-        assert!(matches!(parse_range(Some("bytes=0-1,3-4"), 10), RangeSpec::Full));
+        assert!(matches!(
+            parse_range(Some("bytes=2-4"), 10),
+            RangeSpec::Part(2, 4)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=8-"), 10),
+            RangeSpec::Part(8, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=-3"), 10),
+            RangeSpec::Part(7, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-100"), 10),
+            RangeSpec::Part(5, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeSpec::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=4-2"), 10),
+            RangeSpec::Full
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=0-1,3-4"), 10),
+            RangeSpec::Full
+        ));
     }
 }

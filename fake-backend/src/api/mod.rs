@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub use body::MAX_BODY;
 use body::ApiJson;
+pub use body::MAX_BODY;
 
 use crate::core::{ApiError, Core};
 use crate::events::{kinds, NewEvent};
@@ -61,8 +61,12 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/v1/runs/{run}/state", post(transition))
         .route("/v1/runs/{run}/logs", post(logs))
         .route(paths::LATEST_BINARY, get(latest_binary))
-        .route("/v1/worker-binaries/{version}/{arch}", get(download::download))
+        .route(
+            "/v1/worker-binaries/{version}/{arch}",
+            get(download::download),
+        )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), http_faults))
         .with_state(core)
 }
@@ -72,6 +76,14 @@ async fn not_found(req: Request) -> ApiError {
         404,
         error_codes::NOT_FOUND,
         format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        405,
+        error_codes::BAD_REQUEST,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
     )
 }
 
@@ -176,7 +188,11 @@ async fn latest_binary(
             })
         })
         .ok_or_else(|| {
-            ApiError::new(404, error_codes::NOT_FOUND, format!("no worker binary for {arch}"))
+            ApiError::new(
+                404,
+                error_codes::NOT_FOUND,
+                format!("no worker binary for {arch}"),
+            )
         })
 }
 
@@ -200,16 +216,17 @@ pub(crate) async fn serve(
         };
         let (core, app, acceptor) = (core.clone(), app.clone(), acceptor.clone());
         conns.spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    core.record(NewEvent::new(kinds::TLS_REFUSED).data(json!({
-                        "listener": "https", "peer": addr.to_string(), "error": e.to_string(),
-                    })));
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        core.record(NewEvent::new(kinds::TLS_REFUSED).data(json!({
+                            "listener": "https", "peer": addr.to_string(), "error": e.to_string(),
+                        })));
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let fingerprint = tls
                 .get_ref()
                 .1
@@ -217,7 +234,10 @@ pub(crate) async fn serve(
                 .and_then(|c| c.first())
                 .map(|c| crate::pki::fingerprint(c.as_ref()))
                 .unwrap_or_default();
-            let peer = Peer { fingerprint, addr: addr.to_string() };
+            let peer = Peer {
+                fingerprint,
+                addr: addr.to_string(),
+            };
             let svc = TowerToHyperService::new(app.layer(Extension(peer)));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)

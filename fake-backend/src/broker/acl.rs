@@ -18,13 +18,48 @@ mod tests {
 
     #[test]
     fn only_own_topics() {
-        assert!(may_subscribe("spacelift", "P", "W", "spacelift/readonly/P/W"));
-        assert!(!may_subscribe("spacelift", "P", "W", "spacelift/readonly/P/X"));
-        assert!(!may_subscribe("spacelift", "P", "W", "spacelift/readonly/P/+"));
+        assert!(may_subscribe(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/readonly/P/W"
+        ));
+        assert!(!may_subscribe(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/readonly/P/X"
+        ));
+        assert!(!may_subscribe(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/readonly/P/+"
+        ));
         assert!(!may_subscribe("spacelift", "P", "W", "spacelift/#"));
-        assert!(!may_subscribe("spacelift", "P", "W", "spacelift/writeonly/P/W"));
-        assert!(may_publish("spacelift", "P", "W", "spacelift/writeonly/P/W"));
-        assert!(!may_publish("spacelift", "P", "W", "spacelift/readonly/P/W"));
-        assert!(!may_publish("spacelift", "Q", "W", "spacelift/writeonly/P/W"));
+        assert!(!may_subscribe(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/writeonly/P/W"
+        ));
+        assert!(may_publish(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/writeonly/P/W"
+        ));
+        assert!(!may_publish(
+            "spacelift",
+            "P",
+            "W",
+            "spacelift/readonly/P/W"
+        ));
+        assert!(!may_publish(
+            "spacelift",
+            "Q",
+            "W",
+            "spacelift/writeonly/P/W"
+        ));
     }
 }

@@ -64,7 +64,10 @@ impl Broker {
     }
 
     pub(crate) fn is_down(&self) -> bool {
-        self.down.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
@@ -133,7 +136,11 @@ impl Broker {
     }
 
     fn add_subscription(&self, client_id: &str, conn_id: u64, filter: &str) {
-        if let Some(e) = self.sessions().get_mut(client_id).filter(|e| e.conn_id == conn_id) {
+        if let Some(e) = self
+            .sessions()
+            .get_mut(client_id)
+            .filter(|e| e.conn_id == conn_id)
+        {
             if !e.subscriptions.iter().any(|f| f == filter) {
                 e.subscriptions.push(filter.to_string());
             }
@@ -141,7 +148,11 @@ impl Broker {
     }
 
     fn remove_subscription(&self, client_id: &str, conn_id: u64, filter: &str) {
-        if let Some(e) = self.sessions().get_mut(client_id).filter(|e| e.conn_id == conn_id) {
+        if let Some(e) = self
+            .sessions()
+            .get_mut(client_id)
+            .filter(|e| e.conn_id == conn_id)
+        {
             e.subscriptions.retain(|f| f != filter);
         }
     }
@@ -166,20 +177,24 @@ impl Broker {
     pub(crate) fn kick(&self, client_id: &str, fire_will: bool, reason: &str) -> bool {
         let s = self.sessions();
         match s.get(client_id) {
-            Some(e) => e
-                .tx
-                .send(SessionCmd::Kick {
+            Some(e) => {
+                e.tx.send(SessionCmd::Kick {
                     fire_will,
                     reason: reason.to_string(),
                 })
-                .is_ok(),
+                .is_ok()
+            }
             None => false,
         }
     }
 
     /// Closes every connection made with a certificate that is no longer valid.
     pub(crate) fn kick_fingerprint(&self, fingerprint: &str, reason: &str) {
-        for e in self.sessions().values().filter(|e| e.fingerprint == fingerprint) {
+        for e in self
+            .sessions()
+            .values()
+            .filter(|e| e.fingerprint == fingerprint)
+        {
             let _ = e.tx.send(SessionCmd::Kick {
                 fire_will: false,
                 reason: reason.to_string(),
@@ -228,7 +243,10 @@ impl Broker {
     /// Brings the broker back (if `gen` is given, only if that outage is still on).
     fn up_if(&self, gen: Option<u64>) {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        if down.as_ref().is_some_and(|(g, _)| gen.is_none_or(|x| x == *g)) {
+        if down
+            .as_ref()
+            .is_some_and(|(g, _)| gen.is_none_or(|x| x == *g))
+        {
             if let Some((_, t)) = down.take() {
                 t.cancel();
             }

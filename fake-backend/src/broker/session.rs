@@ -67,7 +67,12 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
     let pool = match identity {
         Ok(pool) => pool,
         Err(why) => {
-            let _ = conn.write(Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false))).await;
+            let _ = conn
+                .write(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::NotAuthorized,
+                    false,
+                )))
+                .await;
             return refuse(&why, Some(&client_id));
         }
     };
@@ -80,7 +85,10 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
     } else if let Some(will) = &connect.last_will {
         if !acl::may_publish(&ns, &pool, &client_id, &will.topic) {
             code = ConnectReturnCode::NotAuthorized;
-            why = format!("last will topic {:?} is not this client's writeonly topic", will.topic);
+            why = format!(
+                "last will topic {:?} is not this client's writeonly topic",
+                will.topic
+            );
         }
     }
     if code == ConnectReturnCode::Success && broker.is_down() {
@@ -94,7 +102,14 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn_id = broker.register(&client_id, &pool, &fingerprint, tx);
-    if conn.write(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false))).await.is_err() {
+    if conn
+        .write(Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        )))
+        .await
+        .is_err()
+    {
         broker.unregister(&client_id, conn_id);
         return;
     }
@@ -261,7 +276,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn write(&mut self, packet: Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
-        packet.write(&mut out, MAX_PACKET).map_err(|e| e.to_string())?;
+        packet
+            .write(&mut out, MAX_PACKET)
+            .map_err(|e| e.to_string())?;
         self.io.write_all(&out).await.map_err(|e| e.to_string())?;
         self.io.flush().await.map_err(|e| e.to_string())
     }

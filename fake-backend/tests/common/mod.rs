@@ -12,7 +12,9 @@ use protocol::api::{self, ErrorBody, RegisterRequest, RegisterResponse};
 use protocol::messages::{Heartbeat, ServerMessage, WorkerMessage, WorkerState};
 use protocol::token::Token;
 use protocol::Arch;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -34,7 +36,9 @@ pub fn config(dir: &std::path::Path) -> BackendConfig {
 }
 
 pub async fn start(dir: &std::path::Path) -> BackendHandle {
-    FakeBackend::start(config(dir)).await.expect("backend starts")
+    FakeBackend::start(config(dir))
+        .await
+        .expect("backend starts")
 }
 
 /// A pool's credentials as a launcher would hold them.
@@ -48,9 +52,13 @@ impl Creds {
     pub fn from_env_values(token_b64: &str, key_b64: &str) -> Creds {
         let token = Token::decode("SPACELIFT_TOKEN", token_b64).expect("token decodes");
         let key_pem =
-            protocol::token::decode_private_key_pem("SPACELIFT_POOL_PRIVATE_KEY", key_b64).expect("key decodes");
+            protocol::token::decode_private_key_pem("SPACELIFT_POOL_PRIVATE_KEY", key_b64)
+                .expect("key decodes");
         Creds {
-            identity: CertifiedKey { cert_pem: token.certificate.clone(), key_pem },
+            identity: CertifiedKey {
+                cert_pem: token.certificate.clone(),
+                key_pem,
+            },
             token,
         }
     }
@@ -60,7 +68,10 @@ impl Creds {
     }
 
     pub fn ca(&self) -> &str {
-        self.token.ca_certificate.as_deref().expect("token has a CA")
+        self.token
+            .ca_certificate
+            .as_deref()
+            .expect("token has a CA")
     }
 
     pub fn http(&self) -> Api {
@@ -107,7 +118,11 @@ impl Api {
         }
     }
 
-    pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, Refused> {
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, Refused> {
         let resp = self
             .client
             .post(format!("{}{path}", self.base))
@@ -119,7 +134,12 @@ impl Api {
     }
 
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, Refused> {
-        let resp = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
         Self::answer(resp).await
     }
 
@@ -159,13 +179,23 @@ impl Api {
     }
 
     pub async fn claim(&self, run: &str, worker: &str) -> Result<api::ClaimResponse, Refused> {
-        self.post(&api::paths::claim(run), &api::ClaimRequest { worker_ulid: worker.into() })
-            .await
+        self.post(
+            &api::paths::claim(run),
+            &api::ClaimRequest {
+                worker_ulid: worker.into(),
+            },
+        )
+        .await
     }
 
     pub async fn renew(&self, run: &str, worker: &str) -> Result<api::Lease, Refused> {
-        self.post(&api::paths::lease(run), &api::LeaseRequest { worker_ulid: worker.into() })
-            .await
+        self.post(
+            &api::paths::lease(run),
+            &api::LeaseRequest {
+                worker_ulid: worker.into(),
+            },
+        )
+        .await
     }
 
     pub async fn transition(
@@ -214,7 +244,10 @@ pub fn mqtt_options(creds: &Creds, worker: &str, will: bool) -> MqttOptions {
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_session(true);
     if will {
-        let gone = WorkerMessage::Gone { worker_ulid: worker.into(), crashed: true };
+        let gone = WorkerMessage::Gone {
+            worker_ulid: worker.into(),
+            crashed: true,
+        };
         o.set_last_will(LastWill::new(
             protocol::topics::writeonly("spacelift", creds.pool(), worker),
             gone.to_json(),
@@ -253,19 +286,32 @@ impl Mqtt {
                 }
             }
         });
-        Mqtt { client, rx, task, worker: worker.into(), pool: pool.into(), hb_seq: 0 }
+        Mqtt {
+            client,
+            rx,
+            task,
+            worker: worker.into(),
+            pool: pool.into(),
+            hb_seq: 0,
+        }
     }
 
     /// Connects as `worker`, subscribes to its readonly topic and waits for the SubAck.
     pub async fn connect(creds: &Creds, worker: &str) -> Mqtt {
         let mut m = Mqtt::spawn(mqtt_options(creds, worker, true), worker, creds.pool());
         m.client
-            .subscribe(protocol::topics::readonly("spacelift", creds.pool(), worker), QoS::AtLeastOnce)
+            .subscribe(
+                protocol::topics::readonly("spacelift", creds.pool(), worker),
+                QoS::AtLeastOnce,
+            )
             .await
             .unwrap();
         match within("suback", m.rx.recv()).await {
             Some(MqttIn::SubAck(codes)) => {
-                assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)), "{codes:?}")
+                assert!(
+                    matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)),
+                    "{codes:?}"
+                )
             }
             other => panic!("expected SubAck, got {other:?}"),
         }
@@ -325,7 +371,10 @@ impl Mqtt {
 
     /// Graceful stop: `worker.gone crashed=false`, then DISCONNECT (no will).
     pub async fn stop(mut self) {
-        let gone = WorkerMessage::Gone { worker_ulid: self.worker.clone(), crashed: false };
+        let gone = WorkerMessage::Gone {
+            worker_ulid: self.worker.clone(),
+            crashed: false,
+        };
         self.publish_raw(&gone.to_json()).await;
         self.client.disconnect().await.unwrap();
         let _ = self.disconnected().await;
@@ -340,7 +389,13 @@ pub async fn online_worker(b: &BackendHandle, creds: &Creds, capacity: u32) -> (
     let mut m = Mqtt::connect(creds, &reg.worker_ulid).await;
     m.heartbeat(WorkerState::Idle, vec![], capacity).await;
     let w = reg.worker_ulid.clone();
-    within("worker online", b.wait_for_since(since, |e| e.kind == "worker.online" && e.worker.as_deref() == Some(w.as_str()))).await;
+    within(
+        "worker online",
+        b.wait_for_since(since, |e| {
+            e.kind == "worker.online" && e.worker.as_deref() == Some(w.as_str())
+        }),
+    )
+    .await;
     (reg.worker_ulid, m)
 }
 
@@ -350,4 +405,3 @@ pub fn run_scheduled(m: &ServerMessage) -> Option<&str> {
         _ => None,
     }
 }
-

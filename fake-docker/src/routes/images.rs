@@ -18,8 +18,7 @@ pub fn pull(ctx: &Ctx) -> ApiResult<Reply> {
     if from.is_empty() {
         return Err(ApiError::bad_request("invalid reference format"));
     }
-    let r = Reference::parse_with_tag(from, ctx.query.str("tag"))
-        .map_err(ApiError::bad_request)?;
+    let r = Reference::parse_with_tag(from, ctx.query.str("tag")).map_err(ApiError::bad_request)?;
     let requested = Platform::parse(ctx.query.str("platform"), &d.config.arch)
         .map_err(ApiError::bad_request)?;
 

@@ -44,8 +44,9 @@ const STOP_SLACK: Duration = Duration::from_secs(5);
 const DRAIN_OUTPUT: Duration = Duration::from_secs(2);
 /// How long to wait for an exit status once output has ended.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
-/// Removal attempts while the daemon is unavailable.
-const REMOVE_ATTEMPTS: u32 = 6;
+/// How long removal is retried while the daemon is unavailable. The run keeps its slot
+/// meanwhile, which costs nothing: no run could start without the daemon anyway.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Why the supervisor wants a run to stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +60,11 @@ pub enum StopRequest {
 /// How a run task ended, for the supervisor and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
-    /// The claim was refused or could not be made: nothing was started.
+    /// The claim was refused: nothing was started, and the run never will be here.
     NotClaimed,
+    /// The claim could not be made (the backend unreachable, or stopped while retrying):
+    /// nothing was started; a redelivered `run.scheduled` may try again.
+    ClaimAbandoned,
     /// The terminal state that was queued for the backend.
     Reported(RunState),
     /// The lease was lost: the container was stopped and nothing more reported.
@@ -73,6 +77,7 @@ impl RunEnd {
     pub fn outcome(&self) -> &'static str {
         match self {
             RunEnd::NotClaimed => "not_claimed",
+            RunEnd::ClaimAbandoned => "claim_abandoned",
             RunEnd::Reported(s) => s.as_str(),
             RunEnd::LeaseLost => "lease_lost",
             RunEnd::Fatal => "fatal",
@@ -219,9 +224,13 @@ async fn claim(
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop_requested(stop) => {
                         tracing::info!("run stopped before it could be claimed");
-                        return Err(RunEnd::NotClaimed);
+                        return Err(RunEnd::ClaimAbandoned);
                     }
                 }
+            }
+            Err(e @ BackendError::Transient { .. }) => {
+                tracing::warn!(error = %e, "claim failed repeatedly; leaving the run to the backend");
+                return Err(RunEnd::ClaimAbandoned);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; leaving the run to the backend");
@@ -332,25 +341,29 @@ impl Run {
         };
         let started = Instant::now();
         let run_deadline = started + settings.run_timeout;
-        let mut silence_deadline = started + settings.logs_timeout;
+        // Silence can only be judged while the output can be read.
+        let mut silence_deadline = output.as_ref().map(|_| started + settings.logs_timeout);
         let mut exec_format = false;
         let ended = loop {
             tokio::select! {
                 line = next_line(&mut output) => match line {
                     Some(Ok(l)) => {
-                        silence_deadline = Instant::now() + settings.logs_timeout;
+                        silence_deadline = Some(Instant::now() + settings.logs_timeout);
                         exec_format |= mentions_exec_format(&l.text);
                         self.log.push(l.stream, &l.text);
                     }
                     Some(Err(RuntimeError::Api(e))) => {
                         tracing::warn!(error = %e, "container output broke off; waiting for the exit");
                         output = None;
+                        silence_deadline = None;
                     }
                     Some(Err(e)) => break Ended::Docker(e),
                     None => break Ended::Exited,
                 },
+                // Without output, the exit is noticed by waiting for it instead.
+                _ = rt.wait(id), if output.is_none() => break Ended::Exited,
                 _ = self.log.flush_due() => self.log.flush(),
-                _ = tokio::time::sleep_until(silence_deadline) => break Ended::TimedOut(
+                _ = sleep_until_opt(silence_deadline) => break Ended::TimedOut(
                     reason_codes::LOGS_TIMEOUT,
                     format!("no output for {}; stopping the run (SPACELIFT_LAUNCHER_LOGS_TIMEOUT)",
                         human(settings.logs_timeout)),
@@ -688,13 +701,14 @@ async fn stop_container(rt: &dyn ContainerRuntime, id: &str, grace: Duration) {
 /// container does not keep it forever; the reaper at the next start catches the rest.
 async fn remove_container(rt: &dyn ContainerRuntime, id: &str, seed: u64) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(16), seed);
-    for attempt in 1..=REMOVE_ATTEMPTS {
+    let give_up = Instant::now() + REMOVE_PATIENCE;
+    loop {
         match rt.remove(id).await {
             Ok(()) => {
                 tracing::debug!(container = %id, "container removed");
                 return;
             }
-            Err(RuntimeError::Unavailable(e)) if attempt < REMOVE_ATTEMPTS => {
+            Err(RuntimeError::Unavailable(e)) if Instant::now() < give_up => {
                 tracing::warn!(container = %id, error = %e, "cannot remove the container yet");
                 tokio::time::sleep(backoff.next_delay(None)).await;
             }
@@ -719,6 +733,13 @@ async fn lease_lost(lost: &mut watch::Receiver<Option<String>>) -> String {
     match got {
         Ok(Some(m)) => m,
         _ => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -182,6 +182,12 @@ impl SeenRuns {
         self.set.contains(run)
     }
 
+    fn forget(&mut self, run: &str) {
+        if self.set.remove(run) {
+            self.order.retain(|r| r != run);
+        }
+    }
+
     fn insert(&mut self, run: &str) {
         if self.set.insert(run.to_string()) {
             self.order.push_back(run.to_string());
@@ -473,6 +479,10 @@ impl Loop {
             return;
         };
         tracing::info!(%run_ulid, outcome = end.outcome(), "run ended");
+        if end == RunEnd::ClaimAbandoned {
+            // Never claimed, so never started: a redelivery may try again.
+            self.seen.forget(&run_ulid);
+        }
         self.ctx.metrics.run_ended(end.outcome());
         self.active.remove(&run_ulid);
         if !self.outbox_ids.values().any(|r| *r == run_ulid) {

@@ -955,3 +955,156 @@ async fn second_signal_gives_up_on_an_unreachable_backend_after_the_grace() {
     assert!(waited >= secs(40) && waited < secs(41), "{waited:?}");
     assert_eq!(h.runtime.live_containers(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_output_cannot_be_followed_still_ends_with_its_exit() {
+    let mut h = Harness::new();
+    h.settings.logs_timeout = secs(60);
+    h.runtime.with(|s| {
+        s.logs_error = true;
+        s.default_behaviour = steady(1, secs(600), 3);
+    });
+    let mut r = h.start();
+    let t0 = Instant::now();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    // Not timed out for silence (nothing could be read), not stuck until the run timeout.
+    let (state, code, _, exit) = reason(&h, "R1");
+    assert_eq!(
+        (state, code.as_str(), exit),
+        (Failed, reason_codes::NONZERO_EXIT, Some(3))
+    );
+    assert!(t0.elapsed() < secs(601 + 5), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_claim_can_be_retried_on_redelivery() {
+    let h = Harness::new();
+    h.backend.with(|s| s.claim_transient = 100);
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("claims given up", || b.claims().len() == 8)
+        .await;
+    r.status_until("slot free", |s| s.state == WorkerState::Idle)
+        .await;
+    h.backend.with(|s| s.claim_transient = 0);
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.claims().len(), 9);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+}
+
+mod random_faults {
+    //! Random schedules of runs, duplicates, cancels, backend outages and Docker blips,
+    //! checked against the invariants the scenario suite also checks.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Schedule(u8),
+        Cancel(u8),
+        BackendDown,
+        BackendUp,
+        DockerBlip(u8),
+        Wait(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..6).prop_map(Op::Schedule),
+            1 => (0u8..6).prop_map(Op::Cancel),
+            1 => Just(Op::BackendDown),
+            1 => Just(Op::BackendUp),
+            1 => (1u8..20).prop_map(Op::DockerBlip),
+            3 => (1u8..60).prop_map(Op::Wait),
+        ]
+    }
+
+    async fn play(capacity: u32, ops: Vec<Op>, seed: u64) {
+        let mut h = Harness::new();
+        h.settings.capacity = capacity;
+        h.settings.seed = seed;
+        h.settings.stop_grace = secs(5);
+        h.runtime
+            .with(|s| s.default_behaviour = steady(3, secs(7), 0));
+        let mut r = h.start();
+        r.event(BackendEvent::Connected).await;
+        for op in ops {
+            match op {
+                Op::Schedule(i) => r.schedule(&format!("R{i}")).await,
+                Op::Cancel(i) => r.cancel(&format!("R{i}")).await,
+                Op::BackendDown => {
+                    h.backend.with(|s| s.down = true);
+                    r.event(BackendEvent::Disconnected("blip".into())).await;
+                }
+                Op::BackendUp => {
+                    h.backend.with(|s| s.down = false);
+                    r.event(BackendEvent::Connected).await;
+                }
+                Op::DockerBlip(s) => {
+                    h.runtime.with(|st| st.unavailable = true);
+                    tokio::time::sleep(secs(u64::from(s))).await;
+                    h.runtime.with(|st| st.unavailable = false);
+                }
+                Op::Wait(s) => tokio::time::sleep(secs(u64::from(s))).await,
+            }
+        }
+        h.backend.with(|s| s.down = false);
+        r.event(BackendEvent::Connected).await;
+        r.signal().await;
+        assert_eq!(r.exit().await.unwrap(), ExitOutcome::Drained);
+
+        // Every granted run ended in exactly one terminal state, by a legal path.
+        let granted = h.backend.peek(|s| s.granted.clone());
+        for run in &granted {
+            let states = h.backend.states(run);
+            let terminal = states.iter().filter(|s| s.is_terminal()).count();
+            assert_eq!(terminal, 1, "{run}: {states:?}");
+            let mut cur = Claimed;
+            for s in &states {
+                assert!(cur.transition(*s).is_ok(), "{run}: {states:?}");
+                cur = *s;
+            }
+            let seqs = h.backend.log_seqs(run);
+            assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{run}");
+        }
+        // No run started twice, capacity never exceeded, nothing left behind.
+        let mut creates: BTreeMap<String, usize> = BTreeMap::new();
+        for c in h.runtime.calls() {
+            if let Some(name) = c.strip_prefix("create ") {
+                *creates.entry(name.to_string()).or_default() += 1;
+            }
+        }
+        assert!(creates.values().all(|n| *n == 1), "{creates:?}");
+        assert!(h.runtime.peek(|s| s.max_running) <= capacity as usize);
+        assert_eq!(
+            h.runtime.live_containers(),
+            0,
+            "{:?}",
+            h.runtime.calls()
+        );
+        assert_eq!(h.store.pinned_now(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn invariants_hold_under_random_faults(
+            capacity in 1u32..4,
+            ops in proptest::collection::vec(op(), 1..30),
+            seed in any::<u64>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(play(capacity, ops, seed));
+        }
+    }
+}

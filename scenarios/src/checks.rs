@@ -1,0 +1,301 @@
+//! The invariants every scenario must keep (DESIGN.md), the scenario's own expectations,
+//! and the canonical trace used to prove determinism.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fake_backend::{kinds, Event};
+use protocol::RunState;
+
+use crate::engine::describe;
+use crate::model::{Scenario, Step};
+use crate::world::World;
+
+const RUN_LABEL: &str = "workers.spacelift.io/run-id";
+const WORKER_LABEL: &str = "workers.spacelift.io/worker";
+
+/// Checks the invariants; returns one message per violation.
+pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
+    let mut out = Vec::new();
+    let backend = world.backend();
+    let events = backend.events();
+
+    // 1. Every scheduled run ends in exactly one terminal state, through legal steps.
+    for (name, ulid) in &world.runs {
+        let Some(run) = backend.run(ulid) else {
+            out.push(format!("run {name}: unknown to the backend"));
+            continue;
+        };
+        let terminals = run.history.iter().filter(|s| s.is_terminal()).count();
+        if terminals != 1 || !run.state.is_terminal() {
+            out.push(format!(
+                "run {name}: expected exactly one terminal state, history {:?}",
+                run.history
+            ));
+        }
+        for w in run.history.windows(2) {
+            if w[0] != w[1] && !w[0].can_move_to(w[1]) {
+                out.push(format!("run {name}: illegal transition {} -> {}", w[0], w[1]));
+            }
+        }
+    }
+
+    // 2. No run started twice: one granted claim, one container created per run.
+    let mut grants: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == kinds::CLAIM_GRANTED) {
+        let repeat = e.data.get("repeat").and_then(|v| v.as_bool()).unwrap_or(false);
+        if let (Some(run), false) = (e.run.as_deref(), repeat) {
+            *grants.entry(run).or_default() += 1;
+        }
+    }
+    for (name, ulid) in &world.runs {
+        if grants.get(ulid.as_str()).copied().unwrap_or(0) > 1 {
+            out.push(format!("run {name}: claimed more than once"));
+        }
+    }
+    let mut creates: BTreeMap<String, usize> = BTreeMap::new();
+    for d in world.dockers.values() {
+        let Some(fake) = &d.fake else { continue };
+        for e in fake.admin().events() {
+            if e.kind == "container" && e.action == "start" {
+                if let Some(run) = e.attributes.get(RUN_LABEL) {
+                    *creates.entry(run.to_ascii_uppercase()).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (name, ulid) in &world.runs {
+        let n = creates.get(&ulid.to_ascii_uppercase()).copied().unwrap_or(0);
+        if n > 1 {
+            out.push(format!("run {name}: {n} containers started"));
+        }
+    }
+
+    // 3. No container left behind.
+    for (dname, d) in &world.dockers {
+        let Some(fake) = &d.fake else { continue };
+        for c in fake.admin().containers() {
+            if c.labels.contains_key(RUN_LABEL) {
+                out.push(format!(
+                    "docker {dname}: container {} ({}) left behind",
+                    c.name, c.status
+                ));
+            }
+        }
+    }
+
+    // 4. Capacity never exceeded: replay container starts and exits per worker.
+    let capacity: BTreeMap<String, u32> = world
+        .launchers
+        .values()
+        .filter_map(|l| l.worker_ulid.clone().map(|w| (w, l.topology.capacity)))
+        .collect();
+    for (dname, d) in &world.dockers {
+        let Some(fake) = &d.fake else { continue };
+        let mut running: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in fake.admin().events() {
+            if e.kind != "container" {
+                continue;
+            }
+            let Some(worker) = e.attributes.get(WORKER_LABEL) else {
+                continue;
+            };
+            let set = running.entry(worker.clone()).or_default();
+            match e.action.as_str() {
+                "start" => {
+                    set.insert(e.id.clone());
+                    let cap = capacity.get(worker).copied().unwrap_or(u32::MAX);
+                    if set.len() as u32 > cap {
+                        out.push(format!(
+                            "docker {dname}: worker {} ran {} containers at once (capacity {cap})",
+                            world.launcher_of_worker(worker).unwrap_or(worker),
+                            set.len()
+                        ));
+                    }
+                }
+                "die" | "destroy" => {
+                    set.remove(&e.id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // 5. Drained workers take no new run.
+    let mut drained: BTreeSet<String> = BTreeSet::new();
+    for e in &events {
+        let Some(w) = e.worker.clone() else { continue };
+        match e.kind.as_str() {
+            k if k == kinds::WORKER_DRAIN => {
+                drained.insert(w);
+            }
+            k if k == kinds::WORKER_UNDRAIN => {
+                drained.remove(&w);
+            }
+            k if k == kinds::CLAIM_GRANTED && drained.contains(&w) => out.push(format!(
+                "launcher {} claimed run {} while drained",
+                world.launcher_of_worker(&w).unwrap_or(&w),
+                run_name(world, e)
+            )),
+            _ => {}
+        }
+    }
+
+    // 6. Every result reached the backend: terminal runs whose container ran to an exit
+    //    carry their exit code, and their output arrived in order.
+    for (name, ulid) in &world.runs {
+        let Some(run) = backend.run(ulid) else { continue };
+        let ran = run.history.contains(&RunState::Running);
+        let exited = matches!(run.state, RunState::Finished)
+            || run.reason.as_ref().is_some_and(|r| r.code == "nonzero_exit");
+        if ran && exited && run.exit_code.is_none() {
+            out.push(format!("run {name}: ended {} without an exit code", run.state));
+        }
+        if exited {
+            if let Some(expected) = scheduled_stdout(scenario, name) {
+                let texts: Vec<&str> = run.log_lines.iter().map(|l| l.text.as_str()).collect();
+                let mut at = 0;
+                for want in expected {
+                    match texts[at..].iter().position(|t| t.contains(want.as_str())) {
+                        Some(p) => at += p + 1,
+                        None => {
+                            out.push(format!("run {name}: output line {want:?} missing or out of order"));
+                            break;
+                        }
+                    }
+                }
+                let seqs: Vec<u64> = run.log_lines.iter().map(|l| l.seq).collect();
+                if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+                    out.push(format!("run {name}: log sequence has gaps or repeats"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn scheduled_stdout<'s>(scenario: &'s Scenario, run: &str) -> Option<&'s Vec<String>> {
+    scenario.phases.iter().flat_map(|p| &p.steps).find_map(|s| match s {
+        Step::Schedule(s) if s.run == run && !s.behaviour.stdout.is_empty() => {
+            Some(&s.behaviour.stdout)
+        }
+        _ => None,
+    })
+}
+
+fn run_name(world: &World, e: &Event) -> String {
+    e.run
+        .as_deref()
+        .and_then(|u| world.runs.iter().find(|(_, x)| x == u))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| e.run.clone().unwrap_or_default())
+}
+
+/// The scenario's `expect:` section.
+pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
+    let mut out = Vec::new();
+    let backend = world.backend();
+    for (name, exp) in &scenario.expect.runs {
+        let Some(ulid) = world.run_ulid(name) else {
+            out.push(format!("run {name}: never scheduled"));
+            continue;
+        };
+        let Some(run) = backend.run(ulid) else {
+            out.push(format!("run {name}: unknown to the backend"));
+            continue;
+        };
+        if let Some(state) = &exp.state {
+            if run.state.as_str() != state {
+                out.push(format!(
+                    "run {name}: expected state {state}, got {} (reason {:?})",
+                    run.state,
+                    run.reason.as_ref().map(|r| format!("{}: {}", r.code, r.message))
+                ));
+            }
+        }
+        if let Some(code) = exp.exit_code {
+            if run.exit_code != Some(code) {
+                out.push(format!("run {name}: expected exit code {code}, got {:?}", run.exit_code));
+            }
+        }
+        if let Some(reason) = &exp.reason {
+            if run.reason.as_ref().map(|r| r.code.as_str()) != Some(reason.as_str()) {
+                out.push(format!(
+                    "run {name}: expected reason {reason}, got {:?}",
+                    run.reason.as_ref().map(|r| format!("{}: {}", r.code, r.message))
+                ));
+            }
+        }
+        if let Some(v) = &exp.worker_version {
+            if run.worker_version.as_deref() != Some(v.as_str()) {
+                out.push(format!(
+                    "run {name}: expected worker version {v}, got {:?}",
+                    run.worker_version
+                ));
+            }
+        }
+        if let Some(l) = &exp.launcher {
+            let got = run.worker.as_deref().and_then(|w| world.launcher_of_worker(w));
+            if got != Some(l.as_str()) {
+                out.push(format!("run {name}: expected launcher {l}, got {got:?}"));
+            }
+        }
+        for want in &exp.logs_contain {
+            if !run.log_lines.iter().any(|l| l.text.contains(want.as_str())) {
+                out.push(format!("run {name}: logs do not contain {want:?}"));
+            }
+        }
+    }
+    for (name, exp) in &scenario.expect.launchers {
+        let exits = &world.launchers[name].exits;
+        let first_exit = exits.iter().find(|e| !matches!(e, crate::launcher_node::NodeExit::Crashed));
+        if let Some(code) = exp.exit_code {
+            match first_exit {
+                Some(crate::launcher_node::NodeExit::Exited { code: got, .. }) if *got == code => {}
+                other => out.push(format!(
+                    "launcher {name}: expected exit code {code}, got {}",
+                    other.map(describe).unwrap_or_else(|| "no exit".into())
+                )),
+            }
+        }
+        if let Some(text) = &exp.error_contains {
+            let ok = exits.iter().any(|e| {
+                matches!(e, crate::launcher_node::NodeExit::Exited { error: Some(m), .. } if m.contains(text.as_str()))
+            });
+            if !ok {
+                out.push(format!(
+                    "launcher {name}: expected an error containing {text:?}, got {:?}",
+                    exits.iter().map(describe).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The trace that must be identical on every repeat with the same seed: each run's state
+/// history and outcome (in schedule order, by scenario name), each launcher's exits.
+pub fn canonical(world: &World) -> Vec<String> {
+    let backend = world.backend();
+    let mut lines = Vec::new();
+    for (name, ulid) in &world.runs {
+        let Some(run) = backend.run(ulid) else { continue };
+        let history: Vec<&str> = run.history.iter().map(|s| s.as_str()).collect();
+        let launcher = run
+            .worker
+            .as_deref()
+            .and_then(|w| world.launcher_of_worker(w))
+            .unwrap_or("-");
+        lines.push(format!(
+            "run {name} [{ulid}]: {} | exit {} | reason {} | launcher {launcher} | worker {}",
+            history.join(" -> "),
+            run.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            run.reason.as_ref().map(|r| r.code.as_str()).unwrap_or("-"),
+            run.worker_version.as_deref().unwrap_or("-"),
+        ));
+    }
+    for (name, l) in &world.launchers {
+        let exits: Vec<String> = l.exits.iter().map(describe).collect();
+        lines.push(format!("launcher {name}: {}", exits.join(", ")));
+    }
+    lines
+}

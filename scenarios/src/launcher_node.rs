@@ -1,0 +1,117 @@
+//! One in-process launcher. It runs on its own OS thread with its own tokio runtime so a
+//! crash can be simulated faithfully: shutting that runtime down drops every task and
+//! socket at once (no MQTT DISCONNECT, so the Last Will fires; containers stay behind).
+
+use std::thread::JoinHandle;
+
+use launcher::config::LauncherConfig;
+use launcher::lifecycle::Signal;
+use tokio::sync::{mpsc, oneshot};
+
+/// How an in-process launcher ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeExit {
+    /// `app::run` returned: its process exit code, and the error message when it failed.
+    Exited { code: i32, error: Option<String> },
+    /// Crashed on purpose by the scenario.
+    Crashed,
+}
+
+pub struct LauncherNode {
+    signals: mpsc::Sender<Signal>,
+    crash: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<NodeExit>>,
+    thread: Option<JoinHandle<()>>,
+    exit: Option<NodeExit>,
+}
+
+impl LauncherNode {
+    pub fn start(name: &str, config: LauncherConfig) -> std::io::Result<LauncherNode> {
+        let (sig_tx, sig_rx) = mpsc::channel(8);
+        let (crash_tx, crash_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("launcher-{name}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = done_tx.send(NodeExit::Exited {
+                            code: 2,
+                            error: Some(format!("building the launcher's runtime: {e}")),
+                        });
+                        return;
+                    }
+                };
+                let exit = rt.block_on(async move {
+                    tokio::select! {
+                        res = launcher::app::run(config, sig_rx) => match res {
+                            Ok(outcome) => NodeExit::Exited { code: outcome.exit_code(), error: None },
+                            Err(e) => NodeExit::Exited { code: 1, error: Some(e.to_string()) },
+                        },
+                        // A dropped sender (the node dropped) is a crash too.
+                        _ = crash_rx => NodeExit::Crashed,
+                    }
+                });
+                rt.shutdown_background();
+                let _ = done_tx.send(exit);
+            })?;
+        Ok(LauncherNode {
+            signals: sig_tx,
+            crash: Some(crash_tx),
+            done: Some(done_rx),
+            thread: Some(thread),
+            exit: None,
+        })
+    }
+
+    /// Delivers an operator signal (SIGTERM) to the launcher.
+    pub async fn signal(&self) {
+        let _ = self.signals.send(Signal::Terminate).await;
+    }
+
+    /// Kills the launcher without a goodbye.
+    pub async fn crash(&mut self) -> NodeExit {
+        if let Some(tx) = self.crash.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits for the launcher to end (idempotent).
+    pub async fn wait(&mut self) -> NodeExit {
+        if let Some(exit) = &self.exit {
+            return exit.clone();
+        }
+        // Borrow the receiver rather than take it: this future may be dropped half-way
+        // (it races other events) and must be resumable.
+        let exit = match self.done.as_mut() {
+            Some(rx) => rx.await.unwrap_or(NodeExit::Exited {
+                code: 101,
+                error: Some("the launcher thread panicked".into()),
+            }),
+            None => NodeExit::Crashed,
+        };
+        self.done = None;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.exit = Some(exit.clone());
+        exit
+    }
+
+    pub fn exited(&self) -> Option<&NodeExit> {
+        self.exit.as_ref()
+    }
+}
+
+impl Drop for LauncherNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.crash.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The simulated world of one scenario execution: the fake backend, the Docker daemons and
+//! the launchers, all in this process, all seeded from the scenario's seed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fake_backend::{BackendConfig, BackendHandle, BinaryContent, FakeBackend};
+use fake_docker::{FakeDocker, FakeDockerHandle};
+use launcher::config::MapEnv;
+use protocol::Arch;
+
+use crate::error::ScenarioError;
+use crate::launcher_node::{LauncherNode, NodeExit};
+use crate::model::{BinaryKind, DockerKind, DockerTopology, LauncherTopology, Scenario, WorkerVersion};
+
+/// Images the real test daemon has (scripts/dockerd.sh builds them).
+pub const REAL_AMD64_IMAGE: &str = "busybox:latest";
+
+/// Placeholder in launcher env for a valid key that belongs to another pool.
+pub const OTHER_POOL_KEY: &str = "${OTHER_POOL_KEY}";
+
+pub struct Docker {
+    pub topology: DockerTopology,
+    /// The in-process fake, or None for the real daemon.
+    pub fake: Option<FakeDockerHandle>,
+    pub host: String,
+}
+
+pub struct Launcher {
+    pub topology: LauncherTopology,
+    pub node: Option<LauncherNode>,
+    pub worker_ulid: Option<String>,
+    pub data_dir: PathBuf,
+    /// Every exit this launcher had, in order.
+    pub exits: Vec<NodeExit>,
+}
+
+pub struct World {
+    pub seed: u64,
+    pub dir: tempfile::TempDir,
+    pub backend: Option<BackendHandle>,
+    pub backend_config: BackendConfig,
+    pub pool: String,
+    pub token: String,
+    pub key: String,
+    pub dockers: BTreeMap<String, Docker>,
+    pub launchers: BTreeMap<String, Launcher>,
+    /// Scenario run name -> run ULID, in schedule order.
+    pub runs: Vec<(String, String)>,
+}
+
+fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
+    ScenarioError::Harness(format!("{what}: {e}"))
+}
+
+pub fn arch(name: &str) -> Arch {
+    name.parse().unwrap_or(Arch::Amd64)
+}
+
+impl World {
+    pub async fn build(scenario: &Scenario, seed: u64) -> Result<World, ScenarioError> {
+        let dir = tempfile::Builder::new()
+            .prefix("scenario")
+            .tempdir()
+            .map_err(|e| harness("temp dir", e))?;
+        let mut backend_config = BackendConfig::new(dir.path().join("backend"));
+        backend_config.seed = seed;
+        backend_config.lease_ttl = scenario.topology.backend.lease_ttl;
+        backend_config.heartbeat_interval = scenario.topology.backend.heartbeat_interval;
+        backend_config.pool_key_bits = 2048;
+        backend_config.admin = false;
+        let backend = FakeBackend::start(backend_config.clone())
+            .await
+            .map_err(|e| harness("starting the fake backend", e))?;
+        let creds = backend
+            .create_pool()
+            .map_err(|e| harness("creating a pool", e))?;
+        let key = creds
+            .private_key_b64
+            .clone()
+            .ok_or_else(|| harness("creating a pool", "no private key"))?;
+
+        let mut world = World {
+            seed,
+            dir,
+            pool: creds.pool_ulid.clone(),
+            token: creds.token.clone(),
+            key,
+            backend: Some(backend),
+            backend_config,
+            dockers: BTreeMap::new(),
+            launchers: BTreeMap::new(),
+            runs: Vec::new(),
+        };
+        for v in &scenario.topology.worker_versions {
+            world.publish(v)?;
+        }
+        for (i, d) in scenario.topology.dockers.iter().enumerate() {
+            let docker = start_docker(d, seed.wrapping_add(i as u64)).await?;
+            world.dockers.insert(d.name.clone(), docker);
+        }
+        for l in &scenario.topology.launchers {
+            let data_dir = world.dir.path().join("launchers").join(&l.name);
+            world.launchers.insert(
+                l.name.clone(),
+                Launcher {
+                    topology: l.clone(),
+                    node: None,
+                    worker_ulid: None,
+                    data_dir,
+                    exits: Vec::new(),
+                },
+            );
+        }
+        for l in &scenario.topology.launchers {
+            if l.autostart {
+                world.start_launcher(&l.name).await?;
+            }
+        }
+        Ok(world)
+    }
+
+    pub fn backend(&self) -> &BackendHandle {
+        self.backend.as_ref().expect("backend running")
+    }
+
+    pub fn publish(&self, v: &WorkerVersion) -> Result<(), ScenarioError> {
+        let content = match v.kind {
+            BinaryKind::Elf => BinaryContent::ElfStub,
+            BinaryKind::Shell => BinaryContent::ShellWorker,
+        };
+        self.backend()
+            .publish_version(arch(&v.arch), Some(&v.version), content)
+            .map_err(|e| harness("publishing a worker version", e))?;
+        Ok(())
+    }
+
+    pub fn run_ulid(&self, name: &str) -> Option<&str> {
+        self.runs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| u.as_str())
+    }
+
+    pub fn launcher_env(&self, name: &str) -> Result<MapEnv, ScenarioError> {
+        let l = &self.launchers[name];
+        let docker = self
+            .dockers
+            .get(&l.topology.docker)
+            .ok_or_else(|| harness("launcher", format!("no docker {}", l.topology.docker)))?;
+        let index = self.launchers.keys().position(|k| k == name).unwrap_or(0) as u64;
+        let mut env = MapEnv::default();
+        env.set("SPACELIFT_TOKEN", self.token.clone())
+            .set("SPACELIFT_POOL_PRIVATE_KEY", self.key.clone())
+            .set("DOCKER_HOST", docker.host.clone())
+            .set("SPACELIFT_WORKER_NETWORK", "none")
+            .set("SPACELIFT_LAUNCHER_DATA_DIR", l.data_dir.display().to_string())
+            .set("SPACELIFT_LAUNCHER_CAPACITY", l.topology.capacity.to_string())
+            .set(
+                "SPACELIFT_LAUNCHER_SEED",
+                self.seed.wrapping_mul(31).wrapping_add(index).to_string(),
+            )
+            .set("SPACELIFT_LAUNCHER_STOP_GRACE", "2s");
+        if docker.fake.is_none() {
+            env.set("SPACELIFT_DEFAULT_RUNNER_IMAGE", REAL_AMD64_IMAGE);
+        }
+        for (k, v) in &l.topology.env {
+            let v = if v == OTHER_POOL_KEY {
+                self.other_pool_key()?
+            } else {
+                v.clone()
+            };
+            env.set(k.clone(), v);
+        }
+        Ok(env)
+    }
+
+    /// Starts a launcher and waits until the backend knows its worker is subscribed, so
+    /// the worker ULID can be attributed to this launcher name.
+    pub async fn start_launcher(&mut self, name: &str) -> Result<(), ScenarioError> {
+        std::fs::create_dir_all(&self.launchers[name].data_dir)
+            .map_err(|e| harness("launcher data dir", e))?;
+        let env = self.launcher_env(name)?;
+        let config = match launcher::config::load(&env) {
+            Ok(c) => c,
+            Err(e) => {
+                // The real binary exits non-zero with this message before connecting.
+                let l = self.launchers.get_mut(name).expect("known launcher");
+                l.exits.push(NodeExit::Exited {
+                    code: 1,
+                    error: Some(e.to_string()),
+                });
+                return Ok(());
+            }
+        };
+        let since = self.backend().last_seq();
+        let node = LauncherNode::start(name, config).map_err(|e| harness("launcher thread", e))?;
+        let l = self.launchers.get_mut(name).expect("known launcher");
+        l.node = Some(node);
+        let backend = self.backend.as_ref().expect("backend running");
+        let mut exited = None;
+        let registered = tokio::select! {
+            ev = backend.wait_for_since(since, |e| e.kind == fake_backend::kinds::MQTT_SUBSCRIBED) => Some(ev),
+            exit = l.node.as_mut().expect("node").wait() => { exited = Some(exit); None }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => None,
+        };
+        match (registered, exited) {
+            (Some(ev), _) => {
+                l.worker_ulid = ev.worker.clone();
+                Ok(())
+            }
+            (None, Some(exit)) => {
+                // A launcher that cannot start (bad token, ...) is a legitimate outcome.
+                l.exits.push(exit);
+                l.node = None;
+                Ok(())
+            }
+            (None, None) => Err(harness(
+                &format!("launcher {name}"),
+                "did not connect within 60s",
+            )),
+        }
+    }
+
+    fn other_pool_key(&self) -> Result<String, ScenarioError> {
+        let creds = self
+            .backend()
+            .create_pool()
+            .map_err(|e| harness("creating a second pool", e))?;
+        creds
+            .private_key_b64
+            .ok_or_else(|| harness("creating a second pool", "no private key"))
+    }
+
+    pub fn worker_of(&self, launcher: &str) -> Result<String, ScenarioError> {
+        self.launchers
+            .get(launcher)
+            .and_then(|l| l.worker_ulid.clone())
+            .ok_or_else(|| harness(&format!("launcher {launcher}"), "has no worker (never connected)"))
+    }
+
+    pub fn launcher_of_worker(&self, worker: &str) -> Option<&str> {
+        self.launchers
+            .iter()
+            .find(|(_, l)| l.worker_ulid.as_deref() == Some(worker))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Restarts the backend from its data dir (same ports are not guaranteed, so the
+    /// backend keeps its endpoints in its state).
+    pub async fn restart_backend(&mut self) -> Result<(), ScenarioError> {
+        if let Some(b) = self.backend.take() {
+            b.shutdown().await;
+        }
+        let b = FakeBackend::start(self.backend_config.clone())
+            .await
+            .map_err(|e| harness("restarting the fake backend", e))?;
+        self.backend = Some(b);
+        Ok(())
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+async fn start_docker(d: &DockerTopology, seed: u64) -> Result<Docker, ScenarioError> {
+    match d.kind {
+        DockerKind::Real => {
+            let host = std::env::var("TEST_DOCKER_HOST").map_err(|_| {
+                ScenarioError::Harness("TEST_DOCKER_HOST not set (needed by kind: real)".into())
+            })?;
+            Ok(Docker {
+                topology: d.clone(),
+                fake: None,
+                host,
+            })
+        }
+        DockerKind::Fake => {
+            let mut config = fake_docker::Config {
+                arch: d.arch.clone(),
+                seed,
+                ..fake_docker::Config::default()
+            };
+            if let Some(v) = &d.api_version {
+                config.api_version = v.clone();
+            }
+            let handle = FakeDocker::start(config)
+                .await
+                .map_err(|e| harness("starting fake-docker", e))?;
+            for img in &d.images {
+                let platforms: Vec<&str> = img.platforms.iter().map(String::as_str).collect();
+                let res = if platforms.is_empty() {
+                    handle.admin().set_image_missing(&img.name)
+                } else {
+                    handle.admin().set_image_platforms(&img.name, &platforms)
+                };
+                res.map_err(|e| harness(&format!("image {}", img.name), e))?;
+            }
+            let host = handle.docker_host();
+            Ok(Docker {
+                topology: d.clone(),
+                fake: Some(handle),
+                host,
+            })
+        }
+    }
+}
