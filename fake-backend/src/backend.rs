@@ -507,6 +507,11 @@ impl BackendHandle {
         self.inner.core.cancel_run(run, None)
     }
 
+    /// [`BackendHandle::cancel_run`] with a reason passed on in `run.cancel`.
+    pub fn cancel_run_with_reason(&self, run: &str, reason: &str) -> Result<RunState> {
+        self.inner.core.cancel_run(run, Some(reason.to_string()))
+    }
+
     pub fn run_state(&self, run: &str) -> Option<RunState> {
         self.inner.core.read(|s| s.runs.get(run).map(|r| r.state))
     }

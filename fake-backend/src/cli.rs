@@ -623,7 +623,7 @@ async fn wait_for_signal() {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAKE_BACKEND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -160,7 +160,7 @@ impl Store {
     }
 
     pub fn save(&self, state: &State) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| BackendError::Store {
+        let bytes = serde_json::to_vec(state).map_err(|e| BackendError::Store {
             path: self.state_path(),
             message: e.to_string(),
         })?;

@@ -913,7 +913,7 @@ async fn a_published_binary_for_our_arch_is_prefetched() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cancel_while_claiming_reports_canceled_without_a_container() {
+async fn a_cancel_during_claim_retries_starts_and_reports_nothing() {
     let h = Harness::new();
     h.backend.with(|s| {
         s.claim_transient = 1;
@@ -1012,6 +1012,8 @@ mod random_faults {
         BackendUp,
         DockerBlip(u8),
         Wait(u8),
+        RefuseClaim(u8),
+        Storm(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1022,6 +1024,8 @@ mod random_faults {
             1 => Just(Op::BackendUp),
             1 => (1u8..20).prop_map(Op::DockerBlip),
             3 => (1u8..60).prop_map(Op::Wait),
+            1 => (0u8..6).prop_map(Op::RefuseClaim),
+            1 => (1u8..10).prop_map(Op::Storm),
         ]
     }
 
@@ -1052,6 +1056,10 @@ mod random_faults {
                     h.runtime.with(|st| st.unavailable = false);
                 }
                 Op::Wait(s) => tokio::time::sleep(secs(u64::from(s))).await,
+                Op::RefuseClaim(i) => h.backend.with(|s| {
+                    s.refuse.insert(format!("R{i}"));
+                }),
+                Op::Storm(n) => h.backend.with(|s| s.report_transient += u32::from(n)),
             }
         }
         h.backend.with(|s| s.down = false);
@@ -1082,12 +1090,7 @@ mod random_faults {
         }
         assert!(creates.values().all(|n| *n == 1), "{creates:?}");
         assert!(h.runtime.peek(|s| s.max_running) <= capacity as usize);
-        assert_eq!(
-            h.runtime.live_containers(),
-            0,
-            "{:?}",
-            h.runtime.calls()
-        );
+        assert_eq!(h.runtime.live_containers(), 0, "{:?}", h.runtime.calls());
         assert_eq!(h.store.pinned_now(), 0);
     }
 
