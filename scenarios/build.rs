@@ -20,7 +20,13 @@ fn main() {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let ident: String = stem
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         writeln!(
             out,

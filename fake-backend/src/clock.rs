@@ -28,26 +28,34 @@ impl Clock {
     }
 }
 
-/// Monotonic ULIDs: a repeated millisecond increments the random part, so IDs sort in
-/// creation order (the scheduler's queue relies on it).
+/// Monotonic ULIDs whose time part is logical: `epoch_ms` plus the number of IDs issued.
+/// Reading the clock here would make IDs depend on how fast the machine is, and the same
+/// seed must give the same IDs on every run (scenario traces compare them). IDs still sort
+/// in creation order, which the scheduler's queue relies on.
 #[derive(Debug)]
 pub struct Ids {
     rng: ChaCha8Rng,
+    epoch_ms: u64,
+    issued: u64,
     last: u128,
 }
 
 impl Ids {
-    pub fn new(seed: u64) -> Ids {
+    /// `epoch_ms` should grow across backend restarts so later IDs sort after earlier ones.
+    pub fn new(seed: u64, epoch_ms: u64) -> Ids {
         Ids {
             rng: ChaCha8Rng::seed_from_u64(seed),
+            epoch_ms,
+            issued: 0,
             last: 0,
         }
     }
 
-    pub fn next(&mut self, now_ms: u64) -> String {
+    pub fn next(&mut self) -> String {
         let rand_hi = u128::from(self.rng.next_u64() & 0xFFFF);
         let rand_lo = u128::from(self.rng.next_u64());
-        let ts = u128::from(now_ms & 0xFFFF_FFFF_FFFF);
+        self.issued += 1;
+        let ts = u128::from(self.epoch_ms.wrapping_add(self.issued) & 0xFFFF_FFFF_FFFF);
         let mut v = (ts << 80) | (rand_hi << 64) | rand_lo;
         if v <= self.last {
             v = self.last + 1;
@@ -63,10 +71,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_ids_and_monotonic() {
-        let mut a = Ids::new(7);
-        let mut b = Ids::new(7);
-        let xs: Vec<String> = (0..5).map(|_| a.next(1000)).collect();
-        let ys: Vec<String> = (0..5).map(|_| b.next(1000)).collect();
+        let mut a = Ids::new(7, BASE_MS);
+        let mut b = Ids::new(7, BASE_MS);
+        let xs: Vec<String> = (0..5).map(|_| a.next()).collect();
+        let ys: Vec<String> = (0..5).map(|_| b.next()).collect();
         assert_eq!(xs, ys);
         let mut sorted = xs.clone();
         sorted.sort();

@@ -120,8 +120,7 @@ impl<'a> Tx<'a> {
         self.core.clock.now_ms()
     }
     fn new_id(&mut self) -> String {
-        let now = self.now_ms();
-        self.w.ids.next(now)
+        self.w.ids.next()
     }
     fn event(&self, ev: NewEvent) {
         self.core.events.record(self.now_ms(), ev);
@@ -370,7 +369,12 @@ impl Core {
             seed,
         } = parts;
         state.generation += 1;
-        let ids = Ids::new(seed ^ state.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Each generation (backend start) gets its own ID epoch, a day apart, so IDs made
+        // after a restart sort after those made before it.
+        let ids = Ids::new(
+            seed ^ state.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            crate::clock::BASE_MS + state.generation * 86_400_000,
+        );
         let mut leases = HashMap::new();
         let now = Instant::now();
         for w in state.workers.values_mut() {
@@ -458,8 +462,7 @@ impl Core {
     }
 
     pub(crate) fn new_id(&self) -> String {
-        let now = self.clock.now_ms();
-        self.lock().ids.next(now)
+        self.lock().ids.next()
     }
 
     // ---- pools -------------------------------------------------------------------

@@ -34,7 +34,10 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         }
         for w in run.history.windows(2) {
             if w[0] != w[1] && !w[0].can_move_to(w[1]) {
-                out.push(format!("run {name}: illegal transition {} -> {}", w[0], w[1]));
+                out.push(format!(
+                    "run {name}: illegal transition {} -> {}",
+                    w[0], w[1]
+                ));
             }
         }
     }
@@ -42,7 +45,11 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     // 2. No run started twice: one granted claim, one container created per run.
     let mut grants: BTreeMap<&str, usize> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == kinds::CLAIM_GRANTED) {
-        let repeat = e.data.get("repeat").and_then(|v| v.as_bool()).unwrap_or(false);
+        let repeat = e
+            .data
+            .get("repeat")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         if let (Some(run), false) = (e.run.as_deref(), repeat) {
             *grants.entry(run).or_default() += 1;
         }
@@ -64,7 +71,10 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         }
     }
     for (name, ulid) in &world.runs {
-        let n = creates.get(&ulid.to_ascii_uppercase()).copied().unwrap_or(0);
+        let n = creates
+            .get(&ulid.to_ascii_uppercase())
+            .copied()
+            .unwrap_or(0);
         if n > 1 {
             out.push(format!("run {name}: {n} containers started"));
         }
@@ -93,6 +103,14 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         let Some(fake) = &d.fake else { continue };
         let mut running: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for e in fake.admin().events() {
+            // A restart that forgets containers ends them without die events.
+            if e.kind == "daemon"
+                && e.action == "restart"
+                && e.attributes.get("keep_containers").map(String::as_str) != Some("true")
+            {
+                running.clear();
+                continue;
+            }
             if e.kind != "container" {
                 continue;
             }
@@ -131,11 +149,17 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
             k if k == kinds::WORKER_UNDRAIN => {
                 drained.remove(&w);
             }
-            k if k == kinds::CLAIM_GRANTED && drained.contains(&w) => out.push(format!(
-                "launcher {} claimed run {} while drained",
-                world.launcher_of_worker(&w).unwrap_or(&w),
-                run_name(world, e)
-            )),
+            // A holder re-claiming its own run (`repeat`) takes nothing new.
+            k if k == kinds::CLAIM_GRANTED
+                && drained.contains(&w)
+                && e.data.get("repeat").and_then(|v| v.as_bool()) != Some(true) =>
+            {
+                out.push(format!(
+                    "launcher {} claimed run {} while drained",
+                    world.launcher_of_worker(&w).unwrap_or(&w),
+                    run_name(world, e)
+                ))
+            }
             _ => {}
         }
     }
@@ -143,12 +167,20 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     // 6. Every result reached the backend: terminal runs whose container ran to an exit
     //    carry their exit code, and their output arrived in order.
     for (name, ulid) in &world.runs {
-        let Some(run) = backend.run(ulid) else { continue };
+        let Some(run) = backend.run(ulid) else {
+            continue;
+        };
         let ran = run.history.contains(&RunState::Running);
         let exited = matches!(run.state, RunState::Finished)
-            || run.reason.as_ref().is_some_and(|r| r.code == "nonzero_exit");
+            || run
+                .reason
+                .as_ref()
+                .is_some_and(|r| r.code == "nonzero_exit");
         if ran && exited && run.exit_code.is_none() {
-            out.push(format!("run {name}: ended {} without an exit code", run.state));
+            out.push(format!(
+                "run {name}: ended {} without an exit code",
+                run.state
+            ));
         }
         if exited {
             if let Some(expected) = scheduled_stdout(scenario, name) {
@@ -158,7 +190,9 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
                     match texts[at..].iter().position(|t| t.contains(want.as_str())) {
                         Some(p) => at += p + 1,
                         None => {
-                            out.push(format!("run {name}: output line {want:?} missing or out of order"));
+                            out.push(format!(
+                                "run {name}: output line {want:?} missing or out of order"
+                            ));
                             break;
                         }
                     }
@@ -174,12 +208,16 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
 }
 
 fn scheduled_stdout<'s>(scenario: &'s Scenario, run: &str) -> Option<&'s Vec<String>> {
-    scenario.phases.iter().flat_map(|p| &p.steps).find_map(|s| match s {
-        Step::Schedule(s) if s.run == run && !s.behaviour.stdout.is_empty() => {
-            Some(&s.behaviour.stdout)
-        }
-        _ => None,
-    })
+    scenario
+        .phases
+        .iter()
+        .flat_map(|p| &p.steps)
+        .find_map(|s| match s {
+            Step::Schedule(s) if s.run == run && !s.behaviour.stdout.is_empty() => {
+                Some(&s.behaviour.stdout)
+            }
+            _ => None,
+        })
 }
 
 fn run_name(world: &World, e: &Event) -> String {
@@ -208,20 +246,27 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
                 out.push(format!(
                     "run {name}: expected state {state}, got {} (reason {:?})",
                     run.state,
-                    run.reason.as_ref().map(|r| format!("{}: {}", r.code, r.message))
+                    run.reason
+                        .as_ref()
+                        .map(|r| format!("{}: {}", r.code, r.message))
                 ));
             }
         }
         if let Some(code) = exp.exit_code {
             if run.exit_code != Some(code) {
-                out.push(format!("run {name}: expected exit code {code}, got {:?}", run.exit_code));
+                out.push(format!(
+                    "run {name}: expected exit code {code}, got {:?}",
+                    run.exit_code
+                ));
             }
         }
         if let Some(reason) = &exp.reason {
             if run.reason.as_ref().map(|r| r.code.as_str()) != Some(reason.as_str()) {
                 out.push(format!(
                     "run {name}: expected reason {reason}, got {:?}",
-                    run.reason.as_ref().map(|r| format!("{}: {}", r.code, r.message))
+                    run.reason
+                        .as_ref()
+                        .map(|r| format!("{}: {}", r.code, r.message))
                 ));
             }
         }
@@ -234,7 +279,10 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
             }
         }
         if let Some(l) = &exp.launcher {
-            let got = run.worker.as_deref().and_then(|w| world.launcher_of_worker(w));
+            let got = run
+                .worker
+                .as_deref()
+                .and_then(|w| world.launcher_of_worker(w));
             if got != Some(l.as_str()) {
                 out.push(format!("run {name}: expected launcher {l}, got {got:?}"));
             }
@@ -247,7 +295,9 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
     }
     for (name, exp) in &scenario.expect.launchers {
         let exits = &world.launchers[name].exits;
-        let first_exit = exits.iter().find(|e| !matches!(e, crate::launcher_node::NodeExit::Crashed));
+        let first_exit = exits
+            .iter()
+            .find(|e| !matches!(e, crate::launcher_node::NodeExit::Crashed));
         if let Some(code) = exp.exit_code {
             match first_exit {
                 Some(crate::launcher_node::NodeExit::Exited { code: got, .. }) if *got == code => {}
@@ -278,7 +328,9 @@ pub fn canonical(world: &World) -> Vec<String> {
     let backend = world.backend();
     let mut lines = Vec::new();
     for (name, ulid) in &world.runs {
-        let Some(run) = backend.run(ulid) else { continue };
+        let Some(run) = backend.run(ulid) else {
+            continue;
+        };
         let history: Vec<&str> = run.history.iter().map(|s| s.as_str()).collect();
         let launcher = run
             .worker
@@ -288,7 +340,9 @@ pub fn canonical(world: &World) -> Vec<String> {
         lines.push(format!(
             "run {name} [{ulid}]: {} | exit {} | reason {} | launcher {launcher} | worker {}",
             history.join(" -> "),
-            run.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            run.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
             run.reason.as_ref().map(|r| r.code.as_str()).unwrap_or("-"),
             run.worker_version.as_deref().unwrap_or("-"),
         ));

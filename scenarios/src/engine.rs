@@ -156,7 +156,10 @@ async fn step_once(
             count,
             within,
         } => {
-            let run_ulid = run.as_ref().and_then(|r| world.run_ulid(r)).map(str::to_string);
+            let run_ulid = run
+                .as_ref()
+                .and_then(|r| world.run_ulid(r))
+                .map(str::to_string);
             let worker = match launcher {
                 Some(l) => Some(world.worker_of(l)?),
                 None => None,
@@ -344,7 +347,10 @@ fn inject(world: &World, f: &Fault) -> Result<(), ScenarioError> {
     }
 }
 
-fn fake_of<'w>(world: &'w World, docker: &str) -> Result<&'w fake_docker::FakeDockerHandle, ScenarioError> {
+fn fake_of<'w>(
+    world: &'w World,
+    docker: &str,
+) -> Result<&'w fake_docker::FakeDockerHandle, ScenarioError> {
     world.dockers[docker]
         .fake
         .as_ref()
@@ -382,7 +388,10 @@ fn schedule_request(world: &World, s: &ScheduleStep) -> ScheduleRun {
 /// worker on a real daemon reads `SPACELIFT_TEST_*`. The backend knows neither.
 fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
     if real {
-        let mut env = vec![("SPACELIFT_TEST_EXIT_CODE".to_string(), b.exit_code.to_string())];
+        let mut env = vec![(
+            "SPACELIFT_TEST_EXIT_CODE".to_string(),
+            b.exit_code.to_string(),
+        )];
         if let Some(line) = b.stdout.first() {
             env.push(("SPACELIFT_TEST_MESSAGE".into(), line.clone()));
         }
@@ -390,7 +399,10 @@ fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
             env.push(("SPACELIFT_TEST_STDERR".into(), line.clone()));
         }
         if let Some(d) = b.duration {
-            env.push(("SPACELIFT_TEST_SLEEP".into(), d.as_secs().max(1).to_string()));
+            env.push((
+                "SPACELIFT_TEST_SLEEP".into(),
+                d.as_secs().max(1).to_string(),
+            ));
         }
         return env;
     }

@@ -37,7 +37,11 @@ impl Outcome {
 }
 
 /// Runs a scenario file `repeat` times (at least once) and compares the repeats.
-pub async fn run_file(path: &Path, seed: Option<u64>, repeat: usize) -> Result<Outcome, ScenarioError> {
+pub async fn run_file(
+    path: &Path,
+    seed: Option<u64>,
+    repeat: usize,
+) -> Result<Outcome, ScenarioError> {
     let scenario = parse::load(path)?;
     run(&scenario, seed.unwrap_or(scenario.seed), repeat).await
 }
@@ -49,7 +53,8 @@ pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcom
         let report = engine::execute(scenario, seed).await?;
         if let Some(first) = reports.first() {
             if nondeterminism.is_none()
-                && (first.passed != report.passed || first.trace.canonical != report.trace.canonical)
+                && (first.passed != report.passed
+                    || first.trace.canonical != report.trace.canonical)
             {
                 nondeterminism = Some(format!(
                     "repeat {} differs from repeat 1:\n  first: {:?}\n  now:   {:?}",
@@ -69,5 +74,8 @@ pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcom
 
 /// The command that reproduces a run of `path` with `seed`.
 pub fn repro_command(path: &Path, seed: u64) -> String {
-    format!("cargo run -p scenarios --bin scenario -- run {} --seed {seed}", path.display())
+    format!(
+        "cargo run -p scenarios --bin scenario -- run {} --seed {seed}",
+        path.display()
+    )
 }

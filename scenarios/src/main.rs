@@ -33,7 +33,9 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .init();
     }
     match cli.command {
         Command::Check { files } => {
@@ -47,9 +49,17 @@ async fn main() -> ExitCode {
                     }
                 }
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
-        Command::Run { files, seed, repeat } => {
+        Command::Run {
+            files,
+            seed,
+            repeat,
+        } => {
             let mut failed = 0;
             for f in &files {
                 println!("scenario {}", f.display());
@@ -77,7 +87,11 @@ async fn main() -> ExitCode {
                 }
             }
             println!("{} passed, {} failed", files.len() - failed, failed);
-            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

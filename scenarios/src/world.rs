@@ -12,7 +12,9 @@ use protocol::Arch;
 
 use crate::error::ScenarioError;
 use crate::launcher_node::{LauncherNode, NodeExit};
-use crate::model::{BinaryKind, DockerKind, DockerTopology, LauncherTopology, Scenario, WorkerVersion};
+use crate::model::{
+    BinaryKind, DockerKind, DockerTopology, LauncherTopology, Scenario, WorkerVersion,
+};
 
 /// Images the real test daemon has (scripts/dockerd.sh builds them).
 pub const REAL_AMD64_IMAGE: &str = "busybox:latest";
@@ -155,8 +157,14 @@ impl World {
             .set("SPACELIFT_POOL_PRIVATE_KEY", self.key.clone())
             .set("DOCKER_HOST", docker.host.clone())
             .set("SPACELIFT_WORKER_NETWORK", "none")
-            .set("SPACELIFT_LAUNCHER_DATA_DIR", l.data_dir.display().to_string())
-            .set("SPACELIFT_LAUNCHER_CAPACITY", l.topology.capacity.to_string())
+            .set(
+                "SPACELIFT_LAUNCHER_DATA_DIR",
+                l.data_dir.display().to_string(),
+            )
+            .set(
+                "SPACELIFT_LAUNCHER_CAPACITY",
+                l.topology.capacity.to_string(),
+            )
             .set(
                 "SPACELIFT_LAUNCHER_SEED",
                 self.seed.wrapping_mul(31).wrapping_add(index).to_string(),
@@ -237,7 +245,12 @@ impl World {
         self.launchers
             .get(launcher)
             .and_then(|l| l.worker_ulid.clone())
-            .ok_or_else(|| harness(&format!("launcher {launcher}"), "has no worker (never connected)"))
+            .ok_or_else(|| {
+                harness(
+                    &format!("launcher {launcher}"),
+                    "has no worker (never connected)",
+                )
+            })
     }
 
     pub fn launcher_of_worker(&self, worker: &str) -> Option<&str> {

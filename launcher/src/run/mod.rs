@@ -38,6 +38,9 @@ pub use self::log::{LineSink, StdoutLogs, WallClock};
 const CLAIM_ATTEMPTS: u32 = 8;
 /// Attempts at a verified worker binary (a corrupt download is retried, never executed).
 const BINARY_ATTEMPTS: u32 = 3;
+/// Pulls that fail for a reason that may pass are tried this many times in all.
+const PULL_ATTEMPTS: u32 = 3;
+const PULL_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Extra time, beyond the stop grace, for the daemon to confirm a stop.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 /// How long to read the last output of a stopped container.
@@ -582,9 +585,7 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
             log.launcher(&format!("Pulling image {image} for {platform}"));
             // No credentials from the core: the Docker adapter looks them up in
             // SPACELIFT_DOCKER_CONFIG_DIR for the image's registry.
-            rt.pull_image(image, &platform, None)
-                .await
-                .map_err(|e| pull_failure(&e))?;
+            pull(ctx, image, &platform, log).await?;
             rt.inspect_image(image)
                 .await
                 .map_err(|e| pull_failure(&e))?
@@ -615,6 +616,55 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
         }
     }
     Ok(())
+}
+
+/// Pulls, retrying failures that may pass (a registry hiccup, an error mid-stream) but not
+/// those that cannot: an image without our platform, or one that does not exist.
+async fn pull(
+    ctx: &RunContext,
+    image: &str,
+    platform: &str,
+    log: &mut RunLog,
+) -> Result<(), Abort> {
+    let mut delay = PULL_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        let err = match ctx.runtime.pull_image(image, platform, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let text = err.to_string().to_ascii_lowercase();
+        if text.contains("no matching manifest") {
+            return Err(Failure::failed(
+                reason_codes::ARCHITECTURE_MISMATCH,
+                format!(
+                    "image {image} has no {platform} variant, the Docker daemon's platform ({err}); \
+                     use a {} or multi-arch image",
+                    ctx.arch
+                ),
+            )
+            .into());
+        }
+        let permanent = [
+            "not found",
+            "does not exist",
+            "manifest unknown",
+            "access denied",
+            "unauthorized",
+        ]
+        .iter()
+        .any(|m| text.contains(m));
+        if permanent || matches!(err, RuntimeError::Unavailable(_)) || attempt >= PULL_ATTEMPTS {
+            return Err(docker_failure(&err, reason_codes::IMAGE_PULL_FAILED, "").into());
+        }
+        log.launcher(&format!(
+            "Pulling {image} failed ({err}); retrying in {}s",
+            delay.as_secs()
+        ));
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        attempt += 1;
+    }
 }
 
 /// None: finished. Otherwise why it failed.
