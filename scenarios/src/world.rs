@@ -260,10 +260,14 @@ impl World {
             .map(|(n, _)| n.as_str())
     }
 
-    /// Restarts the backend from its data dir (same ports are not guaranteed, so the
-    /// backend keeps its endpoints in its state).
+    /// Restarts the backend from its data dir, on the same ports.
     pub async fn restart_backend(&mut self) -> Result<(), ScenarioError> {
         if let Some(b) = self.backend.take() {
+            // Tokens name the endpoints: a restarted backend must come back on the same ports.
+            if let Some(mqtt) = b.mqtt_addr() {
+                self.backend_config.mqtt_bind = mqtt;
+            }
+            self.backend_config.https_bind = b.https_addr();
             b.shutdown().await;
         }
         let b = FakeBackend::start(self.backend_config.clone())
