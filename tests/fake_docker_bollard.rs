@@ -238,11 +238,7 @@ async fn wait_conditions_and_auto_remove() {
         0
     );
     // Register "removed" before start; headers come back immediately, the body on removal.
-    let removed = tokio::spawn({
-        let docker = docker.clone();
-        let id = id.clone();
-        async move { wait(&docker, &id, "removed").await }
-    });
+    let removed = wait_registered(fd.socket_path(), &id, "removed").await;
     docker.start_container(&id, None).await.expect("start");
     let (status, _) = raw_request(
         fd.socket_path(),
@@ -263,7 +259,7 @@ async fn wait_conditions_and_auto_remove() {
         )
         .await
         .expect("kill");
-    assert_eq!(removed.await.expect("join").expect("wait removed"), 137);
+    assert_eq!(removed.status_code().await, 137);
     let (status, _) = server_error(docker.inspect_container(&id, None).await);
     assert_eq!(status, 404, "AutoRemove removed it");
     let (status, message) = server_error(wait(&docker, "ghost", "next-exit").await);

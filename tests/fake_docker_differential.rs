@@ -129,16 +129,13 @@ async fn run_scenarios(t: &mut Target) {
         }
     };
     t.record("life.created", state(&t.docker, id.clone()).await);
-    let waiter = tokio::spawn({
-        let d = t.docker.clone();
-        let id = id.clone();
-        async move { wait(&d, &id, "next-exit").await.map_err(|e| e.to_string()) }
-    });
+    // Like the CLI: the waiter is registered (headers received) before start.
+    let waiter = wait_registered(&t.socket, &id, "next-exit").await;
     t.record(
         "life.start",
         status_of(&t.docker.start_container(&id, None).await),
     );
-    t.record("life.wait_next_exit", waiter.await.expect("join"));
+    t.record("life.wait_next_exit", waiter.status_code().await);
     t.record("life.exited", state(&t.docker, id.clone()).await);
     // stdout and stderr are separate pipes in a real container, so their interleaving is
     // a race there: compare each stream's own sequence (stable sort by stream).
@@ -216,10 +213,10 @@ async fn run_scenarios(t: &mut Target) {
     t.docker.start_container(&id, None).await.expect("start");
     let frames: Vec<_> = attach
         .output
-        .map(|r| r.map(frame).map_err(|e| e.to_string()))
+        .map(|r| frame(r.expect("attach frame")))
         .collect()
         .await;
-    t.record("attach.frames", frames);
+    t.record("attach.frames", by_stream(frames));
     // The event history of that container, replayed with since=0 and read up to destroy.
     t.docker.remove_container(&id, None).await.expect("remove");
     let opts = EventsOptionsBuilder::default()
@@ -346,13 +343,9 @@ async fn run_scenarios(t: &mut Target) {
         .await
         .expect("create");
     t.ids.push(id.clone());
-    let waiter = tokio::spawn({
-        let d = t.docker.clone();
-        let id = id.clone();
-        async move { wait(&d, &id, "removed").await.map_err(|e| e.to_string()) }
-    });
+    let waiter = wait_registered(&t.socket, &id, "removed").await;
     t.docker.start_container(&id, None).await.expect("start");
-    t.record("auto.wait_removed", waiter.await.expect("join"));
+    t.record("auto.wait_removed", waiter.status_code().await);
     t.record(
         "auto.inspect",
         status_of(&t.docker.inspect_container(&id, None).await),

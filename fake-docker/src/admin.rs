@@ -170,7 +170,7 @@ impl Admin {
     pub fn restart(&self, opts: RestartOptions) {
         let d = &self.daemon;
         *d.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now() + Duration::from_millis(opts.downtime_ms));
+            tokio::time::Instant::now().checked_add(Duration::from_millis(opts.downtime_ms));
         d.epoch.send_modify(|e| *e = e.wrapping_add(1));
         if !opts.keep_containers {
             d.lose_containers();

@@ -65,14 +65,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::net::UnixListener::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?,
     )];
+    let mut announce = format!("fake-docker listening on unix://{}", args.socket.display());
     if let Some(addr) = args.tcp {
-        listeners.push(Listener::Tcp(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        ));
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        // Report the bound port, so `--tcp 127.0.0.1:0` is usable.
+        announce.push_str(&format!(" and tcp://{}", tcp.local_addr()?));
+        listeners.push(Listener::Tcp(tcp));
     }
-    eprintln!("fake-docker listening on unix://{}", args.socket.display());
+    eprintln!("{announce}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     fake_docker::serve(config, listeners, async move {
         tokio::select! {

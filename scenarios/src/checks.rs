@@ -322,9 +322,11 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
     out
 }
 
-/// The trace that must be identical on every repeat with the same seed: each run's state
-/// history and outcome (in schedule order, by scenario name), each launcher's exits.
-pub fn canonical(world: &World) -> Vec<String> {
+/// The trace that must be identical on every repeat with the same seed: each run's ULID,
+/// state history and outcome (in schedule order, by scenario name), each launcher's exits.
+/// Which launcher took a run is included only where the scenario expects one: under
+/// contention, placement follows the order in which runs finish, which real time decides.
+pub fn canonical(scenario: &Scenario, world: &World) -> Vec<String> {
     let backend = world.backend();
     let mut lines = Vec::new();
     for (name, ulid) in &world.runs {
@@ -336,6 +338,13 @@ pub fn canonical(world: &World) -> Vec<String> {
             .worker
             .as_deref()
             .and_then(|w| world.launcher_of_worker(w))
+            .filter(|_| {
+                scenario
+                    .expect
+                    .runs
+                    .get(name)
+                    .is_some_and(|e| e.launcher.is_some())
+            })
             .unwrap_or("-");
         lines.push(format!(
             "run {name} [{ulid}]: {} | exit {} | reason {} | launcher {launcher} | worker {}",

@@ -55,7 +55,7 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
 
     failures.extend(checks::invariants(scenario, &world));
     failures.extend(checks::expectations(scenario, &world));
-    trace.extend(checks::canonical(&world));
+    trace.extend(checks::canonical(scenario, &world));
     let report = Report {
         seed,
         passed: failures.is_empty(),

@@ -180,3 +180,48 @@ fn dechunk(body: &str) -> String {
     }
     out
 }
+
+/// A `wait` request whose 200 headers have arrived, so the daemon has registered the
+/// waiter (dockerd and fake-docker both register before flushing headers). This is what
+/// the docker CLI does before `start`, and what makes `next-exit`/`removed` race-free.
+pub struct PendingWait {
+    stream: tokio::io::BufReader<tokio::net::UnixStream>,
+}
+
+pub async fn wait_registered(socket: &std::path::Path, id: &str, condition: &str) -> PendingWait {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /containers/{id}/wait?condition={condition} HTTP/1.1\r\nHost: fake\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut stream = tokio::io::BufReader::new(s);
+    let mut status = String::new();
+    stream.read_line(&mut status).await.expect("status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "wait: {status}");
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    PendingWait { stream }
+}
+
+impl PendingWait {
+    /// The `StatusCode` of the wait body.
+    pub async fn status_code(mut self) -> i64 {
+        use tokio::io::AsyncReadExt;
+        let mut rest = String::new();
+        self.stream.read_to_string(&mut rest).await.expect("body");
+        let json = rest
+            .lines()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or("{}");
+        let v: serde_json::Value = serde_json::from_str(json.trim()).expect("wait JSON");
+        v["StatusCode"].as_i64().expect("StatusCode")
+    }
+}

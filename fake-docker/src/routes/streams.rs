@@ -317,9 +317,10 @@ pub fn events(ctx: &Ctx) -> ApiResult<Reply> {
     };
     let (tx, reply) = channel("application/json");
     tokio::spawn(async move {
-        let deadline = until.map(|u| {
+        let deadline = until.and_then(|u| {
             let ahead = u - d.clock.now();
-            tokio::time::Instant::now() + std::time::Duration::try_from(ahead).unwrap_or_default()
+            let ahead = std::time::Duration::try_from(ahead).unwrap_or_default();
+            tokio::time::Instant::now().checked_add(ahead)
         });
         loop {
             changes.borrow_and_update();
