@@ -13,6 +13,7 @@ pub mod error;
 pub mod launcher_node;
 pub mod model;
 pub mod parse;
+pub mod random;
 pub mod report;
 pub mod world;
 
