@@ -256,7 +256,18 @@ async fn step_once(
             });
         }
         Step::RestartBackend => world.restart_backend().await?,
-        Step::Fault(f) => inject(world, f)?,
+        Step::Fault(f) => {
+            if let Fault::DropConnection { launcher } = f {
+                // Dropping needs a connection: after an earlier drop, wait for the reconnect.
+                let worker = world.worker_of(launcher)?;
+                let deadline = tokio::time::Instant::now() + SETTLE;
+                let backend = world.backend();
+                if !wait_until(world, deadline, || backend.is_connected(&worker)).await {
+                    return Ok(Err(format!("launcher {launcher} never reconnected")));
+                }
+            }
+            inject(world, f)?
+        }
     }
     Ok(Ok(()))
 }

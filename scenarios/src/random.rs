@@ -6,21 +6,36 @@ use std::time::Duration;
 
 use crate::model::{
     BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault,
-    LauncherTopology, Phase, Scenario, ScheduleStep, Step, Topology, WorkerVersion,
+    LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology, WorkerVersion,
 };
 
 /// One thing that happens, before it is placed in a scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Run { exit_code: i64, millis: u64 },
+    Run {
+        exit_code: i64,
+        millis: u64,
+    },
     /// Cancel the most recently scheduled run, if any.
     CancelLast,
-    DropConnection { launcher: usize },
-    HttpErrors { count: u32, status: u16 },
-    Duplicate { launcher: usize },
-    Delay { launcher: usize, millis: u64 },
+    DropConnection {
+        launcher: usize,
+    },
+    HttpErrors {
+        count: u32,
+        status: u16,
+    },
+    Duplicate {
+        launcher: usize,
+    },
+    Delay {
+        launcher: usize,
+        millis: u64,
+    },
     CorruptDownload,
-    Drain { launcher: usize },
+    Drain {
+        launcher: usize,
+    },
     PublishVersion,
 }
 
@@ -34,10 +49,29 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
     let mut runs = 0usize;
     let mut drained = std::collections::BTreeSet::new();
     let mut versions = 1;
+    let mut expect = Expectations::default();
+    let mut canceled = std::collections::BTreeSet::new();
     for op in ops {
         match op {
             Op::Run { exit_code, millis } => {
                 runs += 1;
+                // Every fault in a random schedule is one the launcher must ride out, so
+                // each run's outcome is fixed by its exit code (unless it is canceled).
+                expect.runs.insert(
+                    format!("r{runs}"),
+                    RunExpectation {
+                        state: Some(
+                            if *exit_code == 0 {
+                                "finished"
+                            } else {
+                                "failed"
+                            }
+                            .into(),
+                        ),
+                        exit_code: Some(*exit_code),
+                        ..RunExpectation::default()
+                    },
+                );
                 steps.push(Step::Schedule(ScheduleStep {
                     run: format!("r{runs}"),
                     image: None,
@@ -51,9 +85,12 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                     env: BTreeMap::new(),
                 }));
             }
-            Op::CancelLast if runs > 0 => steps.push(Step::Cancel {
-                run: format!("r{runs}"),
-            }),
+            Op::CancelLast if runs > 0 => {
+                canceled.insert(format!("r{runs}"));
+                steps.push(Step::Cancel {
+                    run: format!("r{runs}"),
+                })
+            }
             Op::CancelLast => {}
             Op::DropConnection { launcher: l } => steps.push(Step::Fault(Fault::DropConnection {
                 launcher: launcher(*l),
@@ -64,20 +101,17 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 retry_after_secs: Some(1),
                 path: None,
             })),
-            Op::Duplicate { launcher: l } => {
-                steps.push(Step::Fault(Fault::DuplicateNextMessage {
-                    launcher: launcher(*l),
-                }))
-            }
-            Op::Delay { launcher: l, millis } => {
-                steps.push(Step::Fault(Fault::DelayNextMessage {
-                    launcher: launcher(*l),
-                    by: Duration::from_millis(*millis),
-                }))
-            }
-            Op::CorruptDownload => {
-                steps.push(Step::Fault(Fault::CorruptDownloads { count: 1 }))
-            }
+            Op::Duplicate { launcher: l } => steps.push(Step::Fault(Fault::DuplicateNextMessage {
+                launcher: launcher(*l),
+            })),
+            Op::Delay {
+                launcher: l,
+                millis,
+            } => steps.push(Step::Fault(Fault::DelayNextMessage {
+                launcher: launcher(*l),
+                by: Duration::from_millis(*millis),
+            })),
+            Op::CorruptDownload => steps.push(Step::Fault(Fault::CorruptDownloads { count: 1 })),
             Op::Drain { launcher: l } => {
                 if drained.insert(launcher(*l)) {
                     steps.push(Step::Drain {
@@ -97,6 +131,10 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
     }
     for l in drained {
         steps.push(Step::Undrain { launcher: l });
+    }
+    // A canceled run may still finish first: only the invariants apply to it.
+    for r in canceled {
+        expect.runs.remove(&r);
     }
     Scenario {
         description: "random fault schedule".into(),
@@ -132,6 +170,6 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             name: "random".into(),
             steps,
         }],
-        expect: Expectations::default(),
+        expect,
     }
 }

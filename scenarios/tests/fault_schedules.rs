@@ -1,4 +1,5 @@
-//! proptest: random schedules of runs and faults against the invariants. A failure shrinks
+//! proptest: random schedules of runs and faults against the invariants and each run's
+//! expected outcome. A failure shrinks
 //! to a minimal schedule and is printed as a scenario file that reproduces it.
 //!
 //! CI runs a handful of cases; a soak runs many: `PROPTEST_CASES=200 cargo test -p scenarios
@@ -16,7 +17,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => launcher.clone().prop_map(|launcher| Op::DropConnection { launcher }),
         1 => (1u32..4, prop::sample::select(vec![500u16, 503, 429]))
             .prop_map(|(count, status)| Op::HttpErrors { count, status }),
-        1 => launcher.clone().prop_map(|launcher| Op::Duplicate { launcher }),
+        2 => launcher.clone().prop_map(|launcher| Op::Duplicate { launcher }),
         1 => (launcher.clone(), 100u64..1500).prop_map(|(launcher, millis)| Op::Delay { launcher, millis }),
         1 => Just(Op::CorruptDownload),
         1 => launcher.prop_map(|launcher| Op::Drain { launcher }),
@@ -43,7 +44,7 @@ proptest! {
     fn invariants_hold_under_random_faults(
         seed in 0u64..1_000_000,
         capacities in prop::collection::vec(1u32..3, LAUNCHERS),
-        ops in prop::collection::vec(op(), 1..8),
+        ops in prop::collection::vec(op(), 1..10),
     ) {
         let s = scenario(seed, &capacities, &ops);
         let rt = tokio::runtime::Builder::new_multi_thread()
