@@ -59,12 +59,16 @@ pub fn elf_stub(arch: Arch, version: &str) -> Vec<u8> {
 /// - `SPACELIFT_TEST_LINES`: extra numbered stdout lines (default 0)
 /// - `SPACELIFT_TEST_STDERR`: one line to print on stderr
 /// - `SPACELIFT_TEST_MESSAGE`: one line to print verbatim
+///
+/// It stops on SIGTERM with exit code 143, as a well-behaved worker would.
 pub fn shell_worker(version: &str) -> String {
     format!(
         r#"#!/bin/sh
 # fake Spacelift worker {version} (test double; POSIX sh, busybox-compatible)
 echo "fake-worker {version} starting run ${{SPACELIFT_RUN_ULID:-unknown}}"
 echo "fake-worker pid $$ in $(pwd)"
+# As PID 1 a shell ignores SIGTERM unless it traps it; a real worker stops when asked.
+trap 'echo "fake-worker stopped by SIGTERM"; exit 143' TERM
 if [ -n "${{SPACELIFT_TEST_MESSAGE:-}}" ]; then
   echo "$SPACELIFT_TEST_MESSAGE"
 fi
@@ -78,7 +82,9 @@ if [ -n "${{SPACELIFT_TEST_STDERR:-}}" ]; then
 fi
 if [ -n "${{SPACELIFT_TEST_SLEEP:-}}" ]; then
   echo "fake-worker sleeping $SPACELIFT_TEST_SLEEP"
-  sleep "$SPACELIFT_TEST_SLEEP"
+  # In the background, so the TERM trap runs at once instead of after the sleep.
+  sleep "$SPACELIFT_TEST_SLEEP" &
+  wait $!
 fi
 code="${{SPACELIFT_TEST_EXIT_CODE:-0}}"
 echo "fake-worker finished run ${{SPACELIFT_RUN_ULID:-unknown}} with exit code $code"

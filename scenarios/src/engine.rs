@@ -54,6 +54,7 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
     }
 
     failures.extend(checks::invariants(scenario, &world));
+    failures.extend(real_leftovers(&world).await);
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));
     let report = Report {
@@ -71,6 +72,52 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
         }
     }
     Ok(report)
+}
+
+/// Containers of this world's workers still on a real daemon (the fake ones are checked
+/// from the fake's own state in `checks`).
+async fn real_leftovers(world: &World) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, d) in &world.dockers {
+        if d.fake.is_some() {
+            continue;
+        }
+        let path = d.host.trim_start_matches("unix://");
+        let docker =
+            match bollard::Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION) {
+                Ok(d) => d,
+                Err(e) => {
+                    out.push(format!("docker {name}: cannot list containers: {e}"));
+                    continue;
+                }
+            };
+        for l in world.launchers.values() {
+            let Some(worker) = &l.worker_ulid else {
+                continue;
+            };
+            let filters = std::collections::HashMap::from([(
+                "label".to_string(),
+                vec![format!("workers.spacelift.io/worker={worker}")],
+            )]);
+            let opts = bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            };
+            match docker.list_containers(Some(opts)).await {
+                Ok(list) => {
+                    for c in list {
+                        out.push(format!(
+                            "docker {name}: container {:?} left behind",
+                            c.names.unwrap_or_default()
+                        ));
+                    }
+                }
+                Err(e) => out.push(format!("docker {name}: cannot list containers: {e}")),
+            }
+        }
+    }
+    out
 }
 
 async fn settle_runs(world: &World, failures: &mut Vec<String>) {
@@ -403,17 +450,20 @@ fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
             "SPACELIFT_TEST_EXIT_CODE".to_string(),
             b.exit_code.to_string(),
         )];
-        if let Some(line) = b.stdout.first() {
-            env.push(("SPACELIFT_TEST_MESSAGE".into(), line.clone()));
+        if !b.stdout.is_empty() {
+            // `echo` of a multi-line value prints one line per entry.
+            env.push(("SPACELIFT_TEST_MESSAGE".into(), b.stdout.join("\n")));
         }
         if let Some(line) = b.stderr.first() {
             env.push(("SPACELIFT_TEST_STDERR".into(), line.clone()));
         }
-        if let Some(d) = b.duration {
-            env.push((
-                "SPACELIFT_TEST_SLEEP".into(),
-                d.as_secs().max(1).to_string(),
-            ));
+        let sleep = if b.hang {
+            Some(3600)
+        } else {
+            b.duration.map(|d| d.as_secs().max(1))
+        };
+        if let Some(secs) = sleep {
+            env.push(("SPACELIFT_TEST_SLEEP".into(), secs.to_string()));
         }
         return env;
     }

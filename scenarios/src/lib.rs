@@ -26,6 +26,8 @@ pub use report::Report;
 /// The outcome of running one file `repeat` times with one seed.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Why the scenario was not run (it needs a real Docker daemon and none is given).
+    pub skipped: Option<String>,
     pub reports: Vec<Report>,
     /// Set when two repeats disagreed on the verdict or the canonical trace.
     pub nondeterminism: Option<String>,
@@ -48,6 +50,21 @@ pub async fn run_file(
 }
 
 pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcome, ScenarioError> {
+    let needs_real = scenario
+        .topology
+        .dockers
+        .iter()
+        .any(|d| d.kind == model::DockerKind::Real);
+    if needs_real && std::env::var_os("TEST_DOCKER_HOST").is_none() {
+        return Ok(Outcome {
+            skipped: Some(
+                "TEST_DOCKER_HOST not set (this scenario runs on the real dockerd from scripts/dockerd.sh)"
+                    .into(),
+            ),
+            reports: Vec::new(),
+            nondeterminism: None,
+        });
+    }
     let mut reports: Vec<Report> = Vec::new();
     let mut nondeterminism = None;
     for i in 0..repeat.max(1) {
@@ -68,9 +85,50 @@ pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcom
         reports.push(report);
     }
     Ok(Outcome {
+        skipped: None,
         reports,
         nondeterminism,
     })
+}
+
+/// The same scenario on the real Docker daemon (`TEST_DOCKER_HOST`), with shell-script
+/// workers a busybox container runs; None when the scenario needs what only the fake can do
+/// (daemon faults or restarts, images with chosen platforms, OOM kills).
+pub fn on_real_docker(scenario: &Scenario) -> Option<Scenario> {
+    use model::{BinaryKind, DockerKind, Fault, Step};
+    let fake_only = scenario
+        .phases
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| match s {
+            Step::RestartDocker { .. } => true,
+            Step::Fault(Fault::DockerErrors { .. } | Fault::FailPulls { .. }) => true,
+            Step::Schedule(s) => s.image.is_some() || s.behaviour.oom_kill,
+            _ => false,
+        });
+    let fake_only = fake_only
+        || scenario
+            .topology
+            .dockers
+            .iter()
+            .any(|d| !d.images.is_empty() || d.arch != "amd64");
+    if fake_only {
+        return None;
+    }
+    let mut real = scenario.clone();
+    for d in &mut real.topology.dockers {
+        d.kind = DockerKind::Real;
+        d.api_version = None;
+    }
+    for v in &mut real.topology.worker_versions {
+        v.kind = BinaryKind::Shell;
+    }
+    for s in real.phases.iter_mut().flat_map(|p| p.steps.iter_mut()) {
+        if let Step::PublishVersion(v) = s {
+            v.kind = BinaryKind::Shell;
+        }
+    }
+    Some(real)
 }
 
 /// The command that reproduces a run of `path` with `seed`.

@@ -64,6 +64,9 @@ async fn main() -> ExitCode {
             for f in &files {
                 println!("scenario {}", f.display());
                 match scenarios::run_file(f, seed, repeat).await {
+                    Ok(outcome) if outcome.skipped.is_some() => {
+                        println!("  skipped: {}", outcome.skipped.unwrap_or_default());
+                    }
                     Ok(outcome) => {
                         for (i, r) in outcome.reports.iter().enumerate() {
                             if outcome.reports.len() > 1 {

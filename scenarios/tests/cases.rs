@@ -16,6 +16,10 @@ fn run_case(path: &str) {
     let outcome = rt
         .block_on(scenarios::run_file(path, None, repeat))
         .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(why) = &outcome.skipped {
+        println!("skipped: {why}");
+        return;
+    }
     for r in &outcome.reports {
         println!("{r}");
     }
