@@ -159,3 +159,22 @@ mod tests {
         assert!(!with.is_empty());
     }
 }
+
+/// TLS alerts by which a server says it does not accept our client certificate: the pool
+/// was reset, the key does not belong to the certificate, or the certificate comes from
+/// another CA (a CA of the same name but another key shows up as `DecryptError`).
+pub fn rejects_client_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::CertificateRequired
+            | A::UnknownCA
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError
+    )
+}

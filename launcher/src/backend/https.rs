@@ -410,26 +410,15 @@ fn map_reqwest(e: &reqwest::Error) -> BackendError {
 }
 
 fn map_tls(e: &rustls::Error) -> BackendError {
-    use rustls::AlertDescription as A;
     match e {
-        rustls::Error::AlertReceived(
-            alert @ (A::BadCertificate
-            | A::CertificateRequired
-            | A::UnknownCA
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::AccessDenied
-            // The server could not verify our certificate's signature (e.g. signed by a
-            // different CA of the same name) or our CertificateVerify.
-            | A::DecryptError),
-        ) => BackendError::Unauthorized {
-            message: format!(
-                "the server refused the pool certificate (TLS alert {alert:?}); check that \
-                 SPACELIFT_TOKEN is the pool's current token (a reset revokes the old one)"
-            ),
-        },
+        rustls::Error::AlertReceived(alert) if crate::tls::rejects_client_certificate(*alert) => {
+            BackendError::Unauthorized {
+                message: format!(
+                    "the server refused the pool certificate (TLS alert {alert:?}); check that \
+                     SPACELIFT_TOKEN is the pool's current token (a reset revokes the old one)"
+                ),
+            }
+        }
         rustls::Error::InvalidCertificate(why) => BackendError::Rejected {
             message: format!(
                 "the backend's server certificate is not trusted ({why:?}); check the token's \

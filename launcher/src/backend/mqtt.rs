@@ -514,21 +514,12 @@ fn classify(e: &ConnectionError) -> Option<MqttError> {
         };
     }
     let tls = find_rustls_error(e)?;
-    use rustls::AlertDescription as A;
     match tls {
-        rustls::Error::AlertReceived(
-            alert @ (A::BadCertificate
-            | A::CertificateRequired
-            | A::UnknownCA
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::AccessDenied
-            | A::DecryptError),
-        ) => Some(MqttError::Unauthorized(format!(
-            "TLS alert {alert:?} about the pool certificate"
-        ))),
+        rustls::Error::AlertReceived(alert) if crate::tls::rejects_client_certificate(*alert) => {
+            Some(MqttError::Unauthorized(format!(
+                "TLS alert {alert:?} about the pool certificate"
+            )))
+        }
         rustls::Error::InvalidCertificate(why) => {
             Some(MqttError::UntrustedBroker(format!("{why:?}")))
         }
