@@ -51,6 +51,9 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let settings = config.settings.clone();
+    if let Some(p) = &settings.init_policy {
+        tracing::info!(policy = %p.path().display(), "initialization policy loaded; evaluated before every run");
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
 
     let runtime = connect_docker(config.docker_host.as_deref(), settings.seed).await?;

@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,7 +26,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::credentials::{Credentials, CredentialsError, KEY_VAR, TOKEN_VAR};
-use crate::settings::{ExtraMount, MountScope, PassedEnv, Settings};
+use crate::init_policy::InitPolicy;
+use crate::settings::{ExtraMount, MountScope, PassedEnv, PrivateVcsMapping, Settings};
 
 // ---------------------------------------------------------------------------------------
 // Where variables come from
@@ -226,6 +228,8 @@ pub mod vars {
     pub const DEFAULT_RUNNER_IMAGE: &str = "SPACELIFT_DEFAULT_RUNNER_IMAGE";
     pub const DEFAULT_ANSIBLE_RUNNER_IMAGE: &str = "SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE";
     pub const METADATA_PREFIX: &str = "SPACELIFT_METADATA_";
+    pub const PRIVATEVCS_NAME_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_NAME_";
+    pub const PRIVATEVCS_ENDPOINT_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_";
     pub const DOCKER_HOST: &str = "DOCKER_HOST";
     pub const ADDITIONAL_ROOT_CAS: &str = "ADDITIONAL_ROOT_CAS";
     pub const CAPACITY: &str = "SPACELIFT_LAUNCHER_CAPACITY";
@@ -255,8 +259,13 @@ ENVIRONMENT
   SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED (default false)
       Also print run logs on standard output, structured (run_ulid, stack_id, ts, msg).
   SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY
-      NOT SUPPORTED: this launcher does not evaluate Rego initialization policies and
-      refuses to start when this is set, rather than run runs the policy would block.
+      Path of a Rego initialization policy (package spacelift, deny[msg] rules; Rego v0
+      or v1), compiled at startup: an unreadable or invalid policy stops the launcher.
+      Before each run's image is pulled, data.spacelift.deny is evaluated with input
+      {run: {id, type}, static_run_environment: {run_ulid, run_type, stack_slug},
+      docker_image, worker_version} (type: PROPOSED, TRACKED, TASK, DESTROY, TESTING).
+      Any deny message (or an evaluation error) fails the run, reason
+      initialization_policy_denied; no container is created. exec() is not available.
   SPACELIFT_LAUNCHER_LOGS_TIMEOUT (default 7m)
       Go duration: a run that prints nothing for this long is killed.
   SPACELIFT_LAUNCHER_RUN_TIMEOUT (default 70m)
@@ -282,6 +291,10 @@ ENVIRONMENT
       Accepted for compatibility; protocol v1 has no Ansible run kind.
   SPACELIFT_METADATA_<key>=<value>
       Worker metadata {<key>: <value>} shown in the Workers tab (key keeps its case).
+  SPACELIFT_PRIVATEVCS_MAPPING_NAME_<n>, SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_<n>
+      (n = 0, 1, ...) Map a VCS-agent pool name to a URL (http:// or https://) the worker
+      reaches the VCS at directly. Each NAME_<n> needs its BASE_ENDPOINT_<n> and vice
+      versa. Passed to every run, renumbered from 0 in the order of <n>.
   DOCKER_HOST (default unix:///var/run/docker.sock)
       Docker daemon: unix:///path/to/docker.sock or tcp://host:port (plain HTTP).
   HTTP_PROXY, HTTPS_PROXY, NO_PROXY (or lower case)
@@ -327,18 +340,14 @@ pub fn load_with(
     let r = Reader { env };
     let mut warnings = Vec::new();
 
-    if let Some(policy) = r.get(vars::RUN_INITIALIZATION_POLICY) {
-        let exists = std::path::Path::new(&policy).is_file();
-        return Err(invalid(
-            vars::RUN_INITIALIZATION_POLICY,
-            format!(
-                "is set ({policy:?}{}), but this launcher does not evaluate Rego \
-                 initialization policies; refusing to start rather than run runs the policy \
-                 would block. Unset it to run without the policy.",
-                if exists { "" } else { ", which does not exist" }
-            ),
-        ));
-    }
+    // Before the credentials: a broken policy is reported even when nothing else is set.
+    let init_policy = match r.get(vars::RUN_INITIALIZATION_POLICY) {
+        None => None,
+        Some(path) => Some(Arc::new(
+            InitPolicy::load(Path::new(&path))
+                .map_err(|e| invalid(vars::RUN_INITIALIZATION_POLICY, e))?,
+        )),
+    };
 
     let token_text = r.get(TOKEN_VAR).ok_or(ConfigError::Missing {
         var: vars::TOKEN,
@@ -364,6 +373,9 @@ pub fn load_with(
     let mut extra_mounts = mounts(&r, vars::EXTRA_MOUNTS, MountScope::All)?;
     extra_mounts.extend(mounts(&r, vars::RO_EXTRA_MOUNTS, MountScope::ReadOnlyRuns)?);
     extra_mounts.extend(mounts(&r, vars::WO_EXTRA_MOUNTS, MountScope::WriteRuns)?);
+
+    let (private_vcs_mappings, mut w) = private_vcs_mappings(&r)?;
+    warnings.append(&mut w);
 
     let docker_config_dir = r.get(vars::DOCKER_CONFIG_DIR).map(PathBuf::from);
     if let Some(dir) = &docker_config_dir {
@@ -431,6 +443,8 @@ pub fn load_with(
         binary_cache_keep: r.number(vars::BINARY_CACHE_KEEP, 3usize, 1)?,
         seed,
         metrics_addr,
+        init_policy,
+        private_vcs_mappings,
     };
 
     let docker_host = match r.get(vars::DOCKER_HOST) {
@@ -759,6 +773,91 @@ fn mounts(r: &Reader<'_>, var: &str, scope: MountScope) -> Result<Vec<ExtraMount
         });
     }
     Ok(out)
+}
+
+/// `SPACELIFT_PRIVATEVCS_MAPPING_{NAME,BASE_ENDPOINT}_<n>`: complete pairs, ordered by `<n>`.
+fn private_vcs_mappings(
+    r: &Reader<'_>,
+) -> Result<(Vec<PrivateVcsMapping>, Vec<String>), ConfigError> {
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
+    let mut endpoints: BTreeMap<u32, String> = BTreeMap::new();
+    for (var, _) in r.env.vars() {
+        let (map, suffix) = if let Some(n) = var.strip_prefix(vars::PRIVATEVCS_NAME_PREFIX) {
+            (&mut names, n)
+        } else if let Some(n) = var.strip_prefix(vars::PRIVATEVCS_ENDPOINT_PREFIX) {
+            (&mut endpoints, n)
+        } else {
+            continue;
+        };
+        // Empty counts as unset, as everywhere.
+        let Some(value) = r.get(&var) else { continue };
+        let n = match suffix.parse::<u32>() {
+            Ok(n) if suffix.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => {
+                return Err(invalid(
+                    &var,
+                    "the suffix must be a number: _0, _1, ... (one per VCS-agent pool)",
+                ))
+            }
+        };
+        if map.insert(n, value).is_some() {
+            return Err(invalid(
+                &var,
+                format!("set twice for n = {n} (leading zeros?)"),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for n in names.keys().chain(endpoints.keys()) {
+        let name_var = format!("{}{n}", vars::PRIVATEVCS_NAME_PREFIX);
+        let endpoint_var = format!("{}{n}", vars::PRIVATEVCS_ENDPOINT_PREFIX);
+        match (names.contains_key(n), endpoints.contains_key(n)) {
+            (true, false) => {
+                return Err(invalid(
+                    &name_var,
+                    format!("is set but {endpoint_var} is not"),
+                ))
+            }
+            (false, true) => {
+                return Err(invalid(
+                    &endpoint_var,
+                    format!("is set but {name_var} is not"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (i, (n, name)) in names.into_iter().enumerate() {
+        let endpoint = endpoints.remove(&n).unwrap_or_default();
+        let endpoint_var = format!("{}{n}", vars::PRIVATEVCS_ENDPOINT_PREFIX);
+        match reqwest::Url::parse(&endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => {
+                // Credentials in a URL are never quoted.
+                let shown = if endpoint.contains('@') {
+                    String::new()
+                } else {
+                    format!(", got {endpoint:?}")
+                };
+                return Err(invalid(
+                    &endpoint_var,
+                    format!("expected a URL with a scheme, such as https://vcs.example.com{shown}"),
+                ));
+            }
+        }
+        if usize::try_from(n).ok() != Some(i) {
+            warnings.push(format!(
+                "{}{n}: the mappings are not numbered 0, 1, ...; runs get this one as _{i}",
+                vars::PRIVATEVCS_NAME_PREFIX
+            ));
+        }
+        out.push(PrivateVcsMapping {
+            name,
+            base_endpoint: endpoint,
+        });
+    }
+    Ok((out, warnings))
 }
 
 /// `SPACELIFT_METADATA_<key>=<value>`: prefix stripped, case kept, empty keys skipped.
@@ -1170,15 +1269,179 @@ mod tests {
     }
 
     #[test]
-    fn initialization_policy_is_refused_honestly() {
-        let e = err(&[(vars::RUN_INITIALIZATION_POLICY, "/nope/policy.rego")]);
+    fn initialization_policy_is_compiled_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("init.rego");
+        std::fs::write(
+            &path,
+            "package spacelift\n\ndeny[\"no tasks\"] {\n  input.run.type == \"TASK\"\n}\n",
+        )
+        .unwrap();
+        let c = with(&[(vars::RUN_INITIALIZATION_POLICY, path.to_str().unwrap())]).unwrap();
+        let p = c.settings.init_policy.as_ref().expect("policy loaded");
+        assert_eq!(p.path(), path);
+        let task = crate::init_policy::PolicyInput::new(
+            "01R",
+            protocol::api::RunType::Task,
+            "s",
+            "img",
+            "1",
+        );
+        assert_eq!(
+            p.evaluate(&task),
+            Ok(crate::init_policy::Decision::Deny(vec!["no tasks".into()]))
+        );
+        // Unset (or empty): no policy.
+        assert!(with(&[]).unwrap().settings.init_policy.is_none());
+        assert!(with(&[(vars::RUN_INITIALIZATION_POLICY, " ")])
+            .unwrap()
+            .settings
+            .init_policy
+            .is_none());
+        assert!(!ENV_HELP.contains("NOT SUPPORTED"));
+        assert!(ENV_HELP.contains("initialization_policy_denied"));
+    }
+
+    #[test]
+    fn invalid_initialization_policy_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.rego");
+        std::fs::write(&path, "package spacelift\n\ndeny[msg] {\n").unwrap();
+        let p = path.to_str().unwrap();
+        let e = with(&[(vars::RUN_INITIALIZATION_POLICY, p)]).unwrap_err();
         assert!(
-            e.starts_with("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: is set"),
+            matches!(&e, ConfigError::Invalid { var, .. } if var == vars::RUN_INITIALIZATION_POLICY)
+        );
+        // The variable, the file, and regorus's error with its position.
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: invalid Rego policy {p}:\n\
+                 --> {p}:3:11\n  |\n3 | deny[msg] {{\n  |           ^\nerror: expecting }}"
+            )
+        );
+
+        std::fs::write(&path, "package other\n\ndeny[\"x\"] { true }\n").unwrap();
+        assert_eq!(
+            err(&[(vars::RUN_INITIALIZATION_POLICY, p)]),
+            format!(
+                "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: the policy {p} is package other, \
+                 but an initialization policy must be `package spacelift`"
+            )
+        );
+    }
+
+    #[test]
+    fn missing_initialization_policy_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.rego");
+        let p = path.to_str().unwrap();
+        let e = err(&[(vars::RUN_INITIALIZATION_POLICY, p)]);
+        assert!(
+            e.starts_with(&format!(
+                "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: cannot read the policy file {p}: "
+            )),
             "{e}"
         );
-        assert!(e.contains("does not evaluate Rego"), "{e}");
-        assert!(e.contains("does not exist"), "{e}");
-        assert!(ENV_HELP.contains("NOT SUPPORTED"));
+        // Reported even before the credentials are looked at.
+        let e = load(&MapEnv::new([(vars::RUN_INITIALIZATION_POLICY, p)])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn private_vcs_mappings_are_paired_and_validated() {
+        let c = with(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_1", "gitlab-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_1",
+                "https://gitlab.internal:8443",
+            ),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "github-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+                "http://ghe.internal",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.settings.private_vcs_mappings,
+            [
+                PrivateVcsMapping {
+                    name: "github-pool".into(),
+                    base_endpoint: "http://ghe.internal".into(),
+                },
+                PrivateVcsMapping {
+                    name: "gitlab-pool".into(),
+                    base_endpoint: "https://gitlab.internal:8443".into(),
+                },
+            ]
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(with(&[]).unwrap().settings.private_vcs_mappings.is_empty());
+
+        assert_eq!(
+            err(&[("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "pool")]),
+            "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0: is set but \
+             SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0 is not"
+        );
+        assert_eq!(
+            err(&[(
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_3",
+                "https://vcs"
+            )]),
+            "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_3: is set but \
+             SPACELIFT_PRIVATEVCS_MAPPING_NAME_3 is not"
+        );
+        assert_eq!(
+            err(&[
+                ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "pool"),
+                (
+                    "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+                    "vcs.internal:443"
+                ),
+            ]),
+            "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0: expected a URL with a scheme, \
+             such as https://vcs.example.com, got \"vcs.internal:443\""
+        );
+        let e = err(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+                "user:t0ken@vcs",
+            ),
+        ]);
+        assert!(e.starts_with("SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0: expected a URL"));
+        assert!(!e.contains("t0ken"), "{e}");
+        assert_eq!(
+            err(&[("SPACELIFT_PRIVATEVCS_MAPPING_NAME_x", "pool")]),
+            "SPACELIFT_PRIVATEVCS_MAPPING_NAME_x: the suffix must be a number: _0, _1, ... \
+             (one per VCS-agent pool)"
+        );
+        // An empty value counts as unset.
+        assert!(with(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", ""),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0", " "),
+        ])
+        .unwrap()
+        .settings
+        .private_vcs_mappings
+        .is_empty());
+        // A gap is renumbered, with a warning.
+        let c = with(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_2", "pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_2",
+                "https://vcs",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.settings.private_vcs_mappings.len(), 1);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("as _0"), "{:?}", c.warnings);
     }
 
     #[test]
@@ -1258,6 +1521,8 @@ mod tests {
             vars::DEFAULT_RUNNER_IMAGE,
             vars::DEFAULT_ANSIBLE_RUNNER_IMAGE,
             vars::METADATA_PREFIX,
+            vars::PRIVATEVCS_NAME_PREFIX,
+            vars::PRIVATEVCS_ENDPOINT_PREFIX,
             vars::DOCKER_HOST,
             "HTTP_PROXY",
             "HTTPS_PROXY",

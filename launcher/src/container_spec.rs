@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use protocol::api::RunSpec;
 
+use crate::config::vars::{PRIVATEVCS_ENDPOINT_PREFIX, PRIVATEVCS_NAME_PREFIX};
 use crate::ports::{CachedBinary, ContainerSpec};
 use crate::settings::{MountScope, Settings};
 
@@ -53,7 +54,8 @@ pub fn build(
     let read_only = run.run_type.is_read_only();
 
     // Precedence, lowest first: the launcher's allow-listed env, the stack's own env (more
-    // specific), then the identity variables, so a run cannot impersonate another.
+    // specific), then the operator's private-VCS mappings (a stack cannot redirect its VCS
+    // traffic) and the identity variables, so a run cannot impersonate another.
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for p in &settings.passed_env {
         if applies(p.applies_to, read_only) {
@@ -62,6 +64,13 @@ pub fn build(
     }
     for (k, v) in &run.env {
         env.insert(k.clone(), v.clone());
+    }
+    for (i, m) in settings.private_vcs_mappings.iter().enumerate() {
+        env.insert(format!("{PRIVATEVCS_NAME_PREFIX}{i}"), m.name.clone());
+        env.insert(
+            format!("{PRIVATEVCS_ENDPOINT_PREFIX}{i}"),
+            m.base_endpoint.clone(),
+        );
     }
     env.insert("SPACELIFT_RUN_ULID".into(), run.run_ulid.clone());
     env.insert("SPACELIFT_WORKER_ULID".into(), ids.worker_ulid.clone());
@@ -103,7 +112,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{ExtraMount, PassedEnv};
+    use crate::settings::{ExtraMount, PassedEnv, PrivateVcsMapping};
     use protocol::api::RunType;
     use std::path::PathBuf;
 
@@ -229,5 +238,53 @@ mod tests {
             assert!(!spec.env.iter().any(|e| e.starts_with("WO_ONLY=")));
             assert_eq!(spec.binds[1..], ["/all:/mnt/all", "/ro:/mnt/ro"]);
         }
+    }
+
+    #[test]
+    fn private_vcs_mappings_reach_every_run_and_win_over_the_stack() {
+        let mut s = settings();
+        s.private_vcs_mappings = vec![
+            PrivateVcsMapping {
+                name: "github-pool".into(),
+                base_endpoint: "http://ghe.internal".into(),
+            },
+            PrivateVcsMapping {
+                name: "gitlab-pool".into(),
+                base_endpoint: "https://gitlab.internal:8443".into(),
+            },
+        ];
+        for t in [RunType::Proposed, RunType::Tracked, RunType::Task] {
+            let mut r = run(t);
+            r.env.insert(
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0".into(),
+                "http://attacker".into(),
+            );
+            let spec = build(&s, &r, "img:1", &binary(), &ids());
+            for want in [
+                "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0=github-pool",
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0=http://ghe.internal",
+                "SPACELIFT_PRIVATEVCS_MAPPING_NAME_1=gitlab-pool",
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_1=https://gitlab.internal:8443",
+            ] {
+                assert!(
+                    spec.env.contains(&want.to_string()),
+                    "{want}: {:?}",
+                    spec.env
+                );
+            }
+            assert!(!spec.env.iter().any(|e| e.contains("attacker")));
+        }
+        // None configured: none passed.
+        let spec = build(
+            &settings(),
+            &run(RunType::Tracked),
+            "img:1",
+            &binary(),
+            &ids(),
+        );
+        assert!(!spec
+            .env
+            .iter()
+            .any(|e| e.starts_with("SPACELIFT_PRIVATEVCS_")));
     }
 }

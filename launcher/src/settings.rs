@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::init_policy::InitPolicy;
 
 /// A bind mount from the Docker daemon's filesystem into run containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,15 @@ pub struct PassedEnv {
     pub name: String,
     pub value: String,
     pub applies_to: MountScope,
+}
+
+/// A `SPACELIFT_PRIVATEVCS_MAPPING_{NAME,BASE_ENDPOINT}_<n>` pair: a VCS-agent pool name
+/// and the URL the worker reaches it at directly. Passed to every run's worker, numbered
+/// from 0 in the order of the launcher's `<n>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateVcsMapping {
+    pub name: String,
+    pub base_endpoint: String,
 }
 
 /// Everything the run supervisor needs to know, independent of where it came from.
@@ -71,6 +83,11 @@ pub struct Settings {
     pub seed: u64,
     /// Optional `host:port` for `/metrics` and `/healthz` (`SPACELIFT_LAUNCHER_METRICS_ADDR`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`, compiled: evaluated before each run
+    /// starts (after the worker binary is ready, before the image is pulled).
+    pub init_policy: Option<Arc<InitPolicy>>,
+    /// `SPACELIFT_PRIVATEVCS_MAPPING_{NAME,BASE_ENDPOINT}_<n>`, ordered by `<n>`.
+    pub private_vcs_mappings: Vec<PrivateVcsMapping>,
 }
 
 impl Settings {
@@ -95,6 +112,8 @@ impl Settings {
             binary_cache_keep: 3,
             seed: 0,
             metrics_addr: None,
+            init_policy: None,
+            private_vcs_mappings: Vec::new(),
         }
     }
 }

@@ -122,6 +122,25 @@ impl ResolvesClientCert for PoolCert {
     }
 }
 
+/// TLS alerts by which a server says it does not accept our client certificate: the pool
+/// was reset, the key does not belong to the certificate, or the certificate comes from
+/// another CA (a CA of the same name but another key shows up as `DecryptError`).
+pub fn rejects_client_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::CertificateRequired
+            | A::UnknownCA
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,23 +177,4 @@ mod tests {
         // The token CA is always there; the system store adds to it where one exists.
         assert!(!with.is_empty());
     }
-}
-
-/// TLS alerts by which a server says it does not accept our client certificate: the pool
-/// was reset, the key does not belong to the certificate, or the certificate comes from
-/// another CA (a CA of the same name but another key shows up as `DecryptError`).
-pub fn rejects_client_certificate(alert: rustls::AlertDescription) -> bool {
-    use rustls::AlertDescription as A;
-    matches!(
-        alert,
-        A::BadCertificate
-            | A::CertificateRequired
-            | A::UnknownCA
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::AccessDenied
-            | A::DecryptError
-    )
 }

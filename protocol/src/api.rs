@@ -172,6 +172,8 @@ pub mod reason_codes {
     pub const CANCELED: &str = "canceled";
     pub const LAUNCHER_SHUTDOWN: &str = "launcher_shutdown";
     pub const LAUNCHER_RESTARTED: &str = "launcher_restarted";
+    /// The launcher's initialization policy denied the run (or could not be evaluated).
+    pub const INITIALIZATION_POLICY_DENIED: &str = "initialization_policy_denied";
     /// Set by the backend when a lease expires.
     pub const WORKER_LOST: &str = "worker_lost";
 }

@@ -1,6 +1,7 @@
 //! One run, from claim to removed container.
 //!
-//! claim -> (lease kept alive) -> `preparing` -> worker binary (pinned) -> image (pulled,
+//! claim -> (lease kept alive) -> `preparing` -> worker binary (pinned) -> initialization
+//! policy (if configured; a deny fails the run) -> image (pulled,
 //! platform checked) -> container created and started -> `running` -> output streamed
 //! while the logs-silence and run timeouts, cancel and lease loss are watched -> exit
 //! status -> terminal report -> container removed -> binary unpinned.
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::container_spec::{self, Ids};
+use crate::init_policy::{Decision, InitPolicy, PolicyInput};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
 use crate::outbox::{FatalTx, OutboxHandle, Report};
@@ -510,12 +512,64 @@ async fn prepare(ctx: &RunContext, spec: &RunSpec, log: &mut RunLog) -> Result<P
         .clone()
         .filter(|i| !i.trim().is_empty())
         .unwrap_or_else(|| ctx.settings.default_runner_image.clone());
+    // The policy needs the worker version, so it runs once the binary is ready; and it
+    // runs before the pull, so a denied image is never downloaded.
+    if let Some(policy) = &ctx.settings.init_policy {
+        check_init_policy(policy, spec, &image, &binary.version, log).await?;
+    }
     ensure_image(ctx, &image, log).await?;
     Ok(Prepared {
         binary,
         _pin: pin,
         image,
     })
+}
+
+/// Evaluates the initialization policy (off the async threads: it is CPU work, bounded by
+/// [`crate::init_policy::EVAL_LIMIT`]). A deny or an evaluation error fails the run.
+async fn check_init_policy(
+    policy: &Arc<InitPolicy>,
+    spec: &RunSpec,
+    image: &str,
+    worker_version: &str,
+    log: &mut RunLog,
+) -> Result<(), Abort> {
+    let input = PolicyInput::new(
+        &spec.run_ulid,
+        spec.run_type,
+        &spec.stack_id,
+        image,
+        worker_version,
+    );
+    let p = policy.clone();
+    let verdict = tokio::task::spawn_blocking(move || p.evaluate(&input))
+        .await
+        .unwrap_or_else(|e| Err(format!("the evaluation did not complete: {e}")));
+    let path = policy.path().display();
+    match verdict {
+        Ok(Decision::Allow) => {
+            tracing::info!(policy = %path, "initialization policy allows the run");
+            Ok(())
+        }
+        Ok(Decision::Deny(messages)) => {
+            for m in &messages {
+                log.launcher(&format!("Initialization policy: deny: {m}"));
+            }
+            Err(Failure::failed(
+                reason_codes::INITIALIZATION_POLICY_DENIED,
+                format!(
+                    "denied by the initialization policy {path}: {}",
+                    messages.join("; ")
+                ),
+            )
+            .into())
+        }
+        Err(e) => Err(Failure::failed(
+            reason_codes::INITIALIZATION_POLICY_DENIED,
+            format!("the initialization policy {path} could not be evaluated: {e}"),
+        )
+        .into()),
+    }
 }
 
 async fn fetch_binary(

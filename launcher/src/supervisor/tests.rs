@@ -434,6 +434,135 @@ async fn exec_format_error_after_start_is_an_architecture_mismatch() {
     );
 }
 
+fn init_policy(src: &str) -> Option<std::sync::Arc<crate::init_policy::InitPolicy>> {
+    let p =
+        crate::init_policy::InitPolicy::from_source(std::path::Path::new("/etc/init.rego"), src)
+            .expect("a valid policy");
+    Some(std::sync::Arc::new(p))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_initialization_policy_deny_fails_the_run_without_a_container() {
+    let mut h = Harness::new();
+    // Every input field the launcher provides is checked, so a wrong shape would allow R2.
+    h.settings.init_policy = init_policy(
+        r#"package spacelift
+
+deny[sprintf("image %s is not allowed", [input.docker_image])] {
+  not startswith(input.docker_image, "public.ecr.aws/spacelift/")
+}
+
+deny["no tasks on stack-R2 with worker 1.0.0"] {
+  input.run.id == "R2"
+  input.run.type == "TASK"
+  input.static_run_environment.run_ulid == "R2"
+  input.static_run_environment.run_type == "TASK"
+  input.static_run_environment.stack_slug == "stack-R2"
+  input.worker_version == "1.0.0"
+}
+"#,
+    );
+    h.backend.with(|s| {
+        let mut r1 = spec("R1");
+        r1.image = Some("evil/image:1".into());
+        s.specs.insert("R1".into(), r1);
+        let mut r2 = spec("R2");
+        r2.run_type = protocol::api::RunType::Task;
+        s.specs.insert("R2".into(), r2);
+    });
+    h.runtime.with(|s| {
+        s.registry.insert("evil/image:1".into(), image("amd64"));
+        s.default_behaviour = steady(1, secs(1), 0);
+    });
+    let mut r = h.start();
+
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, exit) = reason(&h, "R1");
+    assert_eq!(
+        (state, code.as_str(), exit),
+        (Failed, reason_codes::INITIALIZATION_POLICY_DENIED, None)
+    );
+    assert_eq!(
+        msg,
+        "denied by the initialization policy /etc/init.rego: image evil/image:1 is not allowed"
+    );
+    assert_eq!(h.backend.states("R1"), [Preparing, Failed]);
+    assert!(h
+        .backend
+        .log_texts("R1")
+        .contains(&"Initialization policy: deny: image evil/image:1 is not allowed".to_string()));
+
+    r.schedule("R2").await;
+    until_terminal(&h, "R2").await;
+    let (state, code, msg, _) = reason(&h, "R2");
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::INITIALIZATION_POLICY_DENIED)
+    );
+    assert!(
+        msg.ends_with(": no tasks on stack-R2 with worker 1.0.0"),
+        "{msg}"
+    );
+
+    // Denied runs pull nothing and create nothing.
+    let calls = h.runtime.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("pull")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("create")), "{calls:?}");
+
+    // An allowed run (the default image, a tracked run) runs normally.
+    r.schedule("R3").await;
+    until_terminal(&h, "R3").await;
+    assert_eq!(h.backend.states("R3"), [Preparing, Running, Finished]);
+    assert!(h
+        .runtime
+        .calls()
+        .contains(&"create spacelift-r3".to_string()));
+    until_no_containers(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_initialization_policy_that_allows_runs_normally() {
+    let mut h = Harness::new();
+    h.settings.init_policy = init_policy(
+        "package spacelift\n\ndeny contains \"never\" if { input.run.type == \"DESTROY\" }\n",
+    );
+    h.runtime
+        .with(|s| s.default_behaviour = steady(2, secs(1), 0));
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+    assert_eq!(h.backend.log_texts("R1"), ["line 0", "line 1"]);
+    until_no_containers(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_initialization_policy_error_fails_the_run() {
+    let mut h = Harness::new();
+    // Two complete definitions of `v` that disagree for this input: an evaluation error.
+    h.settings.init_policy = init_policy(
+        r#"package spacelift
+deny[m] { m := sprintf("v=%v", [v]) }
+v = 1 { input.static_run_environment.stack_slug == "stack-R1" }
+v = 2 { input.static_run_environment.stack_slug == "stack-R1" }
+"#,
+    );
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let (state, code, msg, _) = reason(&h, "R1");
+    assert_eq!(
+        (state, code.as_str()),
+        (Failed, reason_codes::INITIALIZATION_POLICY_DENIED)
+    );
+    assert!(
+        msg.starts_with("the initialization policy /etc/init.rego could not be evaluated: "),
+        "{msg}"
+    );
+    assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
+}
+
 #[tokio::test(start_paused = true)]
 async fn out_of_memory_is_reported_as_such() {
     let h = Harness::new();
