@@ -193,10 +193,10 @@ impl World {
         let config = match launcher::config::load(&env) {
             Ok(c) => c,
             Err(e) => {
-                // The real binary exits non-zero with this message before connecting.
+                // The real binary exits 2 with this message before connecting.
                 let l = self.launchers.get_mut(name).expect("known launcher");
                 l.exits.push(NodeExit::Exited {
-                    code: 1,
+                    code: 2,
                     error: Some(e.to_string()),
                 });
                 return Ok(());
