@@ -31,6 +31,7 @@ const REAL_ARM64_IMAGE: &str = "busybox-arm64:latest";
 const FAKE_ARM64_IMAGE: &str = "sandbox/arm64-only:latest";
 
 const CAPACITY: u32 = 2;
+/// Short, so a run whose launcher dies during the demo is failed (worker lost) quickly.
 const LEASE_TTL: Duration = Duration::from_secs(6);
 /// Generous bounds: the demo takes a few seconds; these only stop a hang.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);

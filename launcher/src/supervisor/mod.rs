@@ -13,8 +13,10 @@
 //!
 //! Slots are taken when a `run.scheduled` is accepted (before the claim) and given back
 //! when the run's container is removed, so no more than N containers ever exist.
-//! A `run.scheduled` arriving when full is ignored (not claimed, not remembered), so the
-//! backend can give the run to another worker, or to this one later.
+//! A `run.scheduled` arriving when full is deferred: claimed, in order, when a slot frees.
+//! The backend frees a slot as soon as it records a run's terminal state, so it can offer
+//! the next run a moment before this side has removed the finished container; if the
+//! backend gives the run to another worker meanwhile, the claim here is refused (409).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,6 +37,9 @@ use crate::outbox::{self, FatalTx, OutboxDeps, OutboxHandle, Report};
 use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerStatus};
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
+
+/// Offers kept while every slot is busy (beyond this, offers are turned down).
+const MAX_DEFERRED: usize = 64;
 
 /// Run ULIDs remembered for dedupe. A run.scheduled older than this many runs is far past
 /// any redelivery window, and its claim would be refused anyway.
@@ -142,6 +147,7 @@ impl Supervisor {
             connected_once: false,
             notes_tx,
             seen: SeenRuns::new(SEEN_RUNS),
+            deferred: VecDeque::new(),
             active: HashMap::new(),
             run_ids: HashMap::new(),
             runs: JoinSet::new(),
@@ -220,6 +226,11 @@ struct Loop {
     connected_once: bool,
     notes_tx: mpsc::UnboundedSender<String>,
     seen: SeenRuns,
+    /// Runs offered while every slot was busy, claimed in order as slots free. The backend
+    /// frees a slot when it records a terminal state and may offer the next run before this
+    /// side has removed the finished run's container; turning such offers down would leave
+    /// the run waiting a whole offer period for nothing.
+    deferred: VecDeque<String>,
     /// Runs holding a slot, with the way to stop them.
     active: HashMap<String, watch::Sender<Option<StopRequest>>>,
     run_ids: HashMap<Id, String>,
@@ -401,8 +412,13 @@ impl Loop {
                 } else if self.draining() {
                     tracing::info!(%run_ulid, "draining: not taking the run");
                 } else if self.active.len() >= self.capacity {
-                    tracing::warn!(%run_ulid, capacity = self.capacity,
-                        "run.scheduled while every slot is busy: not claiming it, so the backend can re-route it");
+                    if !self.deferred.contains(&run_ulid) && self.deferred.len() < MAX_DEFERRED {
+                        tracing::info!(%run_ulid, capacity = self.capacity,
+                            "run.scheduled while every slot is busy: claiming it when one frees");
+                        self.deferred.push_back(run_ulid);
+                    } else {
+                        tracing::warn!(%run_ulid, "run.scheduled while every slot is busy and the deferred queue is full: not claiming it");
+                    }
                 } else {
                     self.seen.insert(&run_ulid);
                     self.start_run(run_ulid);
@@ -496,10 +512,30 @@ impl Loop {
         }
         self.ctx.metrics.run_ended(end.outcome());
         self.active.remove(&run_ulid);
+        self.start_deferred();
         if !self.outbox_ids.values().any(|r| *r == run_ulid) {
             self.held.remove(&run_ulid);
         }
         self.publish();
+    }
+
+    /// Claims deferred offers while slots are free. A run the backend has meanwhile given
+    /// to another worker is refused at the claim (409) and never started.
+    fn start_deferred(&mut self) {
+        if self.draining() {
+            self.deferred.clear();
+            return;
+        }
+        while self.active.len() < self.capacity {
+            let Some(run_ulid) = self.deferred.pop_front() else {
+                break;
+            };
+            if self.seen.contains(&run_ulid) {
+                continue;
+            }
+            self.seen.insert(&run_ulid);
+            self.start_run(run_ulid);
+        }
     }
 
     fn on_outbox_end(&mut self, ended: Result<(Id, String), tokio::task::JoinError>) {

@@ -199,7 +199,7 @@ async fn transient_claim_failures_are_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn capacity_is_never_exceeded_and_overflow_is_not_claimed() {
+async fn capacity_is_never_exceeded_and_overflow_waits_for_a_slot() {
     let mut h = Harness::new();
     h.settings.capacity = 2;
     h.runtime
@@ -208,18 +208,17 @@ async fn capacity_is_never_exceeded_and_overflow_is_not_claimed() {
     for run in ["R1", "R2", "R3", "R4"] {
         r.schedule(run).await;
     }
-    until_terminal(&h, "R1").await;
-    until_terminal(&h, "R2").await;
-    assert_eq!(h.backend.claims(), ["R1", "R2"]);
-    until_no_containers(&h).await;
-    r.status_until("idle", |s| s.runs.is_empty()).await;
-    // Overflow was not remembered as seen: offered again, it is taken.
-    r.schedule("R3").await;
-    r.schedule("R4").await;
-    until_terminal(&h, "R3").await;
-    until_terminal(&h, "R4").await;
+    // R3 and R4 arrive while both slots are busy: they are claimed, in order, as slots free.
+    for run in ["R1", "R2", "R3", "R4"] {
+        until_terminal(&h, run).await;
+    }
     assert_eq!(h.backend.claims(), ["R1", "R2", "R3", "R4"]);
     assert_eq!(h.runtime.with(|s| s.max_running), 2);
+    until_no_containers(&h).await;
+    // A late re-offer of a run already taken is not claimed again.
+    r.schedule("R3").await;
+    r.status_until("idle", |s| s.runs.is_empty()).await;
+    assert_eq!(h.backend.claims(), ["R1", "R2", "R3", "R4"]);
 }
 
 #[tokio::test(start_paused = true)]
