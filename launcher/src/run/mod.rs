@@ -661,8 +661,8 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
             return Err(Failure::failed(
                 reason_codes::ARCHITECTURE_MISMATCH,
                 format!(
-                    "image {image} is {os}/{image_arch} but the Docker daemon is linux/{}; use a \
-                     {} or multi-arch image",
+                    "image {image} is {os}/{image_arch} but the Docker daemon is linux/{}; use an \
+                     image built for linux/{} or a multi-arch one",
                     ctx.arch, ctx.arch
                 ),
             )
@@ -693,7 +693,7 @@ async fn pull(
                 reason_codes::ARCHITECTURE_MISMATCH,
                 format!(
                     "image {image} has no {platform} variant, the Docker daemon's platform ({err}); \
-                     use a {} or multi-arch image",
+                     use an image built for linux/{} or a multi-arch one",
                     ctx.arch
                 ),
             )
@@ -752,8 +752,8 @@ fn arch_mismatch_after_start(image: &str, arch: Arch, detail: &str) -> Failure {
         reason_codes::ARCHITECTURE_MISMATCH,
         format!(
             "the run's container could not execute a program ({detail}): image {image} is \
-             probably not built for linux/{arch}, the Docker daemon's platform; use a {arch} \
-             or multi-arch image"
+             probably not built for linux/{arch}, the Docker daemon's platform; use an image \
+             built for linux/{arch} or a multi-arch one"
         ),
     )
 }
