@@ -13,6 +13,11 @@ use crate::outbox::{OutboxHandle, Report};
 
 pub const BATCH_LINES: usize = 100;
 pub const BATCH_DELAY: Duration = Duration::from_millis(200);
+/// Longer lines are sent as several lines, in order, so no batch can outgrow what the
+/// backend accepts (1 MiB for the fake) and nothing is cut off.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// A batch is sent once its text reaches this size, whatever its line count.
+pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Wall-clock time for the stdout `ts` field only (never for timing decisions).
 pub trait WallClock: Send + Sync {
@@ -67,6 +72,7 @@ pub(crate) struct RunLog {
     stack_id: String,
     next_seq: u64,
     batch: Vec<LogLine>,
+    batch_bytes: usize,
     flush_at: Option<Instant>,
     outbox: OutboxHandle,
     masker: Masker,
@@ -86,6 +92,7 @@ impl RunLog {
             stack_id: stack_id.to_string(),
             next_seq: 0,
             batch: Vec::new(),
+            batch_bytes: 0,
             flush_at: None,
             outbox,
             masker,
@@ -110,13 +117,16 @@ impl RunLog {
             });
             out.sink.write_line(&line.to_string());
         }
-        self.batch.push(LogLine {
-            seq: self.next_seq,
-            stream,
-            text: masked.into_owned(),
-        });
-        self.next_seq += 1;
-        if self.batch.len() >= BATCH_LINES {
+        for piece in split_line(&masked, MAX_LINE_BYTES) {
+            self.batch_bytes += piece.len();
+            self.batch.push(LogLine {
+                seq: self.next_seq,
+                stream,
+                text: piece.to_string(),
+            });
+            self.next_seq += 1;
+        }
+        if self.batch.len() >= BATCH_LINES || self.batch_bytes >= BATCH_BYTES {
             self.flush();
         } else if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + BATCH_DELAY);
@@ -125,6 +135,7 @@ impl RunLog {
 
     pub fn flush(&mut self) {
         self.flush_at = None;
+        self.batch_bytes = 0;
         if !self.batch.is_empty() {
             self.outbox
                 .push(Report::Logs(std::mem::take(&mut self.batch)));
@@ -137,5 +148,39 @@ impl RunLog {
             Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending().await,
         }
+    }
+}
+
+/// Splits `text` into pieces of at most `max` bytes, on character boundaries.
+fn split_line(text: &str, max: usize) -> Vec<&str> {
+    if text.len() <= max {
+        return vec![text];
+    }
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_split_in_order_on_char_boundaries() {
+        let line = "é".repeat(100_000); // 200,000 bytes
+        let pieces = split_line(&line, MAX_LINE_BYTES);
+        assert_eq!(pieces.len(), 4);
+        assert!(pieces.iter().all(|p| p.len() <= MAX_LINE_BYTES));
+        assert_eq!(pieces.concat(), line);
+        assert_eq!(split_line("short", MAX_LINE_BYTES), ["short"]);
+        assert_eq!(split_line("", MAX_LINE_BYTES), [""]);
     }
 }

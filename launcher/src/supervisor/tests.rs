@@ -1239,3 +1239,27 @@ mod random_faults {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
+    let h = Harness::new();
+    let huge = "x".repeat(3 * crate::run::log::MAX_LINE_BYTES + 10);
+    h.runtime.with(|s| {
+        s.default_behaviour = Behaviour {
+            lines: vec![(Duration::ZERO, huge.clone()); 5],
+            exit_code: 0,
+            ..Default::default()
+        }
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_terminal(&h, "R1").await;
+    let texts = h.backend.log_texts("R1");
+    // 5 lines of 3 pieces and a bit: 20 pieces, in order, nothing lost.
+    assert_eq!(texts.len(), 20);
+    assert_eq!(texts.concat(), huge.repeat(5));
+    assert!(texts
+        .iter()
+        .all(|t| t.len() <= crate::run::log::MAX_LINE_BYTES));
+    assert_eq!(h.backend.log_seqs("R1"), (0..20).collect::<Vec<u64>>());
+}
