@@ -734,6 +734,21 @@ mod tests {
         }
     }
 
+    /// A session for worker W1 whose status starts idle; the status sender comes back too.
+    fn start_session(
+        cfg: MqttConfig,
+        heartbeat: Duration,
+    ) -> (
+        watch::Sender<WorkerStatus>,
+        MqttSession,
+        mpsc::Receiver<BackendEvent>,
+    ) {
+        let (status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
+        let (session, events) =
+            MqttSession::start_with(cfg, POOL, "W1", heartbeat, status_rx, 7).unwrap();
+        (status_tx, session, events)
+    }
+
     fn status(state: WorkerState, runs: &[&str]) -> WorkerStatus {
         WorkerStatus {
             state,
@@ -749,16 +764,8 @@ mod tests {
             return;
         };
         let mut obs = Observer::start(&pool, broker.port, "W1").await;
-        let (status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (status_tx, session, mut events) =
+            start_session(config(&pool, broker.port, &pool), Duration::from_secs(3600));
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         let h = obs.next_heartbeat().await;
         assert_eq!((h.seq, h.state, h.capacity), (0, WorkerState::Idle, 2));
@@ -800,16 +807,10 @@ mod tests {
             return;
         };
         let mut obs = Observer::start(&pool, broker.port, "W1").await;
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
+        let (_status_tx, session, mut events) = start_session(
             config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
             Duration::from_millis(100),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        );
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         let seqs: Vec<u64> = [
             obs.next_heartbeat().await.seq,
@@ -828,16 +829,8 @@ mod tests {
             return;
         };
         let mut obs = Observer::start(&pool, broker.port, "W1").await;
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (_status_tx, session, mut events) =
+            start_session(config(&pool, broker.port, &pool), Duration::from_secs(3600));
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         obs.next_heartbeat().await;
         session.abort().await;
@@ -857,16 +850,8 @@ mod tests {
             return;
         };
         let mut obs = Observer::start(&pool, broker.port, "W1").await;
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (_status_tx, session, mut events) =
+            start_session(config(&pool, broker.port, &pool), Duration::from_secs(3600));
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         obs.next_heartbeat().await;
         session.shutdown().await;
@@ -907,17 +892,11 @@ mod tests {
         let Some(broker) = Broker::start(&pool, None).await else {
             return;
         };
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
         // The stranger trusts the broker, but the broker does not trust the stranger.
-        let (session, mut events) = MqttSession::start_with(
+        let (_status_tx, session, mut events) = start_session(
             config(&stranger, broker.port, &pool),
-            POOL,
-            "W1",
             Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        );
         match events.recv().await.unwrap() {
             BackendEvent::Disconnected(m) => assert!(m.starts_with("fatal: "), "{m}"),
             other => panic!("{other:?}"),
@@ -935,16 +914,8 @@ mod tests {
         let Some(broker) = Broker::start(&other, None).await else {
             return;
         };
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (_status_tx, session, mut events) =
+            start_session(config(&pool, broker.port, &pool), Duration::from_secs(3600));
         assert!(
             matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(m) if m.starts_with("fatal: "))
         );
@@ -958,16 +929,8 @@ mod tests {
         let Some(broker) = Broker::start(&pool, None).await else {
             return;
         };
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, broker.port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (_status_tx, session, mut events) =
+            start_session(config(&pool, broker.port, &pool), Duration::from_secs(3600));
         assert_eq!(events.recv().await.unwrap(), BackendEvent::Connected);
         let broker = broker.restart().await;
         assert!(matches!(
@@ -996,16 +959,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let (_status_tx, status_rx) = watch::channel(status(WorkerState::Idle, &[]));
-        let (session, mut events) = MqttSession::start_with(
-            config(&pool, port, &pool),
-            POOL,
-            "W1",
-            Duration::from_secs(3600),
-            status_rx,
-            7,
-        )
-        .unwrap();
+        let (_status_tx, session, mut events) =
+            start_session(config(&pool, port, &pool), Duration::from_secs(3600));
         assert!(matches!(
             events.recv().await.unwrap(),
             BackendEvent::Disconnected(_)
