@@ -233,8 +233,17 @@ impl FakeBackend {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        // Tokens already handed out name the last endpoints: a restart asked to pick any
+        // port (port 0) takes the recorded one again, so those tokens keep working.
+        let recorded = core.read(|s| s.endpoints.clone());
+        let https_bind = reuse_port(config.https_bind, recorded.as_ref().map(|e| e.api.as_str()));
+        let mqtt_bind = reuse_port(
+            config.mqtt_bind,
+            recorded.as_ref().map(|e| e.broker.as_str()),
+        );
+
         let server = core.pki.generate_server(&[])?;
-        let https_listener = bind("HTTPS API", config.https_bind).await?;
+        let https_listener = bind("HTTPS API", https_bind).await?;
         let https_addr = https_listener
             .local_addr()
             .map_err(|e| BackendError::io("local address of", dir, e))?;
@@ -253,7 +262,7 @@ impl FakeBackend {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<(String, Bytes)>();
         let (bus, broker, mqtt_addr, broker_endpoint) = match &config.broker {
             BrokerMode::Embedded => {
-                let listener = bind("MQTT broker", config.mqtt_bind).await?;
+                let listener = bind("MQTT broker", mqtt_bind).await?;
                 let addr = listener
                     .local_addr()
                     .map_err(|e| BackendError::io("local address of", dir, e))?;
@@ -373,6 +382,21 @@ impl FakeBackend {
             "generation": core.read(|s| s.generation),
         })));
         Ok(handle)
+    }
+}
+
+/// `bind` itself, unless it asks for any port (0) on the same IP a recorded endpoint
+/// (`scheme://ip:port`) names: then that endpoint's port.
+fn reuse_port(bind: SocketAddr, recorded: Option<&str>) -> SocketAddr {
+    if bind.port() != 0 {
+        return bind;
+    }
+    let recorded = recorded
+        .and_then(|e| e.split_once("://"))
+        .and_then(|(_, rest)| rest.trim_end_matches('/').parse::<SocketAddr>().ok());
+    match recorded {
+        Some(addr) if addr.ip() == bind.ip() => addr,
+        _ => bind,
     }
 }
 
@@ -692,5 +716,21 @@ pub(crate) fn make_token(endpoints: &Endpoints, pool: &str, cert: String, ca: &s
         certificate: cert,
         ca_certificate: Some(ca.to_string()),
         topic_namespace: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reuse_port;
+
+    #[test]
+    fn any_port_takes_the_recorded_one_on_the_same_ip() {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let fixed = "127.0.0.1:9000".parse().unwrap();
+        let rec = Some("https://127.0.0.1:8443");
+        assert_eq!(reuse_port(any, rec), "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(reuse_port(fixed, rec), fixed);
+        assert_eq!(reuse_port(any, Some("mqtts://10.0.0.1:1984")), any);
+        assert_eq!(reuse_port(any, None), any);
     }
 }

@@ -262,12 +262,8 @@ impl World {
 
     /// Restarts the backend from its data dir, on the same ports.
     pub async fn restart_backend(&mut self) -> Result<(), ScenarioError> {
+        // The backend comes back on the ports its tokens name (it reuses recorded ports).
         if let Some(b) = self.backend.take() {
-            // Tokens name the endpoints: a restarted backend must come back on the same ports.
-            if let Some(mqtt) = b.mqtt_addr() {
-                self.backend_config.mqtt_bind = mqtt;
-            }
-            self.backend_config.https_bind = b.https_addr();
             b.shutdown().await;
         }
         let b = FakeBackend::start(self.backend_config.clone())
