@@ -4,7 +4,7 @@
 //! made under one lock, recorded as events, persisted, and its outgoing MQTT messages
 //! queued in order for the outbox.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -113,6 +113,8 @@ pub(crate) struct Tx<'a> {
     w: &'a mut World,
     out: Vec<Outbound>,
     dirty: bool,
+    /// Runs changed in this transaction: only their files are rewritten.
+    touched: BTreeSet<String>,
 }
 
 impl<'a> Tx<'a> {
@@ -135,6 +137,13 @@ impl<'a> Tx<'a> {
     pub(crate) fn set_endpoints(&mut self, e: crate::store::Endpoints) {
         self.w.state.endpoints = Some(e);
         self.dirty = true;
+    }
+
+    /// A run to change; marks it for saving.
+    fn run_mut(&mut self, run_id: &str) -> Option<&mut Run> {
+        let run = self.w.state.runs.get_mut(run_id)?;
+        self.touched.insert(run_id.to_string());
+        Some(run)
     }
 
     fn message_id(&mut self) -> String {
@@ -200,7 +209,7 @@ impl<'a> Tx<'a> {
     }
 
     fn offer(&mut self, run_id: &str, pool: &str, worker: &str) {
-        if let Some(run) = self.w.state.runs.get_mut(run_id) {
+        if let Some(run) = self.run_mut(run_id) {
             run.offered_to = Some(worker.to_string());
         }
         self.w.offers.insert(
@@ -232,12 +241,13 @@ impl<'a> Tx<'a> {
             if run.state == RunState::Scheduled && run.offered_to.as_deref() == Some(worker) {
                 run.offered_to = None;
                 self.w.offers.remove(id);
+                self.touched.insert(id.clone());
             }
         }
     }
 
     fn set_state(&mut self, run_id: &str, to: RunState, by: &str) {
-        let Some(run) = self.w.state.runs.get_mut(run_id) else {
+        let Some(run) = self.run_mut(run_id) else {
             return;
         };
         let from = run.state;
@@ -280,7 +290,7 @@ impl<'a> Tx<'a> {
         };
         for run_id in due(&self.w.leases) {
             self.w.leases.remove(&run_id);
-            let Some(run) = self.w.state.runs.get_mut(&run_id) else {
+            let Some(run) = self.run_mut(&run_id) else {
                 continue;
             };
             if run.state.is_terminal() || run.state == RunState::Scheduled {
@@ -301,7 +311,7 @@ impl<'a> Tx<'a> {
         }
         for run_id in due(&self.w.offers) {
             self.w.offers.remove(&run_id);
-            let Some(run) = self.w.state.runs.get_mut(&run_id) else {
+            let Some(run) = self.run_mut(&run_id) else {
                 continue;
             };
             if run.state != RunState::Scheduled {
@@ -429,11 +439,13 @@ impl Core {
             w: &mut guard,
             out: Vec::new(),
             dirty: notify,
+            touched: BTreeSet::new(),
         };
         let r = f(&mut tx);
         let (out, dirty) = (std::mem::take(&mut tx.out), tx.dirty);
-        if dirty {
-            if let Err(e) = self.store.save(&guard.state) {
+        let touched = std::mem::take(&mut tx.touched);
+        if dirty || !touched.is_empty() {
+            if let Err(e) = self.store.save(&guard.state, &touched) {
                 tracing::error!("saving state: {e}");
             }
         }
@@ -697,7 +709,7 @@ impl Core {
             }
             let repeat = state != RunState::Scheduled;
             tx.w.leases.insert(run_id.to_string(), Instant::now() + ttl);
-            let run = tx.w.state.runs.get_mut(run_id).expect("checked");
+            let run = tx.run_mut(run_id).expect("checked");
             run.worker = Some(worker.to_string());
             run.offered_to = None;
             let spec = run.spec.clone();
@@ -807,7 +819,7 @@ impl Core {
                     Ok(TransitionResponse { state: current })
                 }
                 Ok(protocol::run_state::Transition::Changed) => {
-                    let run = tx.w.state.runs.get_mut(run_id).expect("checked");
+                    let run = tx.run_mut(run_id).expect("checked");
                     if req.exit_code.is_some() {
                         run.exit_code = req.exit_code;
                     }
@@ -837,7 +849,7 @@ impl Core {
             let worker = batch.worker_ulid.clone();
             Core::check_worker(&tx.w.state, pool, &worker)?;
             Core::check_run(&tx.w.state, pool, run_id)?;
-            let run = tx.w.state.runs.get_mut(run_id).expect("checked");
+            let run = tx.run_mut(run_id).expect("checked");
             if run.worker.as_deref() != Some(worker.as_str()) {
                 let state = run.state;
                 return Err(ApiError::conflict(
@@ -906,6 +918,7 @@ impl Core {
                 image: req.image.clone(),
                 env: req.env.clone(),
             };
+            tx.touched.insert(id.clone());
             tx.w.state.runs.insert(
                 id.clone(),
                 Run {
@@ -957,7 +970,7 @@ impl Core {
                     .run(run_id)
                     .data(json!({ "state": state, "reason": reason })),
             );
-            let run = tx.w.state.runs.get_mut(run_id).expect("checked");
+            let run = tx.run_mut(run_id).expect("checked");
             match state {
                 RunState::Scheduled => {
                     run.offered_to = None;

@@ -1,6 +1,8 @@
-//! Persistent state: `state.json` in the data dir, rewritten atomically (temp file +
-//! rename) after every change, so a restarted backend keeps pools, workers, runs, logs and
-//! published binaries. Binary bytes live in `binaries/<sha256>`; events in `events.jsonl`.
+//! Persistent state, so a restarted backend keeps pools, workers, runs, logs and published
+//! binaries. Each file is rewritten atomically (temp file + rename): `state.json` holds
+//! everything but the runs, `runs/<ulid>.json` one run with its logs (rewritten only when
+//! that run changes, so the cost of a change does not grow with the number of runs),
+//! `binaries/<sha256>` the binary bytes; events go to `events.jsonl`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -112,8 +114,9 @@ pub struct State {
     pub pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub workers: BTreeMap<String, Worker>,
-    /// Keyed by run ULID; ULIDs sort by creation, which is the queue order.
-    #[serde(default)]
+    /// Keyed by run ULID; ULIDs sort by creation, which is the queue order. Stored one
+    /// file per run; read from `state.json` only when an older data dir has them there.
+    #[serde(default, skip_serializing)]
     pub runs: BTreeMap<String, Run>,
     /// In publish order; the last one per arch is the latest.
     #[serde(default)]
@@ -136,8 +139,10 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir.join("binaries"))
-            .map_err(|e| BackendError::io("creating", dir, e))?;
+        for sub in ["binaries", "runs"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| BackendError::io("creating", dir, e))?;
+        }
         Ok(Store {
             dir: dir.to_path_buf(),
         })
@@ -147,19 +152,66 @@ impl Store {
         self.dir.join("state.json")
     }
 
-    pub fn load(&self) -> Result<State> {
-        let path = self.state_path();
-        if !path.exists() {
-            return Ok(State::default());
-        }
-        let bytes = std::fs::read(&path).map_err(|e| BackendError::io("reading", &path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| BackendError::Store {
-            path,
-            message: e.to_string(),
-        })
+    fn runs_dir(&self) -> PathBuf {
+        self.dir.join("runs")
     }
 
-    pub fn save(&self, state: &State) -> Result<()> {
+    fn run_path(&self, ulid: &str) -> PathBuf {
+        self.runs_dir().join(format!("{ulid}.json"))
+    }
+
+    pub fn load(&self) -> Result<State> {
+        let path = self.state_path();
+        let mut state: State = if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| BackendError::io("reading", &path, e))?;
+            serde_json::from_slice(&bytes).map_err(|e| BackendError::Store {
+                path,
+                message: e.to_string(),
+            })?
+        } else {
+            State::default()
+        };
+        // Runs an older version kept inside state.json move to their own files.
+        let legacy: Vec<String> = state.runs.keys().cloned().collect();
+        let dir = self.runs_dir();
+        let entries = std::fs::read_dir(&dir).map_err(|e| BackendError::io("reading", &dir, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| BackendError::io("reading", &dir, e))?
+                .path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue; // a temp file left by a crash mid-write
+            }
+            let bytes = std::fs::read(&path).map_err(|e| BackendError::io("reading", &path, e))?;
+            let run: Run = serde_json::from_slice(&bytes).map_err(|e| BackendError::Store {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            state.runs.insert(run.spec.run_ulid.clone(), run);
+        }
+        if !legacy.is_empty() {
+            self.save(&state, legacy.iter())?;
+        }
+        Ok(state)
+    }
+
+    /// Writes the runs named in `touched`, then `state.json`.
+    pub fn save<'a>(
+        &self,
+        state: &State,
+        touched: impl IntoIterator<Item = &'a String>,
+    ) -> Result<()> {
+        for ulid in touched {
+            let Some(run) = state.runs.get(ulid) else {
+                continue;
+            };
+            let path = self.run_path(ulid);
+            let bytes = serde_json::to_vec(run).map_err(|e| BackendError::Store {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            write_atomic(&path, &bytes)?;
+        }
         let bytes = serde_json::to_vec(state).map_err(|e| BackendError::Store {
             path: self.state_path(),
             message: e.to_string(),
@@ -182,5 +234,85 @@ impl Store {
     pub fn read_binary(&self, sha256: &str) -> Result<Vec<u8>> {
         let path = self.binary_path(sha256);
         std::fs::read(&path).map_err(|e| BackendError::io("reading", &path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::api::{LogStream, RunType};
+
+    fn run(ulid: &str) -> Run {
+        Run {
+            spec: RunSpec {
+                run_ulid: ulid.to_string(),
+                stack_id: "stack".to_string(),
+                run_type: RunType::Tracked,
+                image: None,
+                env: BTreeMap::new(),
+            },
+            pool: "pool".to_string(),
+            state: RunState::Scheduled,
+            worker: None,
+            offered_to: None,
+            exit_code: None,
+            reason: None,
+            worker_version: None,
+            history: vec![RunState::Scheduled],
+            logs: Vec::new(),
+            cancel_requested: false,
+        }
+    }
+
+    #[test]
+    fn only_touched_runs_are_rewritten_and_all_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = State::default();
+        let (a, b) = ("01A".to_string(), "01B".to_string());
+        state.runs.insert(a.clone(), run(&a));
+        state.runs.insert(b.clone(), run(&b));
+        store.save(&state, [&a, &b]).unwrap();
+
+        // Change both in memory, save only `a`: `b` on disk keeps its last saved form.
+        for r in state.runs.values_mut() {
+            r.logs.push(LogLine {
+                seq: 0,
+                stream: LogStream::Stdout,
+                text: "hi".to_string(),
+            });
+        }
+        store.save(&state, [&a]).unwrap();
+        let state_json = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(!state_json.contains("\"runs\""), "{state_json}");
+
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.runs.len(), 2);
+        assert_eq!(loaded.runs[&a].logs.len(), 1);
+        assert_eq!(loaded.runs[&b].logs.len(), 0);
+    }
+
+    #[test]
+    fn runs_kept_in_an_older_state_json_move_to_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let legacy = serde_json::json!({ "generation": 3, "runs": { "01A": run("01A") } });
+        std::fs::write(dir.path().join("state.json"), legacy.to_string()).unwrap();
+
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.generation, 3);
+        assert!(loaded.runs.contains_key("01A"));
+        assert!(dir.path().join("runs/01A.json").exists());
+        let again = store.load().unwrap();
+        assert!(again.runs.contains_key("01A"));
+    }
+
+    #[test]
+    fn a_corrupt_run_file_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("runs/01BAD.json"), b"{not json").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("01BAD.json"), "{err}");
     }
 }
