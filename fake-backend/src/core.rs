@@ -92,6 +92,9 @@ pub(crate) struct World {
     leases: HashMap<String, Instant>,
     offers: HashMap<String, Instant>,
     heartbeats: HashMap<String, Instant>,
+    /// Runs not yet terminal: what scheduling looks at, so its cost does not grow with
+    /// the number of runs ever made. Derived from `state`, never persisted.
+    active: BTreeSet<String>,
 }
 
 pub(crate) struct Core {
@@ -150,11 +153,17 @@ impl<'a> Tx<'a> {
         self.new_id()
     }
 
-    fn held(&self, worker: &str) -> usize {
+    /// The runs not yet terminal.
+    fn active_runs(&self) -> impl Iterator<Item = (&String, &Run)> {
         self.w
-            .state
-            .runs
-            .values()
+            .active
+            .iter()
+            .filter_map(|id| self.w.state.runs.get_key_value(id))
+    }
+
+    fn held(&self, worker: &str) -> usize {
+        self.active_runs()
+            .map(|(_, r)| r)
             .filter(|r| {
                 r.worker.as_deref() == Some(worker)
                     && !r.state.is_terminal()
@@ -164,10 +173,8 @@ impl<'a> Tx<'a> {
     }
 
     fn offered(&self, worker: &str) -> usize {
-        self.w
-            .state
-            .runs
-            .values()
+        self.active_runs()
+            .map(|(_, r)| r)
             .filter(|r| r.state == RunState::Scheduled && r.offered_to.as_deref() == Some(worker))
             .count()
     }
@@ -176,10 +183,7 @@ impl<'a> Tx<'a> {
     /// capacity; idle workers first, newest first (as Spacelift schedules).
     pub(crate) fn dispatch(&mut self) {
         let queued: Vec<String> = self
-            .w
-            .state
-            .runs
-            .iter()
+            .active_runs()
             .filter(|(_, r)| r.state == RunState::Scheduled && r.offered_to.is_none())
             .map(|(id, _)| id.clone())
             .collect();
@@ -237,7 +241,10 @@ impl<'a> Tx<'a> {
 
     /// Withdraws unclaimed offers made to `worker` so they can go elsewhere.
     fn withdraw_offers(&mut self, worker: &str) {
-        for (id, run) in self.w.state.runs.iter_mut() {
+        for id in &self.w.active {
+            let Some(run) = self.w.state.runs.get_mut(id) else {
+                continue;
+            };
             if run.state == RunState::Scheduled && run.offered_to.as_deref() == Some(worker) {
                 run.offered_to = None;
                 self.w.offers.remove(id);
@@ -263,6 +270,7 @@ impl<'a> Tx<'a> {
             "worker_version": run.worker_version,
         });
         if to.is_terminal() {
+            self.w.active.remove(run_id);
             self.w.leases.remove(run_id);
             self.w.offers.remove(run_id);
         }
@@ -386,6 +394,7 @@ impl Core {
             crate::clock::BASE_MS + state.generation * 86_400_000,
         );
         let mut leases = HashMap::new();
+        let mut active = BTreeSet::new();
         let now = Instant::now();
         for w in state.workers.values_mut() {
             w.online = false;
@@ -394,6 +403,9 @@ impl Core {
             // Offers died with the old process; held runs get a fresh lease so a
             // reconnecting worker can renew it.
             run.offered_to = None;
+            if !run.state.is_terminal() {
+                active.insert(id.clone());
+            }
             if !run.state.is_terminal() && run.state != RunState::Scheduled {
                 leases.insert(id.clone(), now + timing.lease_ttl);
             }
@@ -413,6 +425,7 @@ impl Core {
                 leases,
                 offers: HashMap::new(),
                 heartbeats: HashMap::new(),
+                active,
             }),
             outbox,
         }
@@ -919,6 +932,7 @@ impl Core {
                 env: req.env.clone(),
             };
             tx.touched.insert(id.clone());
+            tx.w.active.insert(id.clone());
             tx.w.state.runs.insert(
                 id.clone(),
                 Run {
