@@ -1,37 +1,59 @@
-//! Spawn latency (docs/performance.md): from the backend scheduling a run (it publishes
-//! `run.scheduled`) to fake-docker's container `start` event, through an in-process
-//! launcher, against the floor: the Docker calls the launcher cannot avoid (inspect image,
-//! create, start) made directly with bollard, plus one authenticated HTTPS round trip to
-//! the backend's claim endpoint.
+//! Spawn latency and throughput (docs/performance.md), through the real launcher
+//! (`launcher::app::run`, in-process on its own thread and runtime) against the in-process
+//! fake backend and fake-docker.
 //!
-//! One iteration at concurrency `c` schedules `c` runs at once and ends when `c` new
-//! containers have started (the floor: `c` concurrent inspect+create+start sequences and
-//! claim round trips). Variants: `warm` (binary cached), `download` (a new worker version
-//! is published before each iteration, so every batch downloads it).
+//! `spawn/<variant>/<c>`: one iteration schedules `c` runs at once and ends when fake-docker
+//! has started `c` containers. Variants:
+//! - `floor`: what cannot be avoided, made directly: per run one authenticated HTTPS round
+//!   trip to the claim endpoint, then bollard inspect image, create, start.
+//! - `download_every_run`: the floor plus, per run, downloading and verifying the 50 MiB
+//!   worker binary: the policy of Spacelift's own launcher, made directly.
+//! - `warm`: the launcher with the binary in its cache.
+//! - `cold`: the launcher with its binary cache emptied before each iteration.
+//!
+//! `throughput/<floor|launcher>`: 128 runs through capacity 64, until every run has ended.
+//!
+//! Per-run latencies (from the batch's start to each container start) are also written to
+//! `target/spawn-runs.json` for the report's p50/p99 (`scripts/bench-report.sh`).
 //!
 //! `cargo bench --profile dev --bench spawn` (we never build release here); CI does not
 //! run benches. Keep it small: 2 cores.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fake_backend::{kinds, BackendConfig, BackendHandle, BinaryContent, FakeBackend, ScheduleRun};
 use fake_docker::{FakeDocker, FakeDockerHandle};
+use futures_util::StreamExt;
 use launcher::config::MapEnv;
+use protocol::api::{paths, WorkerBinary};
 use protocol::Arch;
 use scenarios::launcher_node::LauncherNode;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 
 /// The launcher's default runner image; present in fake-docker after the warm-up run.
 const IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
-/// Capacity well above the largest batch: the launcher frees a slot a moment after the
-/// backend sees the run end, and a full launcher declines offers.
-const CAPACITY: u32 = 128;
-/// Worker binary size for the download variant (real ones are tens of MB; this keeps the
-/// benchmark short on 2 cores in a debug build).
-const BINARY_BYTES: usize = 1 << 20;
+/// Above every batch, so latency batches never wait for a slot.
+const LATENCY_CAPACITY: u32 = 128;
+const THROUGHPUT_CAPACITY: u32 = 64;
+const THROUGHPUT_RUNS: usize = 128;
+/// Worker binary size: real ones are tens of MB.
+const BINARY_BYTES: usize = 50 << 20;
+/// Every container exits at once with 0.
+const QUICK: &str = r#"{"duration_ms":0,"exit_code":0}"#;
+
+struct Node {
+    pool: String,
+    node: LauncherNode,
+    data_dir: PathBuf,
+}
 
 struct World {
     backend: BackendHandle,
@@ -39,37 +61,32 @@ struct World {
     client: bollard::Docker,
     https: reqwest::Client,
     api: String,
-    pool: String,
-    node: LauncherNode,
-    versions: u64,
+    binary: WorkerBinary,
+    latency: Node,
+    throughput: Node,
     floor_seq: u64,
-    _dir: tempfile::TempDir,
+    /// Per-run latencies in ms, by `<variant>/<c>`.
+    runs: BTreeMap<String, Vec<f64>>,
+    dir: tempfile::TempDir,
 }
 
-fn binary(version: u64) -> BinaryContent {
-    let mut bytes = fake_backend::binaries::elf_stub(Arch::Amd64, &format!("b{version}"));
+fn binary_content() -> BinaryContent {
+    let mut bytes = fake_backend::binaries::elf_stub(Arch::Amd64, "bench");
     bytes.resize(BINARY_BYTES, 0x5a);
     BinaryContent::Bytes(bytes)
 }
 
-async fn world() -> World {
-    let dir = tempfile::Builder::new()
-        .prefix("bench-spawn")
-        .tempdir()
-        .expect("temp dir");
-    let mut cfg = BackendConfig::new(dir.path().join("backend"));
-    cfg.pool_key_bits = 2048;
-    cfg.admin = false;
-    let backend = FakeBackend::start(cfg).await.expect("fake backend");
+/// A pool with one launcher of `capacity`; also an HTTPS client holding the pool's
+/// certificate, for the floor's direct calls.
+async fn start_node(
+    backend: &BackendHandle,
+    docker: &FakeDockerHandle,
+    dir: &Path,
+    name: &str,
+    capacity: u32,
+) -> (Node, reqwest::Client) {
     let creds = backend.create_pool().expect("pool");
-    backend
-        .publish_version(Arch::Amd64, Some("b0"), binary(0))
-        .expect("publish");
-    let docker = FakeDocker::start(fake_docker::Config::default())
-        .await
-        .expect("fake-docker");
-
-    let data_dir = dir.path().join("launcher");
+    let data_dir = dir.join(name);
     std::fs::create_dir_all(&data_dir).expect("launcher dir");
     let mut env = MapEnv::default();
     env.set("SPACELIFT_TOKEN", creds.token.clone())
@@ -83,40 +100,75 @@ async fn world() -> World {
             "SPACELIFT_LAUNCHER_DATA_DIR",
             data_dir.display().to_string(),
         )
-        .set("SPACELIFT_LAUNCHER_CAPACITY", CAPACITY.to_string());
+        .set("SPACELIFT_LAUNCHER_CAPACITY", capacity.to_string());
     let config = launcher::config::load(&env).expect("launcher config");
     let tls = launcher::tls::client_config(&config).expect("client TLS");
     let https = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .build()
         .expect("reqwest client");
-    let api = backend.api_endpoint().trim_end_matches('/').to_string();
-
     let since = backend.last_seq();
-    let node = LauncherNode::start("bench", config).expect("launcher thread");
+    let node = LauncherNode::start(name, config).expect("launcher thread");
     backend
         .wait_for_since(since, |e| e.kind == kinds::WORKER_ONLINE)
         .await;
+    let node = Node {
+        pool: creds.pool_ulid,
+        node,
+        data_dir,
+    };
+    (node, https)
+}
+
+async fn world() -> World {
+    let dir = tempfile::Builder::new()
+        .prefix("bench-spawn")
+        .tempdir()
+        .expect("temp dir");
+    let mut cfg = BackendConfig::new(dir.path().join("backend"));
+    cfg.pool_key_bits = 2048;
+    cfg.admin = false;
+    let backend = FakeBackend::start(cfg).await.expect("fake backend");
+    let binary = backend
+        .publish_version(Arch::Amd64, Some("bench"), binary_content())
+        .expect("publish");
+    let docker = FakeDocker::start(fake_docker::Config::default())
+        .await
+        .expect("fake-docker");
+    let (latency, https) =
+        start_node(&backend, &docker, dir.path(), "latency", LATENCY_CAPACITY).await;
+    let (throughput, _) = start_node(
+        &backend,
+        &docker,
+        dir.path(),
+        "throughput",
+        THROUGHPUT_CAPACITY,
+    )
+    .await;
     let client = bollard::Docker::connect_with_unix(
         docker.socket_path().to_str().expect("utf-8 socket path"),
         120,
         bollard::API_DEFAULT_VERSION,
     )
     .expect("bollard");
+    std::fs::create_dir_all(dir.path().join("downloads")).expect("downloads dir");
     let mut w = World {
+        api: backend.api_endpoint().trim_end_matches('/').to_string(),
         backend,
         docker,
         client,
         https,
-        api,
-        pool: creds.pool_ulid,
-        node,
-        versions: 0,
+        binary,
+        latency,
+        throughput,
         floor_seq: 0,
-        _dir: dir,
+        runs: BTreeMap::new(),
+        dir,
     };
-    // Warm-up: pulls the image and caches the binary.
-    w.spawn_batch(1).await;
+    // Warm-up: pulls the image and caches the binary in both launchers.
+    w.spawn_batch(1, "warmup").await;
+    w.throughput_batch(1).await;
+    w.runs.clear();
     w
 }
 
@@ -124,176 +176,311 @@ fn is_start(e: &fake_docker::Event) -> bool {
     e.kind == "container" && e.action == "start"
 }
 
+fn is_end(to: Option<&str>) -> bool {
+    matches!(to, Some("finished" | "failed" | "canceled" | "timed_out"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 impl World {
     fn next_docker_seq(&self) -> u64 {
         self.docker.events().last().map_or(0, |e| e.seq + 1)
     }
 
-    /// Schedules `c` runs at once; the time until `c` containers have started. Then
-    /// (untimed) waits until the backend has seen all of them end.
-    async fn spawn_batch(&mut self, c: usize) -> Duration {
+    fn schedule(&self, pool: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let req = ScheduleRun::new(pool.to_string()).env(fake_docker::BEHAVIOUR_ENV, QUICK);
+                self.backend.schedule_run(req).expect("schedule")
+            })
+            .collect()
+    }
+
+    async fn wait_ended(&self, since: u64, runs: &[String]) {
+        for run in runs {
+            self.backend
+                .wait_for_since(since, |e| {
+                    e.kind == kinds::RUN_TRANSITION
+                        && e.run.as_deref() == Some(run.as_str())
+                        && is_end(e.str("to"))
+                })
+                .await;
+        }
+    }
+
+    /// Schedules `c` runs at once on the latency launcher; the time until `c` containers
+    /// have started. Then (untimed) waits until the backend has seen all of them end.
+    async fn spawn_batch(&mut self, c: usize, variant: &str) -> Duration {
         let from = self.next_docker_seq();
         let since = self.backend.last_seq();
         let t0 = Instant::now();
-        let mut runs = Vec::with_capacity(c);
-        for _ in 0..c {
-            let req = ScheduleRun::new(self.pool.clone()).env(
-                fake_docker::BEHAVIOUR_ENV,
-                r#"{"duration_ms":0,"exit_code":0}"#,
-            );
-            runs.push(self.backend.schedule_run(req).expect("schedule"));
-        }
+        let runs = self.schedule(&self.latency.pool, c);
         let mut next = from;
+        let mut each = Vec::with_capacity(c);
         for _ in 0..c {
             let ev = self
                 .docker
                 .wait_for_event(|e| e.seq >= next && is_start(e))
                 .await;
+            each.push(ms(t0.elapsed()));
             next = ev.seq + 1;
         }
         let elapsed = t0.elapsed();
-        for run in &runs {
-            self.backend
-                .wait_for_since(since, |e| {
-                    e.kind == kinds::RUN_TRANSITION
-                        && e.run.as_deref() == Some(run.as_str())
-                        && matches!(
-                            e.str("to"),
-                            Some("finished" | "failed" | "canceled" | "timed_out")
-                        )
-                })
-                .await;
-        }
+        self.record(variant, c, each);
+        self.wait_ended(since, &runs).await;
         elapsed
     }
 
-    /// Publishes a new worker version, so the next batch must download it.
-    fn bump(&mut self) {
-        self.versions += 1;
-        let v = self.versions;
-        self.backend
-            .publish_version(Arch::Amd64, Some(&format!("b{v}")), binary(v))
-            .expect("publish");
+    fn record(&mut self, variant: &str, c: usize, each: Vec<f64>) {
+        self.runs
+            .entry(format!("{variant}/{c}"))
+            .or_default()
+            .extend(each);
     }
 
-    /// The floor for `c`: `c` concurrent (claim round trip; inspect image; create; start).
-    async fn floor_batch(&mut self, c: usize) -> Duration {
+    /// Empties the latency launcher's binary cache (it is idle between iterations), so
+    /// the next batch must download the binary again.
+    fn empty_cache(&self) {
+        let dir = self.latency.data_dir.join("binaries").join("sha256");
+        for entry in std::fs::read_dir(&dir).expect("binary cache dir").flatten() {
+            std::fs::remove_file(entry.path()).expect("removing a cached binary");
+        }
+    }
+
+    /// Downloads the worker binary as a run would, streaming it to a file and checking
+    /// its SHA-256.
+    async fn download(&self, seq: u64) {
+        let url = format!(
+            "{}{}",
+            self.api,
+            paths::binary(&self.binary.version, self.binary.arch)
+        );
+        let resp = self.https.get(url).send().await.expect("download");
+        assert!(resp.status().is_success(), "download: {}", resp.status());
+        let path = self.dir.path().join("downloads").join(seq.to_string());
+        let mut file = tokio::fs::File::create(&path).await.expect("download file");
+        let mut hasher = Sha256::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.expect("download body");
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.expect("writing the download");
+        }
+        file.flush().await.expect("flushing the download");
+        assert_eq!(hex::encode(hasher.finalize()), self.binary.sha256);
+        tokio::fs::remove_file(&path)
+            .await
+            .expect("removing the download");
+    }
+
+    /// One floor sequence for run number `seq`: a claim round trip (an authenticated claim
+    /// of an unknown run: TLS on a kept-alive connection, client-certificate pool lookup,
+    /// routing, a 4xx answer), optionally the download, then inspect image, create, start.
+    async fn floor_run(&self, seq: u64, download: bool) -> String {
+        let url = format!("{}/v1/runs/01BENCHFLOOR{seq:014}/claim", self.api);
+        let resp = self
+            .https
+            .post(url)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("claim round trip");
+        let _ = resp.bytes().await;
+        if download {
+            self.download(seq).await;
+        }
+        self.client
+            .inspect_image(IMAGE)
+            .await
+            .expect("inspect image");
+        let name = format!("floor-{seq}");
+        let body = ContainerCreateBody {
+            image: Some(IMAGE.to_string()),
+            cmd: Some(vec!["true".to_string()]),
+            env: Some(vec![format!("{}={QUICK}", fake_docker::BEHAVIOUR_ENV)]),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .client
+            .create_container(Some(opts), body)
+            .await
+            .expect("create");
+        self.client
+            .start_container(&created.id, None)
+            .await
+            .expect("start");
+        created.id
+    }
+
+    fn floor_seqs(&mut self, n: usize) -> std::ops::Range<u64> {
         let base = self.floor_seq;
-        self.floor_seq += c as u64;
-        let t0 = Instant::now();
-        let tasks = (0..c as u64).map(|i| {
-            let client = self.client.clone();
-            let https = self.https.clone();
-            let api = self.api.clone();
-            async move {
-                // An authenticated claim of an unknown run: TLS (kept-alive connection),
-                // client-certificate pool lookup, routing, a 4xx answer.
-                let url = format!("{api}/v1/runs/01BENCHFLOOR{:014}/claim", base + i);
-                let resp = https
-                    .post(url)
-                    .json(&serde_json::json!({}))
-                    .send()
-                    .await
-                    .expect("claim round trip");
-                let _ = resp.bytes().await;
-                client.inspect_image(IMAGE).await.expect("inspect image");
-                let name = format!("floor-{}", base + i);
-                let body = ContainerCreateBody {
-                    image: Some(IMAGE.to_string()),
-                    cmd: Some(vec!["true".to_string()]),
-                    host_config: Some(HostConfig {
-                        network_mode: Some("none".to_string()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-                let created = client
-                    .create_container(Some(opts), body)
-                    .await
-                    .expect("create");
-                client
-                    .start_container(&created.id, None)
-                    .await
-                    .expect("start");
-                created.id
-            }
-        });
-        let ids = futures_util::future::join_all(tasks).await;
-        let elapsed = t0.elapsed();
+        self.floor_seq += n as u64;
+        base..self.floor_seq
+    }
+
+    async fn remove(&self, ids: Vec<String>) {
         let rm = RemoveContainerOptionsBuilder::default().force(true).build();
         for id in ids {
             let _ = self.client.remove_container(&id, Some(rm.clone())).await;
         }
+    }
+
+    /// `c` floor sequences at once.
+    async fn floor_batch(&mut self, c: usize, download: bool) -> Duration {
+        let seqs = self.floor_seqs(c);
+        let t0 = Instant::now();
+        let this = &*self;
+        let results = futures_util::future::join_all(seqs.map(|seq| async move {
+            let id = this.floor_run(seq, download).await;
+            (id, ms(t0.elapsed()))
+        }))
+        .await;
+        let elapsed = t0.elapsed();
+        let (ids, each): (Vec<String>, Vec<f64>) = results.into_iter().unzip();
+        let variant = if download {
+            "download_every_run"
+        } else {
+            "floor"
+        };
+        self.record(variant, c, each);
+        self.remove(ids).await;
         elapsed
+    }
+
+    /// `n` runs through the capacity-64 launcher, until the backend has seen all end.
+    async fn throughput_batch(&mut self, n: usize) -> Duration {
+        let since = self.backend.last_seq();
+        let t0 = Instant::now();
+        let runs = self.schedule(&self.throughput.pool, n);
+        self.wait_ended(since, &runs).await;
+        t0.elapsed()
+    }
+
+    /// The floor of `n` runs at most 64 at a time: a claim round trip, inspect, create,
+    /// start, wait for the exit, remove.
+    async fn throughput_floor(&mut self, n: usize) -> Duration {
+        let seqs = self.floor_seqs(n);
+        let slots = Arc::new(tokio::sync::Semaphore::new(THROUGHPUT_CAPACITY as usize));
+        let t0 = Instant::now();
+        let this = &*self;
+        futures_util::future::join_all(seqs.map(|seq| {
+            let slots = slots.clone();
+            async move {
+                let _slot = slots.acquire().await.expect("semaphore");
+                let id = this.floor_run(seq, false).await;
+                let mut wait = this.client.wait_container(&id, None);
+                while let Some(r) = wait.next().await {
+                    r.expect("wait");
+                }
+                this.remove(vec![id]).await;
+            }
+        }))
+        .await;
+        t0.elapsed()
+    }
+}
+
+/// The world behind criterion's closures (they borrow it; iterations take it in turn).
+type Shared = tokio::sync::Mutex<World>;
+
+fn bench_batches<F>(b: &mut criterion::Bencher<'_>, rt: &Runtime, world: &Shared, f: F)
+where
+    F: for<'a> Fn(&'a mut World) -> futures_util::future::BoxFuture<'a, Duration> + Copy,
+{
+    b.to_async(rt).iter_custom(|iters| async move {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += f(&mut *world.lock().await).await;
+        }
+        total
+    })
+}
+
+fn concurrency_levels() -> Vec<usize> {
+    match std::env::var("SPAWN_BENCH_CONCURRENCY") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![1, 8],
     }
 }
 
 fn spawn(c: &mut Criterion) {
+    use futures_util::FutureExt;
     let rt = Runtime::new().expect("tokio runtime");
-    let world = tokio::sync::Mutex::new(rt.block_on(world()));
-    let concurrency: &[usize] = match std::env::var("SPAWN_BENCH_CONCURRENCY") {
-        Ok(list) => Box::leak(
-            list.split(',')
-                .filter_map(|s| s.trim().parse().ok())
-                .collect::<Vec<usize>>()
-                .into_boxed_slice(),
-        ),
-        Err(_) => &[1, 8],
-    };
+    let world: Shared = tokio::sync::Mutex::new(rt.block_on(world()));
 
     let mut g = c.benchmark_group("spawn");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    for &n in concurrency {
+    for n in concurrency_levels() {
         g.bench_with_input(BenchmarkId::new("floor", n), &n, |b, &n| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let world = &world;
-                async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += world.lock().await.floor_batch(n).await;
-                    }
-                    total
-                }
-            })
+            bench_batches(b, &rt, &world, move |w| w.floor_batch(n, false).boxed())
+        });
+        g.bench_with_input(BenchmarkId::new("download_every_run", n), &n, |b, &n| {
+            bench_batches(b, &rt, &world, move |w| w.floor_batch(n, true).boxed())
         });
         g.bench_with_input(BenchmarkId::new("warm", n), &n, |b, &n| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let world = &world;
-                async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += world.lock().await.spawn_batch(n).await;
-                    }
-                    total
-                }
-            })
+            bench_batches(b, &rt, &world, move |w| w.spawn_batch(n, "warm").boxed())
         });
-        g.bench_with_input(BenchmarkId::new("download", n), &n, |b, &n| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let world = &world;
+        g.bench_with_input(BenchmarkId::new("cold", n), &n, |b, &n| {
+            bench_batches(b, &rt, &world, move |w| {
                 async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let mut w = world.lock().await;
-                        w.bump();
-                        total += w.spawn_batch(n).await;
-                    }
-                    total
+                    w.empty_cache();
+                    w.spawn_batch(n, "cold").await
                 }
+                .boxed()
             })
         });
     }
     g.finish();
 
-    let mut w = world.into_inner();
-    rt.block_on(async {
-        w.node.signal().await;
-        w.node.wait().await;
-        w.backend.shutdown().await;
-        w.docker.shutdown().await;
+    let mut g = c.benchmark_group("throughput");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(THROUGHPUT_RUNS as u64));
+    g.bench_function("floor", |b| {
+        bench_batches(b, &rt, &world, |w| {
+            w.throughput_floor(THROUGHPUT_RUNS).boxed()
+        })
+    });
+    g.bench_function("launcher", |b| {
+        bench_batches(b, &rt, &world, |w| {
+            w.throughput_batch(THROUGHPUT_RUNS).boxed()
+        })
+    });
+    g.finish();
+
+    let w = world.into_inner();
+    let out = Path::new("target").join("spawn-runs.json");
+    let json = serde_json::to_vec_pretty(&w.runs).expect("per-run latencies");
+    if let Err(e) = std::fs::write(&out, json) {
+        eprintln!("writing {}: {e}", out.display());
+    }
+    rt.block_on(async move {
+        let World {
+            backend,
+            docker,
+            latency,
+            throughput,
+            ..
+        } = w;
+        for mut node in [latency.node, throughput.node] {
+            node.signal().await;
+            node.wait().await;
+        }
+        backend.shutdown().await;
+        docker.shutdown().await;
     });
 }
 

@@ -1,41 +1,151 @@
 #!/usr/bin/env bash
-# Runs the spawn-latency benchmark and prints the Markdown table of docs/performance.md:
-# the machine, then per concurrency the median of floor / warm / download and their
-# ratio to the floor (from criterion's target/criterion/spawn/*/*/new/estimates.json).
+# Runs the benchmarks and prints the report of docs/performance.md: spawn latency (batch
+# medians from criterion, per-run p50/p99 from target/spawn-runs.json, each as a ratio to
+# the floor), throughput at capacity 64 (against its floor) and the launcher's memory
+# (against its idle RSS).
 #
-#   scripts/bench-report.sh              # run the bench (1, 8, 64), then report
-#   scripts/bench-report.sh --no-run     # only report the last run's numbers
+#   scripts/bench-report.sh              # run both benches, then print the report
+#   scripts/bench-report.sh --no-run     # print the report of the last run only
+#   scripts/bench-report.sh --write      # run, then replace the generated part of
+#                                        # docs/performance.md with the report
+#   scripts/bench-report.sh --no-run --write
 #
-# Env: SPAWN_BENCH_CONCURRENCY (default 1,8,64). Uses the dev profile: this project
-# never builds release on its 2-core machines, so the numbers are for a debug build.
-# Needs jq.
+# Env: SPAWN_BENCH_CONCURRENCY (default 1,8,64). Uses the dev profile: this project never
+# builds release on its 2-core machines, so the numbers are for a debug build (with
+# SHA-256 optimised, see Cargo.toml). Needs jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+run=1 write=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-run) run=0 ;;
+        --write) write=1 ;;
+        *) echo "unknown argument: $arg (expected --no-run and/or --write)" >&2; exit 2 ;;
+    esac
+done
+command -v jq >/dev/null || { echo "bench-report.sh needs jq (apt-get install jq)" >&2; exit 1; }
+
 export SPAWN_BENCH_CONCURRENCY="${SPAWN_BENCH_CONCURRENCY:-1,8,64}"
-if [ "${1:-}" != "--no-run" ]; then
+if [ "$run" = 1 ]; then
     cargo bench --profile dev --bench spawn >&2
+    cargo bench --profile dev --bench memory >&2
 fi
 
-dir=target/criterion/spawn
-median_ms() { # variant concurrency -> median in ms, or empty
-    local f="$dir/$1/$2/new/estimates.json"
-    [ -f "$f" ] && jq -r '.median.point_estimate / 1e6' "$f" || true
+crit=target/criterion
+runs=target/spawn-runs.json
+median() { # criterion bench dir -> median point estimate (ns or bytes), or empty
+    local f="$crit/$1/new/estimates.json"
+    [ -f "$f" ] && jq -r '.median.point_estimate' "$f" || true
+}
+quantile() { # key q -> per-run latency quantile in ms (nearest rank), or empty
+    [ -f "$runs" ] || return 0
+    jq -r --arg k "$1" --argjson q "$2" \
+        '.[$k] // [] | sort | if length == 0 then empty
+         else .[((length * $q) | ceil) - 1] end' "$runs"
+}
+fmt() { awk -v a="$1" -v d="$2" -v u="$3" 'BEGIN { printf "%.1f %s", a / d, u }'; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }' || echo "-"; }
+
+report() {
+    local model
+    model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "Machine: $(nproc) CPUs (${model:-unknown model}), $(free -g | awk '/^Mem:/ { print $2 }') GiB;" \
+        "$(uname -sr); $(rustc --version)"
+    echo
+    echo "Commands: \`SPAWN_BENCH_CONCURRENCY=$SPAWN_BENCH_CONCURRENCY cargo bench --profile dev --bench spawn\`," \
+        "\`cargo bench --profile dev --bench memory\`; report: \`scripts/bench-report.sh --no-run\`."
+    echo
+    echo "### Spawn latency"
+    echo
+    echo "Batch: median time for all *c* containers to start (criterion, 10 samples)." \
+        "Per run: each run's time from the batch's start to its container's start, over every" \
+        "batch of the run (warm-up included). Ratios are to the floor's figure in the same column."
+    echo
+    echo "| c | variant | batch median | batch / floor | per-run p50 | per-run p99 | p99 / floor p99 |"
+    echo "|---:|---|---:|---:|---:|---:|---:|"
+    local c v m fm p50 p99 fp99
+    IFS=, read -ra levels <<<"$SPAWN_BENCH_CONCURRENCY"
+    for c in "${levels[@]}"; do
+        fm="$(median "spawn/floor/$c")"
+        fp99="$(quantile "floor/$c" 0.99)"
+        for v in floor download_every_run warm cold; do
+            m="$(median "spawn/$v/$c")"
+            [ -n "$m" ] || continue
+            p50="$(quantile "$v/$c" 0.5)"
+            p99="$(quantile "$v/$c" 0.99)"
+            echo "| $c | $v | $(fmt "$m" 1e6 ms) | $(ratio "$m" "$fm")" \
+                "| ${p50:+$(fmt "$p50" 1 ms)} | ${p99:+$(fmt "$p99" 1 ms)} | $(ratio "$p99" "$fp99") |"
+        done
+    done
+    echo
+    echo "### Throughput"
+    echo
+    local tf tl
+    tf="$(median throughput/floor)"
+    tl="$(median throughput/launcher)"
+    echo "128 runs (containers exit at once) through capacity 64, until every run has ended."
+    echo
+    echo "| | median for 128 runs | runs per second | vs floor |"
+    echo "|---|---:|---:|---:|"
+    for v in floor launcher; do
+        m="$(median "throughput/$v")"
+        [ -n "$m" ] || continue
+        echo "| $v | $(fmt "$m" 1e6 ms) | $(awk -v m="$m" 'BEGIN { printf "%.1f", 128 / (m / 1e9) }')" \
+            "| $(ratio "$tf" "$m") |"
+    done
+    echo
+    echo "### Memory (the launcher process, RSS)"
+    echo
+    local idle peak64 peak200
+    idle="$(median memory/idle)"
+    peak64="$(median memory/runs64)"
+    peak200="$(median memory/download200)"
+    if [ -z "$idle" ]; then
+        echo "No memory results: run \`cargo bench --profile dev --bench memory\`."
+        return
+    fi
+    echo "| phase | median | vs idle |"
+    echo "|---|---:|---:|"
+    echo "| idle (connected, binary cached) | $(fmt "$idle" 1048576 MiB) | 1.0x |"
+    [ -n "$peak64" ] && echo "| peak with 64 runs in flight | $(fmt "$peak64" 1048576 MiB) | $(ratio "$peak64" "$idle") |"
+    [ -n "$peak200" ] && echo "| peak while downloading a 200 MiB binary | $(fmt "$peak200" 1048576 MiB) | $(ratio "$peak200" "$idle") |"
+    local notes=target/memory-notes.json added at64
+    if [ -f "$notes" ]; then
+        at64="$(jq -r '.rss_at_64 | sort | if length == 0 then empty else .[length / 2 | floor] end' "$notes")"
+        added="$(jq -r '.download_growth | sort | if length == 0 then empty else .[length / 2 | floor] end' "$notes")"
+        echo
+        [ -n "$at64" ] && echo "RSS at the moment all 64 containers were running (median): $(fmt "$at64" 1048576 MiB)."
+        if [ -n "$added" ]; then
+            echo -n "Downloading the 200 MiB binary raised the peak by $(fmt "$added" 1048576 MiB) over the RSS at the"
+            echo -n " start of each iteration (median): "
+            if awk -v a="$added" 'BEGIN { exit !(a < 50 * 1048576) }'; then
+                echo "it is streamed to disk, not held in memory."
+            else
+                echo "a large part of it is held in memory (expected: streamed)."
+            fi
+        fi
+    fi
 }
 
-model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-echo "Machine: $(nproc) CPUs, ${model:-unknown model}; $(uname -sr); $(rustc --version)"
-echo "Command: SPAWN_BENCH_CONCURRENCY=$SPAWN_BENCH_CONCURRENCY cargo bench --profile dev --bench spawn"
-echo
-echo "| concurrency | floor (median) | warm cache (median) | warm / floor | download every run (median) | download / floor |"
-echo "|---:|---:|---:|---:|---:|---:|"
-IFS=, read -ra levels <<<"$SPAWN_BENCH_CONCURRENCY"
-for c in "${levels[@]}"; do
-    floor="$(median_ms floor "$c")"
-    warm="$(median_ms warm "$c")"
-    down="$(median_ms download "$c")"
-    [ -n "$floor" ] || continue
-    ratio() { [ -n "$1" ] && awk -v a="$1" -v b="$floor" 'BEGIN { printf "%.1fx", a / b }' || echo "-"; }
-    ms() { [ -n "$1" ] && awk -v a="$1" 'BEGIN { printf "%.1f ms", a }' || echo "-"; }
-    echo "| $c | $(ms "$floor") | $(ms "$warm") | $(ratio "$warm") | $(ms "$down") | $(ratio "$down") |"
-done
+if [ "$write" = 1 ]; then
+    doc=docs/performance.md
+    out="$(report)"
+    begin='<!-- BEGIN GENERATED by scripts/bench-report.sh: do not edit by hand -->'
+    end='<!-- END GENERATED -->'
+    grep -qF "$begin" "$doc" && grep -qF "$end" "$doc" \
+        || { echo "$doc lacks the generated-section markers" >&2; exit 1; }
+    {
+        sed -n "1,/^$(printf '%s' "$begin" | sed 's/[][\/.*^$]/\\&/g')\$/p" "$doc"
+        echo
+        echo "Generated on $(date -u +%Y-%m-%d)."
+        echo
+        echo "$out"
+        echo
+        sed -n "/^$(printf '%s' "$end" | sed 's/[][\/.*^$]/\\&/g')\$/,\$p" "$doc"
+    } >"$doc.tmp"
+    mv "$doc.tmp" "$doc"
+    echo "updated $doc" >&2
+else
+    report
+fi
