@@ -172,13 +172,6 @@ impl<'a> Tx<'a> {
             .count()
     }
 
-    fn offered(&self, worker: &str) -> usize {
-        self.active_runs()
-            .map(|(_, r)| r)
-            .filter(|r| r.state == RunState::Scheduled && r.offered_to.as_deref() == Some(worker))
-            .count()
-    }
-
     /// Offers every queued run to a free worker of its pool: online, not drained, with
     /// capacity; idle workers first, newest first (as Spacelift schedules).
     pub(crate) fn dispatch(&mut self) {
@@ -187,6 +180,21 @@ impl<'a> Tx<'a> {
             .filter(|(_, r)| r.state == RunState::Scheduled && r.offered_to.is_none())
             .map(|(id, _)| id.clone())
             .collect();
+        if queued.is_empty() {
+            return;
+        }
+        // Each worker's load (held + offered), counted once rather than per queued run.
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for (_, r) in self.active_runs() {
+            let holder = if r.state == RunState::Scheduled {
+                r.offered_to.as_deref()
+            } else {
+                r.worker.as_deref()
+            };
+            if let Some(w) = holder {
+                *load.entry(w.to_string()).or_default() += 1;
+            }
+        }
         for run_id in queued {
             let pool = self.w.state.runs[&run_id].pool.clone();
             let mut best: Option<(bool, String)> = None;
@@ -198,16 +206,17 @@ impl<'a> Tx<'a> {
                 {
                     continue;
                 }
-                let load = self.held(&w.ulid) + self.offered(&w.ulid);
-                if load >= w.capacity as usize {
+                let n = load.get(&w.ulid).copied().unwrap_or(0);
+                if n >= w.capacity as usize {
                     continue;
                 }
-                let key = (load == 0, w.ulid.clone());
+                let key = (n == 0, w.ulid.clone());
                 if best.as_ref().is_none_or(|b| key > *b) {
                     best = Some(key);
                 }
             }
             let Some((_, worker)) = best else { continue };
+            *load.entry(worker.clone()).or_default() += 1;
             self.offer(&run_id, &pool, &worker);
         }
     }
