@@ -588,6 +588,26 @@ fn memory(c: &mut Criterion<Bytes>) {
     g.finish();
 
     let mut w = world.into_inner();
+    // MEMORY_SOAK_RUNS=N: then N more quick runs, 64 at a time, with the RSS after each
+    // batch, to tell a leak (grows without bound) from caches that fill up and stay.
+    let soak_runs: usize = std::env::var("MEMORY_SOAK_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut soak = Vec::new();
+    if soak_runs > 0 {
+        println!("\nmemory soak: {soak_runs} runs, {RUNS} at a time (runs done, VmRSS MiB):");
+        let mut done = 0;
+        while done < soak_runs {
+            rt.block_on(w.run_batch(RUNS, 0));
+            done += RUNS;
+            let now = rss(pid);
+            soak.push((done, now));
+            if soak.len() % 10 == 1 || done >= soak_runs {
+                println!("  {done:>6} {:>8.1}", mib(now as f64));
+            }
+        }
+    }
     rt.block_on(w.launcher.stop());
     let elapsed = t_all.elapsed();
 
@@ -658,6 +678,7 @@ fn memory(c: &mut Criterion<Bytes>) {
         "rss_at_64": w.notes.rss_at_64,
         "start_64_ms": w.notes.start_64.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
         "download_growth": w.notes.download_growth,
+        "soak": soak,
     });
     let out = target_dir().join("memory-notes.json");
     if let Err(e) = std::fs::write(&out, notes.to_string()) {

@@ -10,6 +10,8 @@
 #                                        # docs/performance.md with the report
 #   scripts/bench-report.sh --no-run --write
 #
+# MEMORY_SOAK_RUNS=N adds a soak to the memory bench (N quick runs, RSS after each batch).
+#
 # Env: SPAWN_BENCH_CONCURRENCY (default 1,8,64). Uses the dev profile: this project never
 # builds release on its 2-core machines, so the numbers are for a debug build (with
 # SHA-256 optimised, see Cargo.toml). Needs jq.
@@ -124,6 +126,18 @@ report() {
             else
                 echo "a large part of it is held in memory (expected: streamed)."
             fi
+        fi
+        local soak
+        soak="$(jq -r '.soak // [] | if length == 0 then empty else
+            [.[] | select(.[0] == 64 or (.[0] % 2048) < 64)] + [last] | unique
+            | map("| \(.[0]) | \((.[1] / 1048576 * 10 | round) / 10) MiB |") | .[] end' "$notes")"
+        if [ -n "$soak" ]; then
+            echo
+            echo "Soak (\`MEMORY_SOAK_RUNS\`): VmRSS after that many more quick runs, 64 at a time."
+            echo
+            echo "| runs | VmRSS |"
+            echo "|---:|---:|"
+            echo "$soak"
         fi
     fi
 }
