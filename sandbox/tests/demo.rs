@@ -97,3 +97,104 @@ fn the_demo_runs_end_as_expected() {
         "{summary:#?}"
     );
 }
+
+/// `--keep` prints how to reach the kept world with the CLIs, the printed `docker` command
+/// works against it, and Ctrl-C (SIGINT) then stops the launcher and everything else.
+#[test]
+fn keep_prints_how_to_use_it_and_ctrl_c_stops_everything() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::Builder::new()
+        .prefix("sandbox-keep")
+        .tempdir()
+        .expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        .args(["--no-progress", "--fake-docker", "--keep", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the sandbox");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    // A deadline, not a pause: the demo normally ends within seconds.
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(240)) {
+            Ok(line) => {
+                let done = line.contains("Press Ctrl-C here to stop everything");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no keep instructions ({e}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains("Every run ended as expected."), "{text}");
+    for needle in [
+        "export FAKE_BACKEND_DATA_DIR=",
+        "export DOCKER_HOST=unix://",
+        "run schedule --pool ",
+        "version publish --arch ",
+        "docker ps -a",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+
+    // The printed DOCKER_HOST serves the docker CLI, when there is one.
+    let docker_host = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export DOCKER_HOST="))
+        .expect("DOCKER_HOST line")
+        .trim()
+        .to_string();
+    match Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .env("DOCKER_HOST", &docker_host)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "docker ps -a against {docker_host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("skipped: the docker CLI check ({e})"),
+    }
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -INT {pid}");
+    let out = child.wait_with_output().expect("waiting for the sandbox");
+    reader.join().expect("stdout reader");
+    let rest: Vec<String> = rx.try_iter().collect();
+    let tail = rest.join("\n");
+    assert!(
+        out.status.success(),
+        "sandbox exited {} after SIGINT:\n{tail}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tail.contains("stopping"), "{tail}");
+    assert!(
+        tail.contains("launcher exited: exit status: 0"),
+        "the launcher did not stop cleanly:\n{tail}"
+    );
+}
