@@ -555,36 +555,28 @@ fn memory(c: &mut Criterion<Bytes>) {
     });
     // One iteration per sample: these take seconds each, 11 iterations (one warm-up).
     g.warm_up_time(Duration::from_millis(1));
-    g.bench_function("runs64", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let world = &world;
-            let record = &record;
-            async move {
-                let mut total = 0;
-                for _ in 0..iters {
-                    let v = world.lock().await.runs64().await;
-                    record(1, v);
-                    total += v;
+    for (i, id) in [(1, "runs64"), (2, "download200")] {
+        g.bench_function(id, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let world = &world;
+                let record = &record;
+                async move {
+                    let mut total = 0;
+                    for _ in 0..iters {
+                        let mut w = world.lock().await;
+                        let v = if i == 1 {
+                            w.runs64().await
+                        } else {
+                            w.download200().await
+                        };
+                        record(i, v);
+                        total += v;
+                    }
+                    total
                 }
-                total
-            }
-        })
-    });
-    g.bench_function("download200", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let world = &world;
-            let record = &record;
-            async move {
-                let mut total = 0;
-                for _ in 0..iters {
-                    let v = world.lock().await.download200().await;
-                    record(2, v);
-                    total += v;
-                }
-                total
-            }
-        })
-    });
+            })
+        });
+    }
     g.finish();
 
     let mut w = world.into_inner();
