@@ -16,7 +16,8 @@
 set -euo pipefail
 
 CACHE="${SPACELIFT_TEST_CACHE:-/var/cache/spacelift-test}"
-PACKAGES=(docker.io busybox-static mosquitto mosquitto-clients)
+# jq: scripts/bench-report.sh reads criterion's JSON with it.
+PACKAGES=(docker.io busybox-static mosquitto mosquitto-clients jq)
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 
