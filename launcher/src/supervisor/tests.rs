@@ -46,6 +46,17 @@ fn reason(h: &Harness, run: &str) -> (RunState, String, String, Option<i64>) {
     (t.state, r.code, r.message, t.exit_code)
 }
 
+/// Asserts `run` ended in `state` with reason `code`; its reason message.
+fn ended_with(h: &Harness, run: &str, state: RunState, code: &str) -> String {
+    let (got_state, got_code, msg, _) = reason(h, run);
+    assert_eq!(
+        (got_state, got_code.as_str()),
+        (state, code),
+        "{run}: {msg}"
+    );
+    msg
+}
+
 #[tokio::test(start_paused = true)]
 async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
     let h = Harness::new();
@@ -292,11 +303,7 @@ async fn silence_beyond_the_logs_timeout_times_the_run_out() {
     let t0 = Instant::now();
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (TimedOut, reason_codes::LOGS_TIMEOUT)
-    );
+    let msg = ended_with(&h, "R1", TimedOut, reason_codes::LOGS_TIMEOUT);
     assert!(msg.contains("no output for 1m"), "{msg}");
     assert!(
         t0.elapsed() >= secs(61) && t0.elapsed() < secs(70),
@@ -320,11 +327,7 @@ async fn a_chatty_run_is_stopped_by_the_run_timeout() {
     let t0 = Instant::now();
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
-    let (state, code, _, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (TimedOut, reason_codes::RUN_TIMEOUT)
-    );
+    ended_with(&h, "R1", TimedOut, reason_codes::RUN_TIMEOUT);
     assert!(
         t0.elapsed() >= secs(300) && t0.elapsed() < secs(310),
         "{:?}",
@@ -359,8 +362,7 @@ async fn cancel_stops_with_grace_then_kills() {
         "the grace was not given: {:?}",
         t0.elapsed()
     );
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!((state, code.as_str()), (Canceled, reason_codes::CANCELED));
+    let msg = ended_with(&h, "R1", Canceled, reason_codes::CANCELED);
     assert_eq!(msg, "canceled by user");
     assert!(h.runtime.calls().contains(&"stop c1 10s".to_string()));
     until_no_containers(&h).await;
@@ -380,11 +382,7 @@ async fn a_foreign_architecture_image_fails_before_any_container() {
     let mut r = h.start();
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::ARCHITECTURE_MISMATCH)
-    );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::ARCHITECTURE_MISMATCH);
     assert!(
         msg.contains("image arm-img is linux/arm64 but the Docker daemon is linux/amd64"),
         "{msg}"
@@ -494,11 +492,7 @@ deny["no tasks on stack-R2 with worker 1.0.0"] {
 
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
-    let (state, code, msg, _) = reason(&h, "R2");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::INITIALIZATION_POLICY_DENIED)
-    );
+    let msg = ended_with(&h, "R2", Failed, reason_codes::INITIALIZATION_POLICY_DENIED);
     assert!(
         msg.ends_with(": no tasks on stack-R2 with worker 1.0.0"),
         "{msg}"
@@ -550,11 +544,7 @@ v = 2 { input.static_run_environment.stack_slug == "stack-R1" }
     let mut r = h.start();
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::INITIALIZATION_POLICY_DENIED)
-    );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::INITIALIZATION_POLICY_DENIED);
     assert!(
         msg.starts_with("the initialization policy /etc/init.rego could not be evaluated: "),
         "{msg}"
@@ -593,11 +583,7 @@ async fn a_missing_image_that_cannot_be_pulled_fails_the_run() {
     let mut r = h.start();
     r.schedule("R1").await;
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::IMAGE_PULL_FAILED)
-    );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::IMAGE_PULL_FAILED);
     assert!(msg.contains("nowhere:1"), "{msg}");
 }
 
@@ -617,11 +603,7 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
         .await;
     h.runtime.with(|s| s.unavailable = true);
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::DOCKER_UNAVAILABLE)
-    );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::DOCKER_UNAVAILABLE);
     assert!(msg.contains("connection"), "{msg}");
 
     // The daemon comes back (keeping its containers): the leftover is removed by the
@@ -654,11 +636,7 @@ async fn a_vanished_container_fails_the_run_with_container_failed() {
         }
     });
     until_terminal(&h, "R1").await;
-    let (state, code, msg, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::CONTAINER_FAILED)
-    );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::CONTAINER_FAILED);
     assert!(msg.contains("vanished"), "{msg}");
 }
 
@@ -675,11 +653,7 @@ async fn a_corrupt_binary_is_retried_and_never_executed() {
     h.store.state.lock().unwrap().corrupt = 10;
     r.schedule("R2").await;
     until_terminal(&h, "R2").await;
-    let (state, code, msg, _) = reason(&h, "R2");
-    assert_eq!(
-        (state, code.as_str()),
-        (Failed, reason_codes::WORKER_BINARY_UNAVAILABLE)
-    );
+    let msg = ended_with(&h, "R2", Failed, reason_codes::WORKER_BINARY_UNAVAILABLE);
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert!(!h
         .runtime
@@ -857,11 +831,7 @@ async fn second_signal_cancels_runs_in_flight() {
     r.signal().await;
     let outcome = r.exit().await.unwrap();
     assert_eq!(outcome, ExitOutcome::Canceled);
-    let (state, code, _, _) = reason(&h, "R1");
-    assert_eq!(
-        (state, code.as_str()),
-        (Canceled, reason_codes::LAUNCHER_SHUTDOWN)
-    );
+    ended_with(&h, "R1", Canceled, reason_codes::LAUNCHER_SHUTDOWN);
     assert_eq!(h.runtime.live_containers(), 0);
 }
 
@@ -920,11 +890,7 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
     let mut r = h.start();
     for run in ["R0", "R7", "R9"] {
         until_terminal(&h, run).await;
-        let (state, code, _, _) = reason(&h, run);
-        assert_eq!(
-            (state, code.as_str()),
-            (Failed, reason_codes::LAUNCHER_RESTARTED)
-        );
+        ended_with(&h, run, Failed, reason_codes::LAUNCHER_RESTARTED);
     }
     let left: Vec<String> = h
         .runtime
