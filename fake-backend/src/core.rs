@@ -942,22 +942,9 @@ impl Core {
             };
             tx.touched.insert(id.clone());
             tx.w.active.insert(id.clone());
-            tx.w.state.runs.insert(
-                id.clone(),
-                Run {
-                    spec,
-                    pool: req.pool.clone(),
-                    state: RunState::Scheduled,
-                    worker: None,
-                    offered_to: None,
-                    exit_code: None,
-                    reason: None,
-                    worker_version: None,
-                    history: vec![RunState::Scheduled],
-                    logs: Vec::new(),
-                    cancel_requested: false,
-                },
-            );
+            tx.w.state
+                .runs
+                .insert(id.clone(), Run::scheduled(spec, req.pool.clone()));
             tx.event(
                 NewEvent::new(kinds::RUN_CREATED)
                     .pool(&req.pool)

@@ -95,6 +95,25 @@ pub struct Run {
     pub cancel_requested: bool,
 }
 
+impl Run {
+    /// A new run, queued.
+    pub fn scheduled(spec: RunSpec, pool: String) -> Run {
+        Run {
+            spec,
+            pool,
+            state: RunState::Scheduled,
+            worker: None,
+            offered_to: None,
+            exit_code: None,
+            reason: None,
+            worker_version: None,
+            history: vec![RunState::Scheduled],
+            logs: Vec::new(),
+            cancel_requested: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BinaryRecord {
     pub version: String,
@@ -243,25 +262,14 @@ mod tests {
     use protocol::api::{LogStream, RunType};
 
     fn run(ulid: &str) -> Run {
-        Run {
-            spec: RunSpec {
-                run_ulid: ulid.to_string(),
-                stack_id: "stack".to_string(),
-                run_type: RunType::Tracked,
-                image: None,
-                env: BTreeMap::new(),
-            },
-            pool: "pool".to_string(),
-            state: RunState::Scheduled,
-            worker: None,
-            offered_to: None,
-            exit_code: None,
-            reason: None,
-            worker_version: None,
-            history: vec![RunState::Scheduled],
-            logs: Vec::new(),
-            cancel_requested: false,
-        }
+        let spec = RunSpec {
+            run_ulid: ulid.to_string(),
+            stack_id: "stack".to_string(),
+            run_type: RunType::Tracked,
+            image: None,
+            env: BTreeMap::new(),
+        };
+        Run::scheduled(spec, "pool".to_string())
     }
 
     #[test]
