@@ -20,6 +20,8 @@
 //!
 //! `cargo bench --profile dev --bench memory` (never release here). Linux only (/proc).
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use fake_backend::{kinds, BackendConfig, BackendHandle, BinaryContent, FakeBackend, ScheduleRun};
-use fake_docker::{FakeDocker, FakeDockerHandle};
+use fake_backend::{kinds, BackendHandle, ScheduleRun};
+use fake_docker::FakeDockerHandle;
 use protocol::Arch;
 use tokio::process::{Child, Command};
 use tokio::runtime::Runtime;
@@ -270,64 +272,33 @@ struct World {
     dir: tempfile::TempDir,
 }
 
-fn binary(version: &str, size: usize) -> BinaryContent {
-    let mut bytes = fake_backend::binaries::elf_stub(Arch::Amd64, version);
-    bytes.resize(size, 0x5a);
-    BinaryContent::Bytes(bytes)
-}
-
-fn is_start(e: &fake_docker::Event) -> bool {
-    e.kind == "container" && e.action == "start"
-}
-
 fn is_end(e: &fake_docker::Event) -> bool {
     e.kind == "container" && e.action == "die"
 }
 
-fn ended(e: &fake_backend::Event) -> bool {
-    e.kind == kinds::RUN_TRANSITION
-        && matches!(
-            e.str("to"),
-            Some("finished" | "failed" | "canceled" | "timed_out")
-        )
-}
-
 async fn world(bin: &Path) -> World {
-    let dir = tempfile::Builder::new()
-        .prefix("bench-memory")
-        .tempdir()
-        .expect("temp dir");
-    let mut cfg = BackendConfig::new(dir.path().join("backend"));
-    cfg.pool_key_bits = 2048;
-    cfg.admin = false;
-    let backend = FakeBackend::start(cfg).await.expect("fake backend");
+    let common::Fakes {
+        dir,
+        backend,
+        docker,
+    } = common::start_fakes("bench-memory").await;
     let creds = backend.create_pool().expect("pool");
     backend
-        .publish_version(Arch::Amd64, Some("m0"), binary("m0", SMALL_BINARY_BYTES))
+        .publish_version(
+            Arch::Amd64,
+            Some("m0"),
+            common::padded_binary("m0", SMALL_BINARY_BYTES),
+        )
         .expect("publish");
-    let docker = FakeDocker::start(fake_docker::Config::default())
-        .await
-        .expect("fake-docker");
-
-    let data_dir = dir.path().join("launcher");
-    std::fs::create_dir_all(&data_dir).expect("launcher dir");
-    let env = [
-        ("SPACELIFT_TOKEN", creds.token.clone()),
-        (
-            "SPACELIFT_POOL_PRIVATE_KEY",
-            creds.private_key_b64.clone().expect("generated key"),
-        ),
-        ("DOCKER_HOST", docker.docker_host()),
-        ("SPACELIFT_WORKER_NETWORK", "none".to_string()),
-        (
-            "SPACELIFT_LAUNCHER_DATA_DIR",
-            data_dir.display().to_string(),
-        ),
-        ("SPACELIFT_LAUNCHER_CAPACITY", RUNS.to_string()),
-        ("SPACELIFT_LAUNCHER_STOP_GRACE", "5s".to_string()),
-        // A plain-text log file.
-        ("NO_COLOR", "1".to_string()),
-    ];
+    let mut env = common::launcher_env(
+        &creds,
+        docker.docker_host(),
+        &dir.path().join("launcher"),
+        RUNS as u32,
+    );
+    // Stop sooner at the end; a plain-text log file.
+    env.push(("SPACELIFT_LAUNCHER_STOP_GRACE", "5s".to_string()));
+    env.push(("NO_COLOR", "1".to_string()));
     let log = dir.path().join("launcher.log");
     let since = backend.last_seq();
     let launcher = Launcher::spawn(bin, &env, &log);
@@ -402,7 +373,7 @@ impl World {
             let ev = self
                 .guard(
                     &format!("container start {} of {n}", i + 1),
-                    docker.wait_for_event(|e| e.seq >= next && is_start(e)),
+                    docker.wait_for_event(|e| e.seq >= next && common::is_start(e)),
                 )
                 .await;
             next = ev.seq + 1;
@@ -414,7 +385,7 @@ impl World {
         self.guard(
             &format!("the backend to see {n} runs end"),
             backend.wait_for_since(since, |e| {
-                if ended(e) {
+                if common::run_ended(e) {
                     if let Some(run) = e.run.as_deref().filter(|r| runs.contains(*r)) {
                         done.insert(run.to_string());
                     }
@@ -473,7 +444,11 @@ impl World {
         let v = version.clone();
         tokio::task::spawn_blocking(move || {
             backend
-                .publish_version(Arch::Amd64, Some(&v), binary(&v, BIG_BINARY_BYTES))
+                .publish_version(
+                    Arch::Amd64,
+                    Some(&v),
+                    common::padded_binary(&v, BIG_BINARY_BYTES),
+                )
                 .expect("publish")
         })
         .await

@@ -19,6 +19,8 @@
 //! `cargo bench --profile dev --bench spawn` (we never build release here); CI does not
 //! run benches. Keep it small: 2 cores.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +29,8 @@ use std::time::{Duration, Instant};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fake_backend::{kinds, BackendConfig, BackendHandle, BinaryContent, FakeBackend, ScheduleRun};
-use fake_docker::{FakeDocker, FakeDockerHandle};
+use fake_backend::{kinds, BackendHandle, ScheduleRun};
+use fake_docker::FakeDockerHandle;
 use futures_util::StreamExt;
 use launcher::config::MapEnv;
 use protocol::api::{paths, WorkerBinary};
@@ -70,12 +72,6 @@ struct World {
     dir: tempfile::TempDir,
 }
 
-fn binary_content() -> BinaryContent {
-    let mut bytes = fake_backend::binaries::elf_stub(Arch::Amd64, "bench");
-    bytes.resize(BINARY_BYTES, 0x5a);
-    BinaryContent::Bytes(bytes)
-}
-
 /// A pool with one launcher of `capacity`; also an HTTPS client holding the pool's
 /// certificate, for the floor's direct calls.
 async fn start_node(
@@ -87,20 +83,10 @@ async fn start_node(
 ) -> (Node, reqwest::Client) {
     let creds = backend.create_pool().expect("pool");
     let data_dir = dir.join(name);
-    std::fs::create_dir_all(&data_dir).expect("launcher dir");
     let mut env = MapEnv::default();
-    env.set("SPACELIFT_TOKEN", creds.token.clone())
-        .set(
-            "SPACELIFT_POOL_PRIVATE_KEY",
-            creds.private_key_b64.clone().expect("generated key"),
-        )
-        .set("DOCKER_HOST", docker.docker_host())
-        .set("SPACELIFT_WORKER_NETWORK", "none")
-        .set(
-            "SPACELIFT_LAUNCHER_DATA_DIR",
-            data_dir.display().to_string(),
-        )
-        .set("SPACELIFT_LAUNCHER_CAPACITY", capacity.to_string());
+    for (k, v) in common::launcher_env(&creds, docker.docker_host(), &data_dir, capacity) {
+        env.set(k, v);
+    }
     let config = launcher::config::load(&env).expect("launcher config");
     let tls = launcher::tls::client_config(&config).expect("client TLS");
     let https = reqwest::Client::builder()
@@ -121,20 +107,18 @@ async fn start_node(
 }
 
 async fn world() -> World {
-    let dir = tempfile::Builder::new()
-        .prefix("bench-spawn")
-        .tempdir()
-        .expect("temp dir");
-    let mut cfg = BackendConfig::new(dir.path().join("backend"));
-    cfg.pool_key_bits = 2048;
-    cfg.admin = false;
-    let backend = FakeBackend::start(cfg).await.expect("fake backend");
+    let common::Fakes {
+        dir,
+        backend,
+        docker,
+    } = common::start_fakes("bench-spawn").await;
     let binary = backend
-        .publish_version(Arch::Amd64, Some("bench"), binary_content())
+        .publish_version(
+            Arch::Amd64,
+            Some("bench"),
+            common::padded_binary("bench", BINARY_BYTES),
+        )
         .expect("publish");
-    let docker = FakeDocker::start(fake_docker::Config::default())
-        .await
-        .expect("fake-docker");
     let (latency, https) =
         start_node(&backend, &docker, dir.path(), "latency", LATENCY_CAPACITY).await;
     let (throughput, _) = start_node(
@@ -172,14 +156,6 @@ async fn world() -> World {
     w
 }
 
-fn is_start(e: &fake_docker::Event) -> bool {
-    e.kind == "container" && e.action == "start"
-}
-
-fn is_end(to: Option<&str>) -> bool {
-    matches!(to, Some("finished" | "failed" | "canceled" | "timed_out"))
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -202,9 +178,7 @@ impl World {
         for run in runs {
             self.backend
                 .wait_for_since(since, |e| {
-                    e.kind == kinds::RUN_TRANSITION
-                        && e.run.as_deref() == Some(run.as_str())
-                        && is_end(e.str("to"))
+                    common::run_ended(e) && e.run.as_deref() == Some(run.as_str())
                 })
                 .await;
         }
@@ -222,7 +196,7 @@ impl World {
         for _ in 0..c {
             let ev = self
                 .docker
-                .wait_for_event(|e| e.seq >= next && is_start(e))
+                .wait_for_event(|e| e.seq >= next && common::is_start(e))
                 .await;
             each.push(ms(t0.elapsed()));
             next = ev.seq + 1;
