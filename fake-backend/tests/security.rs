@@ -123,15 +123,19 @@ async fn mqtt_requires_a_live_pool_certificate_and_enforces_the_acl() {
     )
     .await;
 
-    // A will on someone else's topic is refused at CONNECT.
-    let mut opts = mqtt_options(&creds, "01WORKERA0000000000000000", false);
+    // A will on someone else's topic is refused at CONNECT (for a registered worker).
+    let wa = creds.http().register(1, None).await.worker_ulid;
+    let mut opts = mqtt_options(&creds, &wa, false);
     opts.set_last_will(rumqttc::LastWill::new(
         "spacelift/writeonly/x/y",
         "{}",
         QoS::AtLeastOnce,
         false,
     ));
-    let mut bad = Mqtt::spawn(opts, "01WORKERA0000000000000000", creds.pool());
+    let since = b.last_seq();
+    let mut bad = Mqtt::spawn(opts, &wa, creds.pool());
+    let why = connect_outcome(&b, since, &wa).await.unwrap_err();
+    assert!(why.contains("last will topic"), "{why}");
     let e = bad.disconnected().await;
     assert!(e.contains("NotAuthorized") || e.contains("refused"), "{e}");
 
@@ -276,5 +280,91 @@ async fn bad_input_gets_clear_errors_and_is_survived() {
     within("refused", b.wait_for(|e| e.kind == "mqtt.refused")).await;
     // Still serving.
     assert!(creds.http().register(1, None).await.worker_ulid.len() == 26);
+    b.shutdown().await;
+}
+
+/// The first CONNECT outcome for `worker` since `since`: `Err(reason)` when refused.
+async fn connect_outcome(
+    b: &fake_backend::BackendHandle,
+    since: u64,
+    worker: &str,
+) -> Result<(), String> {
+    let ev = within(
+        "CONNECT outcome",
+        b.wait_for_since(since, |e| {
+            (e.kind == "mqtt.refused" && e.data["client_id"] == worker)
+                || (e.kind == "mqtt.connected" && e.worker.as_deref() == Some(worker))
+        }),
+    )
+    .await;
+    match ev.kind.as_str() {
+        "mqtt.refused" => Err(ev.data["reason"].as_str().unwrap_or_default().to_string()),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn another_pools_certificate_cannot_take_over_a_worker_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let p = new_pool(&b).await;
+    let q = new_pool(&b).await;
+    let (w, mut m) = online_worker(&b, &p, 1).await;
+
+    // Pool Q's certificate with P's worker ULID as client id, twice (a takeover loop).
+    for _ in 0..2 {
+        let since = b.last_seq();
+        let mut intruder = Mqtt::spawn(mqtt_options(&q, &w, false), &w, q.pool());
+        let outcome = connect_outcome(&b, since, &w).await;
+        assert!(outcome.is_err(), "pool Q connected as P's worker {w}");
+        let e = intruder.disconnected().await;
+        assert!(e.contains("NotAuthorized"), "{e}");
+    }
+
+    // P's own session was never touched: still connected, still receives, no disconnect.
+    assert!(b.is_connected(&w));
+    assert!(!b
+        .events()
+        .iter()
+        .any(|e| e.kind == "mqtt.disconnected" && e.worker.as_deref() == Some(w.as_str())));
+    b.drain(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        protocol::messages::ServerMessage::Drain { .. }
+    ));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn wildcard_client_ids_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    for id in ["#", "+", "a/b", "01ABC+", "#01ABC"] {
+        let since = b.last_seq();
+        let mut m = Mqtt::spawn(mqtt_options(&creds, id, false), id, creds.pool());
+        let outcome = connect_outcome(&b, since, id).await;
+        assert!(outcome.is_err(), "client id {id:?} was accepted");
+        let e = m.disconnected().await;
+        assert!(e.contains("BadClientId"), "{id:?}: {e}");
+    }
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn unregistered_client_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let id = "01NEVERREGISTERED00000000";
+    let since = b.last_seq();
+    let mut m = Mqtt::spawn(mqtt_options(&creds, id, false), id, creds.pool());
+    let why = connect_outcome(&b, since, id).await.unwrap_err();
+    assert!(why.contains("not a registered worker"), "{why}");
+    let e = m.disconnected().await;
+    assert!(e.contains("NotAuthorized"), "{e}");
+    // Once registered, the same pool's certificate connects.
+    let (w, _m) = online_worker(&b, &creds, 1).await;
+    assert!(b.is_connected(&w));
     b.shutdown().await;
 }

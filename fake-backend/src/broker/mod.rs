@@ -26,9 +26,12 @@ pub(crate) enum SessionCmd {
     Kick { fire_will: bool, reason: String },
 }
 
+/// Sessions are keyed by (pool, client id): a client id alone is only unique within its
+/// pool, and one pool's certificate must never reach another pool's session.
+type SessionKey = (String, String);
+
 struct SessionEntry {
     conn_id: u64,
-    pool: String,
     fingerprint: String,
     subscriptions: Vec<String>,
     tx: mpsc::UnboundedSender<SessionCmd>,
@@ -36,7 +39,7 @@ struct SessionEntry {
 
 pub(crate) struct Broker {
     core: Arc<Core>,
-    sessions: Mutex<HashMap<String, SessionEntry>>,
+    sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_conn: AtomicU64,
     down: Mutex<Option<(u64, CancellationToken)>>,
     inbound: mpsc::UnboundedSender<(String, Bytes)>,
@@ -59,7 +62,7 @@ impl Broker {
         })
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -101,17 +104,15 @@ impl Broker {
 
     fn register(
         &self,
-        client_id: &str,
-        pool: &str,
+        key: &SessionKey,
         fingerprint: &str,
         tx: mpsc::UnboundedSender<SessionCmd>,
     ) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.sessions().insert(
-            client_id.to_string(),
+            key.clone(),
             SessionEntry {
                 conn_id,
-                pool: pool.to_string(),
                 fingerprint: fingerprint.to_string(),
                 subscriptions: Vec::new(),
                 tx,
@@ -128,17 +129,17 @@ impl Broker {
         conn_id
     }
 
-    fn unregister(&self, client_id: &str, conn_id: u64) {
+    fn unregister(&self, key: &SessionKey, conn_id: u64) {
         let mut s = self.sessions();
-        if s.get(client_id).is_some_and(|e| e.conn_id == conn_id) {
-            s.remove(client_id);
+        if s.get(key).is_some_and(|e| e.conn_id == conn_id) {
+            s.remove(key);
         }
     }
 
-    fn add_subscription(&self, client_id: &str, conn_id: u64, filter: &str) {
+    fn add_subscription(&self, key: &SessionKey, conn_id: u64, filter: &str) {
         if let Some(e) = self
             .sessions()
-            .get_mut(client_id)
+            .get_mut(key)
             .filter(|e| e.conn_id == conn_id)
         {
             if !e.subscriptions.iter().any(|f| f == filter) {
@@ -147,10 +148,10 @@ impl Broker {
         }
     }
 
-    fn remove_subscription(&self, client_id: &str, conn_id: u64, filter: &str) {
+    fn remove_subscription(&self, key: &SessionKey, conn_id: u64, filter: &str) {
         if let Some(e) = self
             .sessions()
-            .get_mut(client_id)
+            .get_mut(key)
             .filter(|e| e.conn_id == conn_id)
         {
             e.subscriptions.retain(|f| f != filter);
@@ -173,11 +174,12 @@ impl Broker {
         n
     }
 
-    /// Closes one client's connection. Returns false when it is not connected.
+    /// Closes one client's connection. Returns false when it is not connected. A worker
+    /// id is registered in one pool only, so at most one session matches.
     pub(crate) fn kick(&self, client_id: &str, fire_will: bool, reason: &str) -> bool {
         let s = self.sessions();
-        match s.get(client_id) {
-            Some(e) => {
+        match s.iter().find(|((_, id), _)| id == client_id) {
+            Some((_, e)) => {
                 e.tx.send(SessionCmd::Kick {
                     fire_will,
                     reason: reason.to_string(),
@@ -212,7 +214,10 @@ impl Broker {
     }
 
     pub(crate) fn connected_pool(&self, client_id: &str) -> Option<String> {
-        self.sessions().get(client_id).map(|e| e.pool.clone())
+        self.sessions()
+            .keys()
+            .find(|(_, id)| id == client_id)
+            .map(|(pool, _)| pool.clone())
     }
 
     /// Takes the broker down (all connections closed, new ones refused) until

@@ -82,6 +82,15 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
     if client_id.is_empty() {
         code = ConnectReturnCode::BadClientId;
         why = "empty client id (use the worker ULID)".into();
+    } else if client_id.contains(['#', '+', '/']) {
+        // The id is spliced into topic names: a wildcard would widen the ACL.
+        code = ConnectReturnCode::BadClientId;
+        why = "client id contains a topic wildcard or separator (#, + or /)".into();
+    } else if !core.read(|s| s.workers.get(&client_id).is_some_and(|w| w.pool == pool)) {
+        // The same answer for "unknown" and "another pool's worker", so a certificate
+        // cannot probe other pools' worker ids; either way it must not take a session over.
+        code = ConnectReturnCode::NotAuthorized;
+        why = "client id is not a registered worker of this certificate's pool".into();
     } else if let Some(will) = &connect.last_will {
         if !acl::may_publish(&ns, &pool, &client_id, &will.topic) {
             code = ConnectReturnCode::NotAuthorized;
@@ -101,7 +110,8 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn_id = broker.register(&client_id, &pool, &fingerprint, tx);
+    let key = (pool.clone(), client_id.clone());
+    let conn_id = broker.register(&key, &fingerprint, tx);
     if conn
         .write(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
@@ -110,7 +120,7 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
         .await
         .is_err()
     {
-        broker.unregister(&client_id, conn_id);
+        broker.unregister(&key, conn_id);
         return;
     }
     let ev = |kind: &str| NewEvent::new(kind).pool(&pool).worker(&client_id);
@@ -179,7 +189,7 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
                         let mut codes = Vec::with_capacity(s.filters.len());
                         for f in &s.filters {
                             if acl::may_subscribe(&ns, &pool, &client_id, &f.path) {
-                                broker.add_subscription(&client_id, conn_id, &f.path);
+                                broker.add_subscription(&key, conn_id, &f.path);
                                 let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
                                 codes.push(SubscribeReasonCode::Success(qos));
                                 core.record(ev(kinds::MQTT_SUBSCRIBED).data(json!({ "filter": f.path })));
@@ -196,7 +206,7 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
                     }
                     Packet::Unsubscribe(u) => {
                         for t in &u.topics {
-                            broker.remove_subscription(&client_id, conn_id, t);
+                            broker.remove_subscription(&key, conn_id, t);
                         }
                         if conn.write(Packet::UnsubAck(UnsubAck::new(u.pkid))).await.is_err() {
                             break (false, true, "write failed".into());
@@ -230,7 +240,7 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
             _ = keepalive_expired => break (false, true, "keep-alive timeout".into()),
         }
     };
-    broker.unregister(&client_id, conn_id);
+    broker.unregister(&key, conn_id);
     let _ = conn.io.shutdown().await;
     let will_fired = !clean && fire_will && connect.last_will.is_some();
     core.record(ev(kinds::MQTT_DISCONNECTED).data(json!({
