@@ -3,7 +3,7 @@
 //! backend CA, `use_identity_as_username` (a pool certificate's CN is its pool ULID) and
 //! an ACL with `%u/%c` patterns; a test worker (rumqttc + reqwest with the pool
 //! certificate) registers, is scheduled a run, claims it, reports transitions, and its
-//! Last Will marks it crashed. Skipped when Mosquitto is not installed.
+//! Last Will marks it crashed. Skipped when Mosquitto is not installed (fails under CI=true).
 
 #[path = "../fake-backend/tests/common/mod.rs"]
 mod common;
@@ -35,8 +35,12 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn the_backend_works_through_mosquitto() {
-    if !Path::new("/usr/sbin/mosquitto").exists() {
-        println!("skipped: mosquitto not installed");
+    use protocol::test_support::{require_component, INSTALL_DEPS};
+    if !require_component(
+        Path::new("/usr/sbin/mosquitto").exists(),
+        "mosquitto",
+        INSTALL_DEPS,
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

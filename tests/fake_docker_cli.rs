@@ -44,10 +44,12 @@ fn text(b: &[u8]) -> String {
 }
 
 async fn setup(config: Config) -> Option<(FakeDockerHandle, Cli)> {
-    let Some(bin) = docker_cli() else {
-        println!("skipped: docker CLI not found at /usr/local/bin/docker or on PATH");
+    use protocol::test_support::{require_component, INSTALL_DEPS};
+    let bin = docker_cli();
+    if !require_component(bin.is_some(), "the docker CLI", INSTALL_DEPS) {
         return None;
-    };
+    }
+    let bin = bin?;
     let fd = FakeDocker::start(config).await.expect("start fake-docker");
     let cli = Cli {
         bin,

@@ -37,8 +37,8 @@ fn have_openssl() -> bool {
 
 #[tokio::test]
 async fn pool_create_signs_an_openssl_rsa4096_csr_and_the_key_works() {
-    if !have_openssl() {
-        eprintln!("skipped: openssl not installed");
+    use protocol::test_support::{require_component, INSTALL_DEPS};
+    if !require_component(have_openssl(), "openssl", INSTALL_DEPS) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

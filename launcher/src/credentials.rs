@@ -387,10 +387,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p8 = dir.path().join("k8.pem");
         std::fs::write(&p8, &key).unwrap();
-        let Some(pkcs1) = openssl(&["rsa", "-in", p8.to_str().unwrap(), "-traditional"]) else {
-            eprintln!("skipped: openssl not installed");
+        let pkcs1 = openssl(&["rsa", "-in", p8.to_str().unwrap(), "-traditional"]);
+        use protocol::test_support::{require_component, INSTALL_DEPS};
+        if !require_component(pkcs1.is_some(), "openssl", INSTALL_DEPS) {
             return;
-        };
+        }
+        let Some(pkcs1) = pkcs1 else { return };
         let pkcs1 = String::from_utf8(pkcs1).unwrap();
         assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
         let creds = creds_for_rsa(&key, &pkcs1).unwrap();

@@ -1232,10 +1232,16 @@ mod tests {
     /// `TEST_DOCKER_HOST` names it. Never pulls (no registry is reachable here).
     #[tokio::test]
     async fn real_dockerd_when_test_docker_host_is_set() {
-        let Ok(host) = std::env::var("TEST_DOCKER_HOST") else {
-            eprintln!("skipped: TEST_DOCKER_HOST not set (needs the real dockerd from scripts/dockerd.sh)");
+        let host = std::env::var("TEST_DOCKER_HOST").ok();
+        use protocol::test_support::{require_component, START_DOCKERD};
+        if !require_component(
+            host.is_some(),
+            "a real dockerd (TEST_DOCKER_HOST)",
+            START_DOCKERD,
+        ) {
             return;
-        };
+        }
+        let host = host.unwrap_or_default();
         let rt = BollardRuntime::connect(Some(&host)).await.unwrap();
         eprintln!("negotiated API {}", rt.api_version());
         let arch = rt.architecture().await.unwrap();

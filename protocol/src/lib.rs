@@ -16,6 +16,8 @@ pub mod arch;
 pub mod error;
 pub mod messages;
 pub mod run_state;
+#[doc(hidden)]
+pub mod test_support;
 pub mod token;
 pub mod topics;
 

@@ -173,7 +173,10 @@ fn keep_prints_how_to_use_it_and_ctrl_c_stops_everything() {
             "docker ps -a against {docker_host}: {}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => eprintln!("skipped: the docker CLI check ({e})"),
+        Err(e) => {
+            use protocol::test_support::{require_component, INSTALL_DEPS};
+            require_component(false, &format!("the docker CLI ({e})"), INSTALL_DEPS);
+        }
     }
 
     let pid = child.id().to_string();

@@ -17,7 +17,8 @@ fn run_case(path: &str) {
         .block_on(scenarios::run_file(path, None, repeat))
         .unwrap_or_else(|e| panic!("{e}"));
     if let Some(why) = &outcome.skipped {
-        println!("skipped: {why}");
+        use protocol::test_support::{require_component, START_DOCKERD};
+        require_component(false, &format!("a real dockerd: {why}"), START_DOCKERD);
         return;
     }
     for r in &outcome.reports {

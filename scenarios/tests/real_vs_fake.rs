@@ -14,8 +14,9 @@ const SUBSET: [&str; 6] = [
 
 #[test]
 fn real_daemon_agrees_with_fake() {
-    if std::env::var_os("TEST_DOCKER_HOST").is_none() {
-        println!("skipped: TEST_DOCKER_HOST not set (real dockerd vs fake-docker comparison)");
+    use protocol::test_support::{require_component, START_DOCKERD};
+    let present = std::env::var_os("TEST_DOCKER_HOST").is_some();
+    if !require_component(present, "a real dockerd (TEST_DOCKER_HOST)", START_DOCKERD) {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -559,10 +559,12 @@ mod tests {
 
     impl Broker {
         async fn start(pool: &TestPool, port: Option<u16>) -> Option<Broker> {
-            let Some(bin) = mosquitto_path() else {
-                eprintln!("skipped: mosquitto not installed");
+            use protocol::test_support::{require_component, INSTALL_DEPS};
+            let bin = mosquitto_path();
+            if !require_component(bin.is_some(), "mosquitto", INSTALL_DEPS) {
                 return None;
-            };
+            }
+            let bin = bin?;
             let dir = tempfile::tempdir().unwrap();
             let (cert, key) = pool.pki.server_cert();
             std::fs::write(dir.path().join("ca.pem"), &pool.pki.ca_cert_pem).unwrap();
