@@ -8,6 +8,7 @@ use protocol::RunState;
 
 use crate::engine::describe;
 use crate::model::{Scenario, Step};
+use crate::secrets::Secrets;
 use crate::world::World;
 
 const RUN_LABEL: &str = "workers.spacelift.io/run-id";
@@ -165,7 +166,9 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     }
 
     // 6. Every result reached the backend: terminal runs whose container ran to an exit
-    //    carry their exit code, and their output arrived in order.
+    //    carry their exit code, and their output arrived in order (masked as the
+    //    launcher must mask it).
+    let masked = masked_values(world);
     for (name, ulid) in &world.runs {
         let Some(run) = backend.run(ulid) else {
             continue;
@@ -187,6 +190,7 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
                 let texts: Vec<&str> = run.log_lines.iter().map(|l| l.text.as_str()).collect();
                 let mut at = 0;
                 for want in expected {
+                    let want = mask(&masked, want);
                     match texts[at..].iter().position(|t| t.contains(want.as_str())) {
                         Some(p) => at += p + 1,
                         None => {
@@ -205,6 +209,27 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         }
     }
     out
+}
+
+/// Every value a launcher of this world masks, and each line of a multi-line one (a
+/// container prints it as several lines), longest first.
+fn masked_values(world: &World) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in world.launchers.values() {
+        for v in crate::secrets::masked_values(&l.topology.env) {
+            out.extend(v.lines().filter(|l| !l.is_empty()).map(str::to_string));
+            out.push(v);
+        }
+    }
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+fn mask(values: &[String], line: &str) -> String {
+    values.iter().fold(line.to_string(), |acc, v| {
+        acc.replace(v.as_str(), launcher::masking::MASK)
+    })
 }
 
 fn scheduled_stdout<'s>(scenario: &'s Scenario, run: &str) -> Option<&'s Vec<String>> {
@@ -361,4 +386,113 @@ pub fn canonical(scenario: &Scenario, world: &World) -> Vec<String> {
         lines.push(format!("launcher {name}: {}", exits.join(", ")));
     }
     lines
+}
+
+/// Events the backend wrote from what the harness told it, not from what a launcher sent
+/// (a scheduled run's spec holds whatever the scenario put in its env).
+const HARNESS_EVENTS: &[&str] = &[
+    kinds::RUN_CREATED,
+    kinds::RUN_QUEUED,
+    kinds::RUN_OFFERED,
+    kinds::MESSAGE_SENT,
+    kinds::FAULT_INJECTED,
+    kinds::FAULT_TRIGGERED,
+    kinds::POOL_CREATED,
+    kinds::POOL_RESET,
+    kinds::BINARY_PUBLISHED,
+];
+
+/// Everything a secret must never reach, as (where, text): each launcher's log output and
+/// exit errors, and what the backend received (run logs, reasons, events).
+pub fn outputs(world: &World) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, l) in &world.launchers {
+        out.push((format!("launcher {name}'s log output"), l.output.text()));
+        for exit in &l.exits {
+            if let crate::launcher_node::NodeExit::Exited { error: Some(e), .. } = exit {
+                out.push((format!("launcher {name}'s exit error"), e.clone()));
+            }
+        }
+    }
+    let backend = world.backend();
+    for (name, ulid) in &world.runs {
+        let Some(run) = backend.run(ulid) else {
+            continue;
+        };
+        // Joined, so a multi-line value printed over several lines is found whole too.
+        let logs: Vec<&str> = run.log_lines.iter().map(|l| l.text.as_str()).collect();
+        out.push((format!("run {name}'s logs at the backend"), logs.join("\n")));
+        if let Some(r) = &run.reason {
+            out.push((format!("run {name}'s reason"), r.message.clone()));
+        }
+    }
+    for e in backend.events() {
+        if !HARNESS_EVENTS.contains(&e.kind.as_str()) {
+            let text = serde_json::to_string(&e).unwrap_or_default();
+            out.push((format!("backend event {} (seq {})", e.kind, e.seq), text));
+        }
+    }
+    out
+}
+
+/// The secret oracle: one failure per secret found in any output.
+pub fn secret_leaks(secrets: &Secrets, outputs: &[(String, String)]) -> Vec<String> {
+    outputs
+        .iter()
+        .flat_map(|(source, text)| secrets.leaks(source, text))
+        .collect()
+}
+
+/// The oracle over a finished world.
+pub fn secrets_kept(world: &World) -> Vec<String> {
+    let mut out = secret_leaks(&Secrets::of_world(world), &outputs(world));
+    // A launcher that registered has logged: an empty capture would make the oracle blind.
+    for (name, l) in &world.launchers {
+        if l.worker_ulid.is_some() && !l.output.text().contains("registered") {
+            out.push(format!(
+                "launcher {name}: its log output was not captured (the secret oracle is blind)"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Report, Trace};
+
+    #[test]
+    fn a_secret_in_captured_launcher_output_fails_the_verdict() {
+        let mut secrets = Secrets::default();
+        secrets.add_masked("launcher l1's masked value", "s3cr3t-token-value");
+        let clean = vec![(
+            "launcher l1's log output".to_string(),
+            "INFO run finished run_ulid=01ABC exit_code=0 output=*****".to_string(),
+        )];
+        assert!(secret_leaks(&secrets, &clean).is_empty());
+
+        let leaky = vec![(
+            "launcher l1's log output".to_string(),
+            "DEBUG creating container env=[\"TOKEN=s3cr3t-token-value\"]".to_string(),
+        )];
+        let failures = secret_leaks(&secrets, &leaky);
+        let report = Report {
+            seed: 1,
+            passed: failures.is_empty(),
+            failures,
+            trace: Trace::default(),
+        };
+        assert!(!report.passed);
+        assert!(
+            report.failures[0].contains("launcher l1's masked value")
+                && report.failures[0].contains("launcher l1's log output"),
+            "{:?}",
+            report.failures
+        );
+        assert!(
+            !report.failures[0].contains("s3cr3t"),
+            "never the value itself"
+        );
+    }
 }

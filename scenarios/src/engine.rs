@@ -54,6 +54,7 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
     }
 
     failures.extend(checks::invariants(scenario, &world));
+    failures.extend(checks::secrets_kept(&world));
     failures.extend(real_leftovers(&world).await);
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));

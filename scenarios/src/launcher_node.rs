@@ -2,11 +2,56 @@
 //! crash can be simulated faithfully: shutting that runtime down drops every task and
 //! socket at once (no MQTT DISCONNECT, so the Last Will fires; containers stay behind).
 
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use launcher::config::LauncherConfig;
 use launcher::lifecycle::Signal;
 use tokio::sync::{mpsc, oneshot};
+
+/// Everything a launcher logged, formatted as an operator would read it on stderr. One per
+/// launcher name, kept across restarts, for the secret oracle.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// A subscriber writing here: the launcher's own crate down to debug (what
+    /// `SPACELIFT_DEBUG` can show), everything else at info (the binary's default).
+    fn dispatch(&self) -> tracing::Dispatch {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,launcher=debug"))
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The capture of a runtime's blocking-pool thread, set for the thread's life.
+    static THREAD_CAPTURE: RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { RefCell::new(None) };
+}
 
 /// How an in-process launcher ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +71,44 @@ pub struct LauncherNode {
 }
 
 impl LauncherNode {
+    /// Starts the launcher on its own thread, its log output not captured.
     pub fn start(name: &str, config: LauncherConfig) -> std::io::Result<LauncherNode> {
+        LauncherNode::spawn(name, config, None)
+    }
+
+    /// Starts the launcher on its own thread; what it logs goes to `output` (tracing's
+    /// default subscriber is per thread, so the node's runtime threads are scoped to it).
+    pub fn start_captured(
+        name: &str,
+        config: LauncherConfig,
+        output: Captured,
+    ) -> std::io::Result<LauncherNode> {
+        LauncherNode::spawn(name, config, Some(output))
+    }
+
+    fn spawn(
+        name: &str,
+        config: LauncherConfig,
+        output: Option<Captured>,
+    ) -> std::io::Result<LauncherNode> {
         let (sig_tx, sig_rx) = mpsc::channel(8);
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(format!("launcher-{name}"))
             .spawn(move || {
+                // Without a capture the process's default subscriber stays in place.
+                let dispatch = output.map(|o| o.dispatch());
+                let on_start = dispatch.clone();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_start(move || {
+                        if let Some(d) = &on_start {
+                            let guard = tracing::dispatcher::set_default(d);
+                            THREAD_CAPTURE.with(|c| *c.borrow_mut() = Some(guard));
+                        }
+                    })
+                    .on_thread_stop(|| THREAD_CAPTURE.with(|c| drop(c.borrow_mut().take())))
                     .build()
                 {
                     Ok(rt) => rt,
@@ -46,6 +120,7 @@ impl LauncherNode {
                         return;
                     }
                 };
+                let _capture = dispatch.as_ref().map(tracing::dispatcher::set_default);
                 let exit = rt.block_on(async move {
                     tokio::select! {
                         res = launcher::app::run(config, sig_rx) => match res {

@@ -4,7 +4,8 @@
 //! - [`model`]: the file format; [`parse`]: reading and checking files.
 //! - [`world`]: the simulated world (backend, daemons, launchers) of one execution.
 //! - [`launcher_node`]: an in-process launcher that can be signalled and crashed.
-//! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace.
+//! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace,
+//!   and the secret oracle over what [`secrets`] knows.
 //! - [`report`]: the verdict.
 
 pub mod checks;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod parse;
 pub mod random;
 pub mod report;
+pub mod secrets;
 pub mod world;
 
 use std::path::Path;

@@ -11,7 +11,7 @@ use launcher::config::MapEnv;
 use protocol::Arch;
 
 use crate::error::ScenarioError;
-use crate::launcher_node::{LauncherNode, NodeExit};
+use crate::launcher_node::{Captured, LauncherNode, NodeExit};
 use crate::model::{
     BinaryKind, DockerKind, DockerTopology, LauncherTopology, Scenario, WorkerVersion,
 };
@@ -36,6 +36,8 @@ pub struct Launcher {
     pub data_dir: PathBuf,
     /// Every exit this launcher had, in order.
     pub exits: Vec<NodeExit>,
+    /// What it logged, over all its starts.
+    pub output: Captured,
 }
 
 pub struct World {
@@ -50,6 +52,8 @@ pub struct World {
     pub launchers: BTreeMap<String, Launcher>,
     /// Scenario run name -> run ULID, in schedule order.
     pub runs: Vec<(String, String)>,
+    /// Keys of other pools handed to launchers (`${OTHER_POOL_KEY}`): secrets too.
+    other_keys: std::sync::Mutex<Vec<String>>,
 }
 
 fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
@@ -94,6 +98,7 @@ impl World {
             dockers: BTreeMap::new(),
             launchers: BTreeMap::new(),
             runs: Vec::new(),
+            other_keys: Default::default(),
         };
         for v in &scenario.topology.worker_versions {
             world.publish(v)?;
@@ -112,6 +117,7 @@ impl World {
                     worker_ulid: None,
                     data_dir,
                     exits: Vec::new(),
+                    output: Captured::default(),
                 },
             );
         }
@@ -203,8 +209,9 @@ impl World {
             }
         };
         let since = self.backend().last_seq();
-        let node = LauncherNode::start(name, config).map_err(|e| harness("launcher thread", e))?;
         let l = self.launchers.get_mut(name).expect("known launcher");
+        let node = LauncherNode::start_captured(name, config, l.output.clone())
+            .map_err(|e| harness("launcher thread", e))?;
         l.node = Some(node);
         let backend = self.backend.as_ref().expect("backend running");
         let mut exited = None;
@@ -236,9 +243,22 @@ impl World {
             .backend()
             .create_pool()
             .map_err(|e| harness("creating a second pool", e))?;
-        creds
+        let key = creds
             .private_key_b64
-            .ok_or_else(|| harness("creating a second pool", "no private key"))
+            .ok_or_else(|| harness("creating a second pool", "no private key"))?;
+        self.other_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key.clone());
+        Ok(key)
+    }
+
+    /// The other pools' keys handed out so far.
+    pub fn other_keys(&self) -> Vec<String> {
+        self.other_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn worker_of(&self, launcher: &str) -> Result<String, ScenarioError> {
