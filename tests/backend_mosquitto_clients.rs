@@ -59,7 +59,11 @@ async fn run(mut cmd: Command) -> Output {
 #[tokio::test]
 async fn mosquitto_clients_use_the_embedded_broker_with_a_pool_certificate() {
     use protocol::test_support::{require_component, INSTALL_DEPS};
-    if !require_component(installed(), "mosquitto and mosquitto-clients", INSTALL_DEPS) {
+    if !require_component(
+        installed(),
+        "mosquitto-clients (mosquitto_pub, mosquitto_sub)",
+        INSTALL_DEPS,
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
