@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use crate::credentials::{Credentials, CredentialsError, KEY_VAR, TOKEN_VAR};
 use crate::init_policy::InitPolicy;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::settings::{ExtraMount, MountScope, PassedEnv, PrivateVcsMapping, Settings};
 
 // ---------------------------------------------------------------------------------------
@@ -159,13 +160,9 @@ pub struct LauncherConfig {
 
 impl std::fmt::Debug for LauncherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut settings = self.settings.clone();
-        for p in &mut settings.passed_env {
-            p.value = "<redacted>".into();
-        }
-        settings.masked_values = vec!["<redacted>".into(); settings.masked_values.len()];
+        // Secret values in the settings redact themselves (crate::secret).
         f.debug_struct("LauncherConfig")
-            .field("settings", &settings)
+            .field("settings", &self.settings)
             .field("credentials", &self.credentials)
             .field("docker_host", &self.docker_host)
             .field("log_format", &self.log_format)
@@ -683,7 +680,7 @@ fn whitelist(r: &Reader<'_>) -> Result<(Vec<PassedEnv>, Vec<String>), ConfigErro
                 out.retain(|p| !(p.name == name && p.applies_to == scope));
                 out.push(PassedEnv {
                     name: name.to_string(),
-                    value,
+                    value: value.into(),
                     applies_to: scope,
                 });
             }
@@ -704,17 +701,17 @@ fn valid_env_name(name: &str) -> bool {
 
 /// `SPACELIFT_MASK_ENVS`: the values (from the launcher's environment, and from the
 /// whitelisted values of that name) to mask. Empty values are never masked.
-fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<String>, Vec<String>) {
-    let mut values = Vec::new();
+fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<SecretString>, Vec<String>) {
+    let mut values: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     let Some(list) = r.get(vars::MASK_ENVS) else {
-        return (values, warnings);
+        return (Vec::new(), warnings);
     };
     for name in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let mut found = false;
         for p in passed.iter().filter(|p| p.name == name) {
             found = true;
-            values.push(p.value.clone());
+            values.push(p.value.expose_secret().to_string());
         }
         if let Some(v) = r.env.var(name) {
             found = true;
@@ -733,7 +730,10 @@ fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<String>, Vec<String>) {
     values.retain(|v| !v.is_empty());
     values.sort();
     values.dedup();
-    (values, warnings)
+    (
+        values.into_iter().map(SecretString::from).collect(),
+        warnings,
+    )
 }
 
 /// `/host:/container[:ro|:rw]` entries, comma separated.
@@ -854,7 +854,7 @@ fn private_vcs_mappings(
         }
         out.push(PrivateVcsMapping {
             name,
-            base_endpoint: endpoint,
+            base_endpoint: endpoint.into(),
         });
     }
     Ok((out, warnings))
@@ -1243,7 +1243,7 @@ mod tests {
             .settings
             .passed_env
             .iter()
-            .map(|p| (p.name.as_str(), p.value.as_str(), p.applies_to))
+            .map(|p| (p.name.as_str(), p.value.expose_secret(), p.applies_to))
             .collect();
         assert_eq!(
             got,
@@ -1254,10 +1254,13 @@ mod tests {
                 ("PLAIN", "plain", MountScope::ReadOnlyRuns),
             ]
         );
-        assert_eq!(
-            c.settings.masked_values,
-            ["read-key", "unscoped", "write-key"]
-        );
+        let masked: Vec<&str> = c
+            .settings
+            .masked_values
+            .iter()
+            .map(|v| v.expose_secret())
+            .collect();
+        assert_eq!(masked, ["read-key", "unscoped", "write-key"]);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(
             c.warnings[0].contains("MISSING is not set"),
@@ -1497,6 +1500,24 @@ mod tests {
         }
         assert!(dbg.contains("AWS_SECRET"), "{dbg}");
         assert!(dbg.contains("proxy.local"), "{dbg}");
+    }
+
+    #[test]
+    fn debug_redacts_private_vcs_credentials() {
+        let c = with(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "ghe-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+                "https://vcs-user:vcs-pa55word@ghe.internal:8443/api",
+            ),
+        ])
+        .unwrap();
+        for dbg in [format!("{c:?}"), format!("{:?}", c.settings)] {
+            assert!(!dbg.contains("vcs-pa55word"), "{dbg}");
+            assert!(!dbg.contains("vcs-user"), "{dbg}");
+            assert!(dbg.contains("ghe.internal:8443"), "{dbg}");
+            assert!(dbg.contains("ghe-pool"), "{dbg}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use protocol::api::RunSpec;
 
 use crate::config::vars::{PRIVATEVCS_ENDPOINT_PREFIX, PRIVATEVCS_NAME_PREFIX};
 use crate::ports::{CachedBinary, ContainerSpec};
+use crate::secret::ExposeSecret;
 use crate::settings::{MountScope, Settings};
 
 /// Where the worker binary appears inside the container; it is PID 1.
@@ -59,7 +60,7 @@ pub fn build(
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for p in &settings.passed_env {
         if applies(p.applies_to, read_only) {
-            env.insert(p.name.clone(), p.value.clone());
+            env.insert(p.name.clone(), p.value.expose_secret().to_string());
         }
     }
     for (k, v) in &run.env {
@@ -69,7 +70,7 @@ pub fn build(
         env.insert(format!("{PRIVATEVCS_NAME_PREFIX}{i}"), m.name.clone());
         env.insert(
             format!("{PRIVATEVCS_ENDPOINT_PREFIX}{i}"),
-            m.base_endpoint.clone(),
+            m.base_endpoint.expose_secret().to_string(),
         );
     }
     env.insert("SPACELIFT_RUN_ULID".into(), run.run_ulid.clone());
@@ -122,7 +123,7 @@ mod tests {
         s.runtime = Some("runsc".into());
         let pe = |name: &str, scope| PassedEnv {
             name: name.into(),
-            value: format!("{name}-value"),
+            value: format!("{name}-value").into(),
             applies_to: scope,
         };
         s.passed_env = vec![
@@ -286,5 +287,25 @@ mod tests {
             .env
             .iter()
             .any(|e| e.starts_with("SPACELIFT_PRIVATEVCS_")));
+    }
+
+    #[test]
+    fn debug_never_shows_env_values() {
+        let mut s = settings();
+        s.passed_env = vec![PassedEnv {
+            name: "TF_VAR_db_password".into(),
+            value: "passed-s3cret-value".into(),
+            applies_to: MountScope::All,
+        }];
+        let mut r = run(RunType::Tracked);
+        r.env
+            .insert("STACK_SECRET".into(), "stack-s3cret-value".into());
+        let spec = build(&s, &r, "img", &binary(), &ids());
+        for dbg in [format!("{spec:?}"), format!("{spec:#?}")] {
+            assert!(!dbg.contains("passed-s3cret-value"), "{dbg}");
+            assert!(!dbg.contains("stack-s3cret-value"), "{dbg}");
+            // The names help an operator and are not secret.
+            assert!(dbg.contains("TF_VAR_db_password"), "{dbg}");
+        }
     }
 }

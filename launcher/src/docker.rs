@@ -39,6 +39,7 @@ use crate::ports::{
     ContainerRuntime, ContainerSpec, ContainerSummary, ExitStatus, ImageInfo, OutputLine,
     OutputStream, RegistryAuth, RuntimeError,
 };
+use crate::secret::{ExposeSecret, SecretString};
 
 /// The daemon every Docker CLI assumes.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -234,10 +235,11 @@ impl ContainerRuntime for BollardRuntime {
                 None => None,
             },
         };
+        // The one place registry credentials leave their wrapper: bollard's auth header.
         let credentials = auth.map(|a| bollard::auth::DockerCredentials {
             username: a.username,
-            password: a.password,
-            identitytoken: a.identity_token,
+            password: a.password.map(|p| p.expose_secret().to_string()),
+            identitytoken: a.identity_token.map(|t| t.expose_secret().to_string()),
             serveraddress: a.server,
             ..Default::default()
         });
@@ -662,8 +664,16 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
     };
     let mut auth = RegistryAuth {
         username: entry.username.clone().filter(|s| !s.is_empty()),
-        password: entry.password.clone().filter(|s| !s.is_empty()),
-        identity_token: entry.identitytoken.clone().filter(|s| !s.is_empty()),
+        password: entry
+            .password
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from),
+        identity_token: entry
+            .identitytoken
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from),
         server: Some(server.clone()),
     };
     if let Some(encoded) = entry.auth.as_deref().filter(|s| !s.is_empty()) {
@@ -682,7 +692,7 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
             ))
         })?;
         auth.username = Some(user.to_string());
-        auth.password = Some(pass.to_string());
+        auth.password = Some(pass.into());
     }
     if auth.username.is_none() && auth.password.is_none() && auth.identity_token.is_none() {
         return Ok(None);
@@ -1374,18 +1384,27 @@ mod tests {
         .unwrap();
         let hub = registry_auth_for(dir.path(), "alpine:3").unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("alice"));
-        assert_eq!(hub.password.as_deref(), Some("pw:with:colons"));
+        assert_eq!(
+            hub.password.as_ref().map(|p| p.expose_secret()),
+            Some("pw:with:colons")
+        );
         assert_eq!(hub.server.as_deref(), Some("https://index.docker.io/v1/"));
         let r = registry_auth_for(dir.path(), "registry.example.com:5000/team/img")
             .unwrap()
             .unwrap();
-        assert_eq!(r.identity_token.as_deref(), Some("tok"));
+        assert_eq!(
+            r.identity_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
         assert_eq!(r.username, None);
         let g = registry_auth_for(dir.path(), "ghcr.io/o/i")
             .unwrap()
             .unwrap();
         assert_eq!(
-            (g.username.as_deref(), g.password.as_deref()),
+            (
+                g.username.as_deref(),
+                g.password.as_ref().map(|p| p.expose_secret())
+            ),
             (Some("u"), Some("p"))
         );
         assert_eq!(registry_auth_for(dir.path(), "quay.io/x/y").unwrap(), None);

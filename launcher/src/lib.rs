@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod ports;
 pub mod reaper;
 pub mod run;
+pub mod secret;
 pub mod settings;
 pub mod supervisor;
 pub mod tls;

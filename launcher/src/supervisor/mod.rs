@@ -128,7 +128,12 @@ impl Supervisor {
         let (connected, _) = watch::channel(0u64);
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
-            masker: Masker::new(self.settings.masked_values.iter().cloned()),
+            masker: Masker::new(
+                self.settings
+                    .masked_values
+                    .iter()
+                    .map(crate::secret::ExposeSecret::expose_secret),
+            ),
             settings: self.settings,
             ids: self.ids,
             arch: self.arch,
