@@ -23,6 +23,7 @@ pub mod credentials;
 pub mod docker;
 pub mod init_policy;
 pub mod lifecycle;
+pub mod logging;
 pub mod masking;
 pub mod metrics;
 pub mod outbox;
