@@ -184,7 +184,7 @@ fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Credent
 
 /// A PEM error by its kind only: pki-types' own messages quote the offending line, which
 /// for a key whose line breaks were lost is the whole key, as a list of decimal bytes.
-fn describe_pem_error(e: &rustls_pki_types::pem::Error) -> &'static str {
+pub(crate) fn describe_pem_error(e: &rustls_pki_types::pem::Error) -> &'static str {
     use rustls_pki_types::pem::Error as E;
     match e {
         E::MissingSectionEnd { .. } => "a BEGIN line has no matching END line",
