@@ -252,7 +252,9 @@ ENVIRONMENT
   SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED (default false)
       Let the worker upload sensitive outputs; passed to the worker.
   SPACELIFT_DEBUG (default false)
-      Log the exact Docker commands and requests the launcher makes.
+      Log the launcher's own debug events (Docker calls and their results, run state
+      changes, MQTT messages by id). Never values: dependencies (bollard, hyper, reqwest,
+      rustls, rumqttc) stay at info, even under RUST_LOG, as they log whole requests.
   SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED (default false)
       Also print run logs on standard output, structured (run_ulid, stack_id, ts, msg).
   SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY
@@ -312,7 +314,8 @@ ENVIRONMENT
   SPACELIFT_LAUNCHER_METRICS_ADDR (default: off)
       host:port serving /metrics and /healthz.
   SPACELIFT_LAUNCHER_LOG_FORMAT (default text)
-      text or json.
+      text or json (one object a line), on standard error. Text is coloured only when
+      standard error is a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.
 ";
 
 /// Returns [`ENV_HELP`].
