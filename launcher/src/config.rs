@@ -11,7 +11,7 @@
 //! - Booleans accept Go's `strconv.ParseBool` spellings: `1 t T TRUE true True` and
 //!   `0 f F FALSE false False`.
 //! - Durations are Go durations: `7m`, `1h30m`, `90s`, `1.5h`, `500ms` (units ns, us, µs,
-//!   ms, s, m, h), and must be positive.
+//!   ms, s, m, h), positive and at most Go's maximum, 2562047h47m16.854775807s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -587,8 +587,13 @@ fn parse_u64(s: &str) -> Option<u64> {
     }
 }
 
+/// Go's longest duration (`time.Duration` is an int64 of nanoseconds).
+const GO_MAX_DURATION_NANOS: u128 = i64::MAX as u128;
+const TOO_LONG: &str = "longer than the maximum, 2562047h47m16.854775807s";
+
 /// Parses a Go duration (`time.ParseDuration`): `[-+]?(\d*(\.\d*)?(ns|us|µs|μs|ms|s|m|h))+`
-/// or `0`. Negative durations are rejected (we have no use for them).
+/// or `0`, at most Go's maximum (so no later `Instant + Duration` can overflow). Negative
+/// durations are rejected (we have no use for them).
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let mut rest = s.strip_prefix('+').unwrap_or(s);
     if rest.starts_with('-') {
@@ -629,24 +634,26 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let int: u128 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| "number too large".to_string())?
+            int.parse().map_err(|_| TOO_LONG.to_string())?
         };
         let mut value = int
             .checked_mul(nanos_per)
-            .ok_or_else(|| "duration too large".to_string())?;
+            .ok_or_else(|| TOO_LONG.to_string())?;
         if !frac.is_empty() {
             let digits = frac.len().min(18) as u32;
             let frac_num: u128 = frac[..digits as usize]
                 .parse()
                 .map_err(|_| "bad fraction".to_string())?;
-            value += frac_num * nanos_per / 10u128.pow(digits);
+            value = value
+                .checked_add(frac_num * nanos_per / 10u128.pow(digits))
+                .ok_or_else(|| TOO_LONG.to_string())?;
         }
         total = total
             .checked_add(value)
-            .ok_or_else(|| "duration too large".to_string())?;
+            .filter(|t| *t <= GO_MAX_DURATION_NANOS)
+            .ok_or_else(|| TOO_LONG.to_string())?;
     }
-    let secs =
-        u64::try_from(total / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| TOO_LONG.to_string())?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
@@ -1164,6 +1171,30 @@ mod tests {
         assert!(d("m").is_err());
         assert!(d("").is_err());
         assert!(d("1..2s").is_err());
+    }
+
+    /// Go's `time.Duration` tops out at 2562047h47m16.854775807s; beyond it Go refuses,
+    /// and so do we (an `Instant + Duration` that large would overflow later).
+    #[test]
+    fn durations_beyond_gos_maximum_are_refused() {
+        let d = |s| parse_go_duration(s);
+        assert_eq!(
+            d("2562047h47m16.854775807s"),
+            Ok(Duration::new(9_223_372_036, 854_775_807))
+        );
+        for s in [
+            "2562048h",
+            "2562047h47m16.854775808s",
+            "18446744073709551615s",
+        ] {
+            let e = d(s).unwrap_err();
+            assert!(e.contains("2562047h"), "{s}: {e}");
+        }
+        let e = err(&[(vars::RUN_TIMEOUT, "2562048h")]);
+        assert!(
+            e.starts_with("SPACELIFT_LAUNCHER_RUN_TIMEOUT: ") && e.contains("2562047h"),
+            "{e}"
+        );
     }
 
     #[test]
