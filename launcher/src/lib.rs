@@ -21,6 +21,7 @@ pub mod config;
 pub mod container_spec;
 pub mod credentials;
 pub mod docker;
+pub mod image_ref;
 pub mod init_policy;
 pub mod lifecycle;
 pub mod masking;
