@@ -22,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::binaries::FsBinaryStore;
 use crate::config::LauncherConfig;
 use crate::container_spec::Ids;
+use crate::data_dir::{DataDirError, DataDirLock};
 use crate::docker::BollardRuntime;
 use crate::lifecycle::{Error, ExitOutcome, Signal};
 use crate::metrics::Metrics;
@@ -51,6 +52,8 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let settings = config.settings.clone();
+    // Held until this function returns: one launcher per data directory.
+    let _data_dir_lock = DataDirLock::acquire(&settings.data_dir).map_err(data_dir_error)?;
     if let Some(p) = &settings.init_policy {
         tracing::info!(policy = %p.path().display(), "initialization policy loaded; evaluated before every run");
     }
@@ -158,6 +161,16 @@ pub async fn run(
     result
 }
 
+fn data_dir_error(e: DataDirError) -> Error {
+    match e {
+        DataDirError::Io { what, path, source } => Error::Io {
+            what: format!("{what} {path}"),
+            source,
+        },
+        in_use @ DataDirError::InUse { .. } => Error::Config(in_use.to_string()),
+    }
+}
+
 fn mqtt_error(e: MqttError) -> Error {
     match e {
         MqttError::Unauthorized(m) => Error::Unauthorized(m),
@@ -194,25 +207,19 @@ pub async fn read_worker_file(path: &Path) -> Option<WorkerFile> {
     }
 }
 
-/// Written atomically (temp file + rename) so a crash never leaves half a file.
+/// Written atomically and durably ([`crate::data_dir::write_atomically`]), so a crash or
+/// power cut leaves the old file or the new one, never half of one.
 pub async fn write_worker_file(path: &Path, file: &WorkerFile) -> Result<(), Error> {
-    let io = |what: &str, source| Error::Io {
-        what: format!("{what} {}", path.display()),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| io("creating the directory of", e))?;
-    }
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(file).unwrap_or_default();
-    tokio::fs::write(&tmp, json)
+    let target = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::data_dir::write_atomically(&target, &json))
         .await
-        .map_err(|e| io("writing", e))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| io("replacing", e))
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -232,5 +239,34 @@ mod tests {
         assert_eq!(read_worker_file(&path).await, Some(f));
         tokio::fs::write(&path, b"{not json").await.unwrap();
         assert_eq!(read_worker_file(&path).await, None);
+    }
+
+    /// A unique temporary name, so a file or symlink planted at a predictable one is
+    /// neither followed nor clobbered, and nothing is left behind.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn worker_file_write_ignores_planted_temp_symlink_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let path = data.join("worker.json");
+        std::os::unix::fs::symlink(&victim, data.join("worker.json.tmp")).unwrap();
+        let f = WorkerFile {
+            worker_ulid: "W".into(),
+            pool_ulid: "P".into(),
+        };
+        write_worker_file(&path, &f).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(read_worker_file(&path).await, Some(f.clone()));
+        std::fs::remove_file(data.join("worker.json.tmp")).unwrap();
+        write_worker_file(&path, &f).await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["worker.json"]);
     }
 }

@@ -20,6 +20,7 @@ pub mod binaries;
 pub mod config;
 pub mod container_spec;
 pub mod credentials;
+pub mod data_dir;
 pub mod docker;
 pub mod image_ref;
 pub mod init_policy;
