@@ -784,23 +784,41 @@ mod tests {
     #[tokio::test]
     async fn announced_huge_bodies_are_not_read_whole() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn serve(status: &'static str) -> String {
+        /// Answers `status` with a body that never ends: announced as 1 TiB, or chunked.
+        async fn serve(status: &'static str, chunked: bool) -> String {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
                 let (mut sock, _) = listener.accept().await.unwrap();
                 let mut buf = vec![0u8; 64 * 1024];
                 let _ = sock.read(&mut buf).await;
+                let framing = if chunked {
+                    "transfer-encoding: chunked".to_string()
+                } else {
+                    format!("content-length: {}", 1u64 << 40)
+                };
                 let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\n\r\n",
-                    1u64 << 40
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
                 );
-                sock.write_all(head.as_bytes()).await.unwrap();
-                sock.write_all(&vec![b'z'; 128 * 1024]).await.unwrap();
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'z'; 64 * 1024];
+                for _ in 0..20 {
+                    let sent = if chunked {
+                        let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                        c.extend_from_slice(&piece);
+                        c.extend_from_slice(b"\r\n");
+                        sock.write_all(&c).await
+                    } else {
+                        sock.write_all(&piece).await
+                    };
+                    if sent.is_err() {
+                        return; // the client stopped reading and hung up
+                    }
+                }
                 // Never finish the body; hold the connection open.
                 std::future::pending::<()>().await;
-                drop(sock);
             });
             format!("http://{addr}")
         }
@@ -819,11 +837,12 @@ mod tests {
             b
         };
         let outcome = tokio::time::timeout(Duration::from_secs(20), async {
-            let ok = client(serve("200 OK").await).renew_lease("R1").await;
-            let err = client(serve("500 Internal Server Error").await)
+            let ok = client(serve("200 OK", false).await).renew_lease("R1").await;
+            let ok_chunked = client(serve("200 OK", true).await).renew_lease("R1").await;
+            let err = client(serve("500 Internal Server Error", false).await)
                 .renew_lease("R1")
                 .await;
-            (ok, err)
+            (ok, ok_chunked, err)
         })
         .await
         .expect("waited for a body that never ends");
@@ -833,9 +852,14 @@ mod tests {
             outcome.0
         );
         assert!(
-            matches!(&outcome.1, Err(BackendError::Transient { message, .. }) if message.contains("HTTP 500: zzzz")),
+            matches!(&outcome.1, Err(BackendError::Rejected { message }) if message.contains("larger than 1 MiB")),
             "{:?}",
             outcome.1
+        );
+        assert!(
+            matches!(&outcome.2, Err(BackendError::Transient { message, .. }) if message.contains("HTTP 500: zzzz")),
+            "{:?}",
+            outcome.2
         );
     }
 
