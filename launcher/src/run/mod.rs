@@ -60,6 +60,8 @@ pub enum StopRequest {
     Cancel(Option<String>),
     /// The operator's second signal.
     Shutdown,
+    /// The launcher is exiting on a fatal error (credentials refused, MQTT stopped).
+    Fatal,
 }
 
 /// How a run task ended, for the supervisor and the metrics.
@@ -466,6 +468,10 @@ impl Run {
                     StopRequest::Shutdown => Reason::new(
                         reason_codes::LAUNCHER_SHUTDOWN,
                         "the launcher was told to stop (second SIGTERM/SIGINT) and canceled the run",
+                    ),
+                    StopRequest::Fatal => Reason::new(
+                        reason_codes::LAUNCHER_SHUTDOWN,
+                        "the launcher hit a fatal error (see its log) and canceled the run before exiting",
                     ),
                 };
                 tracing::info!(reason = %reason.message, "run canceled");
