@@ -1253,3 +1253,4 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
 }
 
 mod fatal_exit;
+mod prepare_deadline;
