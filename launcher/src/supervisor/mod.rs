@@ -38,6 +38,9 @@ use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerS
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
+mod prefetch;
+use prefetch::Prefetcher;
+
 /// Offers kept while every slot is busy (beyond this, offers are turned down).
 const MAX_DEFERRED: usize = 64;
 
@@ -153,6 +156,7 @@ impl Supervisor {
         });
         let mut lp = Loop {
             capacity: ctx.settings.capacity.max(1) as usize,
+            prefetch: Prefetcher::new(ctx.store.clone()),
             ctx,
             status: self.status,
             connected,
@@ -166,7 +170,6 @@ impl Supervisor {
             outbox_ids: HashMap::new(),
             outboxes: JoinSet::new(),
             held: BTreeSet::new(),
-            background: JoinSet::new(),
             stages: SignalStages::default(),
             backend_drained: false,
             exiting_on_error: false,
@@ -254,7 +257,7 @@ struct Loop {
     /// Claimed and not yet reported terminal (what heartbeats carry).
     held: BTreeSet<String>,
     /// Worker-binary prefetches; aborted when the supervisor ends.
-    background: JoinSet<()>,
+    prefetch: Prefetcher,
     stages: SignalStages,
     backend_drained: bool,
     /// A fatal error came: the runs are being stopped before exiting.
@@ -276,7 +279,7 @@ impl Loop {
         let mut signals_open = true;
         loop {
             if let Some(done) = self.finished() {
-                self.background.abort_all();
+                self.prefetch.abort();
                 return done;
             }
             tokio::select! {
@@ -299,6 +302,7 @@ impl Loop {
                 }
                 Some(ended) = self.runs.join_next_with_id() => self.on_run_end(ended),
                 Some(ended) = self.outboxes.join_next_with_id() => self.on_outbox_end(ended),
+                () = self.prefetch.ended() => self.prefetch.start_next(),
                 _ = sleep_until_opt(self.cancel_deadline) => {
                     tracing::warn!(undelivered = ?self.held, "runs canceled but not all reported in time; exiting");
                     return Ok(ExitOutcome::Canceled);
@@ -351,7 +355,7 @@ impl Loop {
                 );
             }
         }
-        self.background.abort_all();
+        self.prefetch.abort();
         error
     }
 
@@ -516,14 +520,8 @@ impl Loop {
             }
             ServerMessage::BinaryPublished { binary, .. } => {
                 if binary.arch == self.ctx.arch {
-                    tracing::info!(version = %binary.version, "new worker binary published; prefetching it");
-                    while self.background.try_join_next().is_some() {}
-                    let store = self.ctx.store.clone();
-                    self.background.spawn(async move {
-                        if let Err(e) = store.get(&binary).await {
-                            tracing::warn!(error = %e, "prefetching the worker binary failed; runs will fetch it");
-                        }
-                    });
+                    tracing::info!(version = %binary.version, "new worker binary published");
+                    self.prefetch.offer(binary);
                 }
             }
         }

@@ -1253,4 +1253,5 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
 }
 
 mod fatal_exit;
+mod prefetch;
 mod prepare_deadline;
