@@ -1,10 +1,10 @@
 //! One run, from claim to removed container.
 //!
 //! claim -> (lease kept alive) -> `preparing` -> worker binary (pinned) -> initialization
-//! policy (if configured; a deny fails the run) -> image (pulled,
-//! platform checked), all within the prepare deadline -> container created and started -> `running` -> output streamed
-//! while the logs-silence and run timeouts, cancel and lease loss are watched -> exit
-//! status -> terminal report -> container removed -> binary unpinned.
+//! policy (if configured; a deny fails the run) -> image (pulled, platform checked), all
+//! within the prepare deadline -> container created and started -> `running` -> output
+//! streamed while the logs-silence and run timeouts, cancel and lease loss are watched ->
+//! exit status -> terminal report -> container removed -> binary unpinned.
 //!
 //! Every report goes through the run's outbox, so the run never waits for the backend.
 
