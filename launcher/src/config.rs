@@ -218,6 +218,7 @@ pub mod vars {
     pub const RUN_INITIALIZATION_POLICY: &str = "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY";
     pub const LOGS_TIMEOUT: &str = "SPACELIFT_LAUNCHER_LOGS_TIMEOUT";
     pub const RUN_TIMEOUT: &str = "SPACELIFT_LAUNCHER_RUN_TIMEOUT";
+    pub const PREPARE_TIMEOUT: &str = "SPACELIFT_LAUNCHER_PREPARE_TIMEOUT";
     pub const DOCKER_CONFIG_DIR: &str = "SPACELIFT_DOCKER_CONFIG_DIR";
     pub const WHITELIST_ENVS: &str = "SPACELIFT_WHITELIST_ENVS";
     pub const EXTRA_MOUNTS: &str = "SPACELIFT_WORKER_EXTRA_MOUNTS";
@@ -270,6 +271,10 @@ ENVIRONMENT
       Go duration: a run that prints nothing for this long is killed.
   SPACELIFT_LAUNCHER_RUN_TIMEOUT (default 70m)
       Go duration: the longest a run may take.
+  SPACELIFT_LAUNCHER_PREPARE_TIMEOUT (default 15m)
+      Go duration: the longest a run may spend preparing (worker binary download,
+      initialization policy, image pull) before its container is created; past it the
+      run ends timed_out, reason prepare_timeout, and no container is created.
   SPACELIFT_DOCKER_CONFIG_DIR
       Directory holding a Docker config.json (from docker login) with registry credentials.
   SPACELIFT_WHITELIST_ENVS
@@ -434,6 +439,7 @@ pub fn load_with(
         masked_values,
         logs_timeout: r.duration(vars::LOGS_TIMEOUT, Duration::from_secs(7 * 60))?,
         run_timeout: r.duration(vars::RUN_TIMEOUT, Duration::from_secs(70 * 60))?,
+        prepare_timeout: r.duration(vars::PREPARE_TIMEOUT, Duration::from_secs(15 * 60))?,
         stop_grace: r.duration(vars::STOP_GRACE, Duration::from_secs(10))?,
         run_logs_on_stdout: r.boolean(vars::RUN_LOGS_ON_STDOUT)?,
         debug: r.boolean(vars::DEBUG)?,
@@ -989,6 +995,7 @@ mod tests {
         assert!(s.masked_values.is_empty());
         assert_eq!(s.logs_timeout, Duration::from_secs(420));
         assert_eq!(s.run_timeout, Duration::from_secs(4200));
+        assert_eq!(s.prepare_timeout, Duration::from_secs(900));
         assert_eq!(s.stop_grace, Duration::from_secs(10));
         assert!(!s.run_logs_on_stdout);
         assert!(!s.debug);
@@ -1018,6 +1025,7 @@ mod tests {
             (vars::RUNTIME, "runsc"),
             (vars::LOGS_TIMEOUT, "1h30m"),
             (vars::RUN_TIMEOUT, "90s"),
+            (vars::PREPARE_TIMEOUT, "20m"),
             (vars::STOP_GRACE, "1.5s"),
             (vars::RUN_LOGS_ON_STDOUT, "true"),
             (vars::DEBUG, "1"),
@@ -1042,6 +1050,7 @@ mod tests {
         assert_eq!(s.runtime.as_deref(), Some("runsc"));
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));
         assert_eq!(s.run_timeout, Duration::from_secs(90));
+        assert_eq!(s.prepare_timeout, Duration::from_secs(1200));
         assert_eq!(s.stop_grace, Duration::from_millis(1500));
         assert!(s.run_logs_on_stdout && s.debug && c.sensitive_output_upload);
         assert_eq!(s.docker_config_dir.as_deref(), Some(dir.path()));
@@ -1542,6 +1551,7 @@ mod tests {
             vars::RUN_INITIALIZATION_POLICY,
             vars::LOGS_TIMEOUT,
             vars::RUN_TIMEOUT,
+            vars::PREPARE_TIMEOUT,
             vars::DOCKER_CONFIG_DIR,
             vars::WHITELIST_ENVS,
             vars::EXTRA_MOUNTS,

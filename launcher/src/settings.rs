@@ -62,6 +62,9 @@ pub struct Settings {
     pub logs_timeout: Duration,
     /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (default 70m).
     pub run_timeout: Duration,
+    /// `SPACELIFT_LAUNCHER_PREPARE_TIMEOUT` (default 15m): the longest a run may spend
+    /// preparing (worker binary, initialization policy, image pull) before its container.
+    pub prepare_timeout: Duration,
     /// Grace between stop (SIGTERM) and kill when canceling (`SPACELIFT_LAUNCHER_STOP_GRACE`, 10s).
     pub stop_grace: Duration,
     /// `SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`.
@@ -103,6 +106,7 @@ impl Settings {
             masked_values: Vec::new(),
             logs_timeout: Duration::from_secs(7 * 60),
             run_timeout: Duration::from_secs(70 * 60),
+            prepare_timeout: Duration::from_secs(15 * 60),
             stop_grace: Duration::from_secs(10),
             run_logs_on_stdout: false,
             debug: false,

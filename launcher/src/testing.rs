@@ -13,7 +13,7 @@ use protocol::api::{
 };
 use protocol::messages::ServerMessage;
 use protocol::{Arch, RunState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::container_spec::Ids;
@@ -88,6 +88,7 @@ pub struct BackendState {
     pub retry_after: Option<Duration>,
     /// While down, every report call fails with Transient.
     pub down: bool,
+    /// Every call answers Unauthorized (the pool's credentials were revoked).
     pub unauthorized: bool,
     pub lease_conflict: HashSet<String>,
     pub lease_transient: bool,
@@ -240,7 +241,11 @@ impl Backend for MemBackend {
         let r = {
             let mut s = lock(&self.state);
             s.renewals.push(run_ulid.to_string());
-            if s.lease_conflict.contains(run_ulid) {
+            if s.unauthorized {
+                Err(BackendError::Unauthorized {
+                    message: "401".into(),
+                })
+            } else if s.lease_conflict.contains(run_ulid) {
                 Err(BackendError::Conflict {
                     message: "lease held by another worker".into(),
                 })
@@ -284,6 +289,11 @@ impl Backend for MemBackend {
     }
 
     async fn latest_binary(&self, _arch: Arch) -> Result<WorkerBinary, BackendError> {
+        if lock(&self.state).unauthorized {
+            return Err(BackendError::Unauthorized {
+                message: "401".into(),
+            });
+        }
         Ok(binary())
     }
 
@@ -355,6 +365,8 @@ pub struct RuntimeState {
     pub images: HashMap<String, ImageInfo>,
     /// What a pull of the image brings (absent: the pull fails).
     pub registry: HashMap<String, ImageInfo>,
+    /// Pulls of these images never complete (a registry trickling bytes).
+    pub pull_hangs: HashSet<String>,
     pub behaviours: HashMap<String, Behaviour>,
     pub default_behaviour: Behaviour,
     pub containers: BTreeMap<String, MemContainer>,
@@ -465,8 +477,16 @@ impl ContainerRuntime for MemRuntime {
         platform: &str,
         _auth: Option<RegistryAuth>,
     ) -> Result<(), RuntimeError> {
+        if self
+            .check(format!("pull {image} {platform}"))?
+            .pull_hangs
+            .contains(image)
+        {
+            self.world.bump();
+            return std::future::pending().await;
+        }
         let r = {
-            let mut s = self.check(format!("pull {image} {platform}"))?;
+            let mut s = lock(&self.state);
             match s.registry.get(image).cloned() {
                 Some(info) => {
                     s.images.insert(image.to_string(), info);
@@ -712,6 +732,12 @@ impl ContainerRuntime for MemRuntime {
 #[derive(Default)]
 pub struct StoreState {
     pub gets: u32,
+    /// Each get takes this long (a slow or trickling download).
+    pub delay: Option<Duration>,
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+    /// Versions whose get completed, in order.
+    pub fetched: Vec<String>,
     /// The next this many gets fail verification.
     pub corrupt: u32,
     pub pins: HashMap<String, i64>,
@@ -729,12 +755,33 @@ impl MemBinaryStore {
     }
 }
 
+struct InFlight(Arc<Mutex<StoreState>>, World);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+        self.1.bump();
+    }
+}
+
 #[async_trait]
 impl BinaryStore for MemBinaryStore {
     async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
-        let r = {
+        let delay = {
             let mut s = lock(&self.state);
             s.gets += 1;
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.delay
+        };
+        self.world.bump();
+        // Counted out even when the get is dropped half-way (a deadline, an abort).
+        let _done = InFlight(self.state.clone(), self.world.clone());
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let r = {
+            let mut s = lock(&self.state);
             if s.corrupt > 0 {
                 s.corrupt -= 1;
                 Err(BinaryError::Corrupt {
@@ -744,6 +791,7 @@ impl BinaryStore for MemBinaryStore {
                     actual: "00".repeat(32),
                 })
             } else {
+                s.fetched.push(binary.version.clone());
                 Ok(CachedBinary {
                     version: binary.version.clone(),
                     sha256: binary.sha256.clone(),
@@ -812,6 +860,7 @@ pub struct Running {
     pub signals: mpsc::Sender<Signal>,
     pub status: watch::Receiver<WorkerStatus>,
     pub task: JoinHandle<Result<ExitOutcome, Error>>,
+    fatal: Option<oneshot::Sender<Error>>,
     msg: u64,
 }
 
@@ -849,6 +898,7 @@ impl Harness {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (signals_tx, signals_rx) = mpsc::channel(8);
         let (status_tx, status_rx) = status_channel(self.settings.capacity);
+        let (fatal_tx, fatal_rx) = oneshot::channel();
         let sup = Supervisor::new(
             self.settings.clone(),
             self.ids.clone(),
@@ -863,6 +913,7 @@ impl Harness {
         )
         .with_held_runs(self.held_runs.clone())
         .with_metrics(metrics)
+        .with_fatal(fatal_rx)
         .with_stdout_logs(StdoutLogs {
             clock: Arc::new(FixedClock),
             sink: self.stdout.clone(),
@@ -873,6 +924,7 @@ impl Harness {
             signals: signals_tx,
             status: status_rx,
             task,
+            fatal: Some(fatal_tx),
             msg: 0,
         }
     }
@@ -912,6 +964,13 @@ impl Running {
 
     pub async fn event(&self, e: BackendEvent) {
         self.events.send(e).await.expect("supervisor alive");
+    }
+
+    /// A fatal error from outside the supervisor (as the MQTT session reports one).
+    pub fn fatal(&mut self, e: Error) {
+        if let Some(tx) = self.fatal.take() {
+            let _ = tx.send(e);
+        }
     }
 
     pub async fn signal(&self) {
