@@ -218,6 +218,7 @@ pub mod vars {
     pub const RUN_INITIALIZATION_POLICY: &str = "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY";
     pub const LOGS_TIMEOUT: &str = "SPACELIFT_LAUNCHER_LOGS_TIMEOUT";
     pub const RUN_TIMEOUT: &str = "SPACELIFT_LAUNCHER_RUN_TIMEOUT";
+    pub const RUN_OUTPUT_BUFFER_MIB: &str = "SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB";
     pub const DOCKER_CONFIG_DIR: &str = "SPACELIFT_DOCKER_CONFIG_DIR";
     pub const WHITELIST_ENVS: &str = "SPACELIFT_WHITELIST_ENVS";
     pub const EXTRA_MOUNTS: &str = "SPACELIFT_WORKER_EXTRA_MOUNTS";
@@ -270,6 +271,9 @@ ENVIRONMENT
       Go duration: a run that prints nothing for this long is killed.
   SPACELIFT_LAUNCHER_RUN_TIMEOUT (default 70m)
       Go duration: the longest a run may take.
+  SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB (default 64)
+      Run output (MiB, per run) held while the backend is slow or away; beyond it the
+      launcher stops reading the run's output (Docker keeps it) until room frees.
   SPACELIFT_DOCKER_CONFIG_DIR
       Directory holding a Docker config.json (from docker login) with registry credentials.
   SPACELIFT_WHITELIST_ENVS
@@ -434,6 +438,9 @@ pub fn load_with(
         masked_values,
         logs_timeout: r.duration(vars::LOGS_TIMEOUT, Duration::from_secs(7 * 60))?,
         run_timeout: r.duration(vars::RUN_TIMEOUT, Duration::from_secs(70 * 60))?,
+        output_buffer_bytes: r
+            .number(vars::RUN_OUTPUT_BUFFER_MIB, 64usize, 1)?
+            .saturating_mul(1 << 20),
         stop_grace: r.duration(vars::STOP_GRACE, Duration::from_secs(10))?,
         run_logs_on_stdout: r.boolean(vars::RUN_LOGS_ON_STDOUT)?,
         debug: r.boolean(vars::DEBUG)?,
