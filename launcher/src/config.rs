@@ -988,6 +988,7 @@ mod tests {
         assert!(s.passed_env.is_empty());
         assert!(s.masked_values.is_empty());
         assert_eq!(s.logs_timeout, Duration::from_secs(420));
+        assert_eq!(s.output_buffer_bytes, 64 << 20);
         assert_eq!(s.run_timeout, Duration::from_secs(4200));
         assert_eq!(s.stop_grace, Duration::from_secs(10));
         assert!(!s.run_logs_on_stdout);
@@ -1018,6 +1019,7 @@ mod tests {
             (vars::RUNTIME, "runsc"),
             (vars::LOGS_TIMEOUT, "1h30m"),
             (vars::RUN_TIMEOUT, "90s"),
+            (vars::RUN_OUTPUT_BUFFER_MIB, "2"),
             (vars::STOP_GRACE, "1.5s"),
             (vars::RUN_LOGS_ON_STDOUT, "true"),
             (vars::DEBUG, "1"),
@@ -1042,6 +1044,7 @@ mod tests {
         assert_eq!(s.runtime.as_deref(), Some("runsc"));
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));
         assert_eq!(s.run_timeout, Duration::from_secs(90));
+        assert_eq!(s.output_buffer_bytes, 2 << 20);
         assert_eq!(s.stop_grace, Duration::from_millis(1500));
         assert!(s.run_logs_on_stdout && s.debug && c.sensitive_output_upload);
         assert_eq!(s.docker_config_dir.as_deref(), Some(dir.path()));
@@ -1518,6 +1521,7 @@ mod tests {
             vars::RUN_INITIALIZATION_POLICY,
             vars::LOGS_TIMEOUT,
             vars::RUN_TIMEOUT,
+            vars::RUN_OUTPUT_BUFFER_MIB,
             vars::DOCKER_CONFIG_DIR,
             vars::WHITELIST_ENVS,
             vars::EXTRA_MOUNTS,
