@@ -219,6 +219,7 @@ pub mod vars {
     pub const LOGS_TIMEOUT: &str = "SPACELIFT_LAUNCHER_LOGS_TIMEOUT";
     pub const RUN_TIMEOUT: &str = "SPACELIFT_LAUNCHER_RUN_TIMEOUT";
     pub const PREPARE_TIMEOUT: &str = "SPACELIFT_LAUNCHER_PREPARE_TIMEOUT";
+    pub const RUN_OUTPUT_BUFFER_MIB: &str = "SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB";
     pub const DOCKER_CONFIG_DIR: &str = "SPACELIFT_DOCKER_CONFIG_DIR";
     pub const WHITELIST_ENVS: &str = "SPACELIFT_WHITELIST_ENVS";
     pub const EXTRA_MOUNTS: &str = "SPACELIFT_WORKER_EXTRA_MOUNTS";
@@ -275,6 +276,9 @@ ENVIRONMENT
       Go duration: the longest a run may spend preparing (worker binary download,
       initialization policy, image pull) before its container is created; past it the
       run ends timed_out, reason prepare_timeout, and no container is created.
+  SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB (default 64)
+      Run output (MiB, per run) held while the backend is slow or away; beyond it the
+      launcher stops reading the run's output (Docker keeps it) until room frees.
   SPACELIFT_DOCKER_CONFIG_DIR
       Directory holding a Docker config.json (from docker login) with registry credentials.
   SPACELIFT_WHITELIST_ENVS
@@ -440,6 +444,9 @@ pub fn load_with(
         logs_timeout: r.duration(vars::LOGS_TIMEOUT, Duration::from_secs(7 * 60))?,
         run_timeout: r.duration(vars::RUN_TIMEOUT, Duration::from_secs(70 * 60))?,
         prepare_timeout: r.duration(vars::PREPARE_TIMEOUT, Duration::from_secs(15 * 60))?,
+        output_buffer_bytes: r
+            .number(vars::RUN_OUTPUT_BUFFER_MIB, 64usize, 1)?
+            .saturating_mul(1 << 20),
         stop_grace: r.duration(vars::STOP_GRACE, Duration::from_secs(10))?,
         run_logs_on_stdout: r.boolean(vars::RUN_LOGS_ON_STDOUT)?,
         debug: r.boolean(vars::DEBUG)?,
@@ -994,6 +1001,7 @@ mod tests {
         assert!(s.passed_env.is_empty());
         assert!(s.masked_values.is_empty());
         assert_eq!(s.logs_timeout, Duration::from_secs(420));
+        assert_eq!(s.output_buffer_bytes, 64 << 20);
         assert_eq!(s.run_timeout, Duration::from_secs(4200));
         assert_eq!(s.prepare_timeout, Duration::from_secs(900));
         assert_eq!(s.stop_grace, Duration::from_secs(10));
@@ -1026,6 +1034,7 @@ mod tests {
             (vars::LOGS_TIMEOUT, "1h30m"),
             (vars::RUN_TIMEOUT, "90s"),
             (vars::PREPARE_TIMEOUT, "20m"),
+            (vars::RUN_OUTPUT_BUFFER_MIB, "2"),
             (vars::STOP_GRACE, "1.5s"),
             (vars::RUN_LOGS_ON_STDOUT, "true"),
             (vars::DEBUG, "1"),
@@ -1051,6 +1060,7 @@ mod tests {
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));
         assert_eq!(s.run_timeout, Duration::from_secs(90));
         assert_eq!(s.prepare_timeout, Duration::from_secs(1200));
+        assert_eq!(s.output_buffer_bytes, 2 << 20);
         assert_eq!(s.stop_grace, Duration::from_millis(1500));
         assert!(s.run_logs_on_stdout && s.debug && c.sensitive_output_upload);
         assert_eq!(s.docker_config_dir.as_deref(), Some(dir.path()));
@@ -1552,6 +1562,7 @@ mod tests {
             vars::LOGS_TIMEOUT,
             vars::RUN_TIMEOUT,
             vars::PREPARE_TIMEOUT,
+            vars::RUN_OUTPUT_BUFFER_MIB,
             vars::DOCKER_CONFIG_DIR,
             vars::WHITELIST_ENVS,
             vars::EXTRA_MOUNTS,

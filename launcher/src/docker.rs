@@ -55,7 +55,7 @@ const FALLBACK: ClientVersion = ClientVersion {
     minor_version: 41,
 };
 /// A line longer than this without a newline is emitted in pieces (bounded memory).
-const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// The production [`ContainerRuntime`].
 #[derive(Debug, Clone)]
@@ -547,6 +547,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         start = end + 1;
     }
@@ -561,6 +562,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(&piece).into_owned(),
+            partial: true,
         }));
     }
     if flush && !buf.is_empty() {
@@ -568,6 +570,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         buf.clear();
     }
@@ -1142,6 +1145,20 @@ mod tests {
             .find(|s| s.method == "DELETE")
             .unwrap();
         assert!(del.uri.contains("force=true"), "{}", del.uri);
+    }
+
+    #[test]
+    fn a_long_unterminated_line_is_cut_into_partial_pieces() {
+        let mut buf = vec![b'a'; MAX_LINE + 10];
+        let mut ready = VecDeque::new();
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        buf.extend_from_slice(b"bc\n");
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        let got: Vec<(usize, bool)> = ready
+            .into_iter()
+            .map(|l| l.map(|l| (l.text.len(), l.partial)).unwrap())
+            .collect();
+        assert_eq!(got, [(MAX_LINE, true), (12, false)]);
     }
 
     #[tokio::test]

@@ -67,6 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------
 // Backend
 
+/// The fake backend's request body limit (`fake_backend::MAX_BODY`).
+pub const MAX_BODY: usize = 1 << 20;
+
 #[derive(Default)]
 pub struct BackendState {
     pub claims: Vec<String>,
@@ -80,6 +83,15 @@ pub struct BackendState {
     pub failed_reports: u32,
     /// Successful log uploads.
     pub uploads: u32,
+    /// Log uploads refused as too large (413).
+    pub refused_uploads: u32,
+    /// The largest accepted log upload body, in bytes.
+    pub largest_upload: usize,
+    /// Log upload bodies larger than this are refused (413); [`MAX_BODY`] by default.
+    pub body_limit: usize,
+    /// Store at most this many lines of each upload (a backend acknowledging part of a
+    /// batch); the answer's next expected seq says so.
+    pub max_lines_per_upload: Option<usize>,
 
     pub refuse: HashSet<String>,
     pub claim_transient: u32,
@@ -106,6 +118,7 @@ impl MemBackend {
         MemBackend {
             state: Mutex::new(BackendState {
                 ttl_ms: 60_000,
+                body_limit: MAX_BODY,
                 ..Default::default()
             }),
             world,
@@ -276,13 +289,40 @@ impl Backend for MemBackend {
         r
     }
 
+    /// Like the fake backend: a body over [`MAX_BODY`] is refused (413, mapped as the HTTPS
+    /// adapter maps it); lines are stored in `seq` order from 0, lines below the next
+    /// expected one are ignored, a gap stops the batch; the answer is the next expected.
     async fn upload_logs(&self, run_ulid: &str, lines: &[LogLine]) -> Result<u64, BackendError> {
-        let r = self.report_fault().map(|()| {
+        let body = serde_json::to_vec(&protocol::api::LogBatch {
+            worker_ulid: ids().worker_ulid,
+            lines: lines.to_vec(),
+        })
+        .expect("a LogBatch serialises");
+        let r = self.report_fault().and_then(|()| {
             let mut s = lock(&self.state);
+            if body.len() > s.body_limit {
+                s.refused_uploads += 1;
+                return Err(BackendError::TooLarge {
+                    message: format!(
+                        "POST /v1/runs/{run_ulid}/logs: HTTP 413: request body is larger \
+                         than {} bytes",
+                        s.body_limit
+                    ),
+                });
+            }
             s.uploads += 1;
+            s.largest_upload = s.largest_upload.max(body.len());
+            let take = s.max_lines_per_upload.unwrap_or(usize::MAX);
             let l = s.logs.entry(run_ulid.to_string()).or_default();
-            l.extend_from_slice(lines);
-            l.len() as u64
+            for line in lines.iter().take(take) {
+                let next = l.len() as u64;
+                if line.seq == next {
+                    l.push(line.clone());
+                } else if line.seq > next {
+                    break;
+                }
+            }
+            Ok(l.len() as u64)
         });
         self.world.bump();
         r
@@ -349,6 +389,30 @@ impl Behaviour {
     }
 }
 
+/// A printed line as the Docker adapter delivers it: over 64 KiB, in partial pieces.
+fn as_docker_delivers(text: &str) -> Vec<OutputLine> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while rest.len() > crate::docker::MAX_LINE {
+        let mut cut = crate::docker::MAX_LINE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        lines.push(OutputLine {
+            stream: LogStream::Stdout,
+            text: rest[..cut].to_string(),
+            partial: true,
+        });
+        rest = &rest[cut..];
+    }
+    lines.push(OutputLine {
+        stream: LogStream::Stdout,
+        text: rest.to_string(),
+        partial: false,
+    });
+    lines
+}
+
 pub struct MemContainer {
     pub id: String,
     pub spec: ContainerSpec,
@@ -377,6 +441,8 @@ pub struct RuntimeState {
     pub logs_error: bool,
     pub running_now: usize,
     pub max_running: usize,
+    /// Bytes of container output the launcher has read (the rest waits, as in Docker).
+    pub read_bytes: usize,
     next_id: u64,
 }
 
@@ -576,7 +642,7 @@ impl ContainerRuntime for MemRuntime {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
                         if let Some(c) = lock(&state).containers.get_mut(&id) {
-                            c.output.push(OutputLine { stream: LogStream::Stdout, text });
+                            c.output.extend(as_docker_delivers(&text));
                         }
                         world.bump();
                     }
@@ -613,7 +679,7 @@ impl ContainerRuntime for MemRuntime {
                     }
                     loop {
                         {
-                            let s = lock(&state);
+                            let mut s = lock(&state);
                             if s.unavailable {
                                 return Some((
                                     Err(RuntimeError::Unavailable("connection reset".into())),
@@ -621,8 +687,9 @@ impl ContainerRuntime for MemRuntime {
                                 ));
                             }
                             let c = s.containers.get(&id)?;
-                            if let Some(line) = c.output.get(next) {
-                                return Some((Ok(line.clone()), (next + 1, rx, false)));
+                            if let Some(line) = c.output.get(next).cloned() {
+                                s.read_bytes += line.text.len();
+                                return Some((Ok(line), (next + 1, rx, false)));
                             }
                             if !c.running {
                                 return None;

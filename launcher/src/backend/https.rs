@@ -7,6 +7,7 @@
 //!   own `Date` header — never against the local wall clock; without `Date` it is ignored);
 //! - 401/403, and TLS alerts from the server about our certificate -> `Unauthorized`;
 //! - 409 -> `Conflict` (a refused claim is `Ok(ClaimOutcome::Refused)` instead);
+//! - 413 -> `TooLarge` (the outbox sends smaller log uploads);
 //! - any other 4xx, a malformed 2xx answer, or a server certificate we do not trust ->
 //!   `Rejected` (retrying cannot help).
 //!
@@ -387,6 +388,7 @@ async fn check_status(
             ),
         },
         409 => BackendError::Conflict { message },
+        413 => BackendError::TooLarge { message },
         408 | 429 | 500..=599 => BackendError::Transient {
             message,
             retry_after,
@@ -745,6 +747,13 @@ mod tests {
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
         let e = status_error(ResponseTemplate::new(404)).await;
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
+        // Too large is not a final refusal: a smaller request may pass.
+        let e = status_error(ResponseTemplate::new(413).set_body_json(ErrorBody::new(
+            "payload_too_large",
+            "request body is larger than 1048576 bytes",
+        )))
+        .await;
+        assert!(matches!(e, BackendError::TooLarge { .. }), "{e:?}");
         // A malformed 200 is a rejection, not a panic.
         let e = status_error(ResponseTemplate::new(200).set_body_string("{not json")).await;
         assert!(

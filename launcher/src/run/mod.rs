@@ -365,12 +365,18 @@ impl Run {
         let mut silence_deadline = output.as_ref().map(|_| started + settings.logs_timeout);
         let mut exec_format = false;
         let ended = loop {
+            // While the outbox is full the output is left unread (in Docker), and silence
+            // is not judged: it would be ours.
+            let room = self.log.has_room();
             tokio::select! {
-                line = next_line(&mut output) => match line {
+                _ = self.log.room(), if !room => {
+                    silence_deadline = silence_deadline.map(|_| Instant::now() + settings.logs_timeout);
+                }
+                line = next_line(&mut output), if room => match line {
                     Some(Ok(l)) => {
                         silence_deadline = Some(Instant::now() + settings.logs_timeout);
                         exec_format |= mentions_exec_format(&l.text);
-                        self.log.push(l.stream, &l.text);
+                        self.log.output(&l);
                     }
                     Some(Err(RuntimeError::Api(e))) => {
                         tracing::warn!(error = %e, "container output broke off; waiting for the exit");
@@ -383,7 +389,7 @@ impl Run {
                 // Without output, the exit is noticed by waiting for it instead.
                 _ = rt.wait(id), if output.is_none() => break Ended::Exited,
                 _ = self.log.flush_due() => self.log.flush(),
-                _ = sleep_until_opt(silence_deadline) => break Ended::TimedOut(
+                _ = sleep_until_opt(silence_deadline), if room => break Ended::TimedOut(
                     reason_codes::LOGS_TIMEOUT,
                     format!("no output for {}; stopping the run (SPACELIFT_LAUNCHER_LOGS_TIMEOUT)",
                         human(settings.logs_timeout)),
@@ -402,12 +408,18 @@ impl Run {
             stop_container(rt.as_ref(), id, settings.stop_grace).await;
             // Keep the last words of a stopped container.
             let _ = tokio::time::timeout(DRAIN_OUTPUT, async {
-                while let Some(Ok(l)) = next_line(&mut output).await {
-                    self.log.push(l.stream, &l.text);
+                while let Some(Ok(l)) = async {
+                    self.log.room().await;
+                    next_line(&mut output).await
+                }
+                .await
+                {
+                    self.log.output(&l);
                 }
             })
             .await;
         }
+        self.log.end_output();
 
         let status = match &ended {
             Ended::Docker(_) => None,

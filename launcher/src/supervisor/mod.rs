@@ -417,6 +417,8 @@ impl Loop {
                 connected: self.connected.subscribe(),
                 fatal: self.ctx.fatal.clone(),
                 seed: self.ctx.seed(run_ulid, 4),
+                metrics: self.ctx.metrics.clone(),
+                max_queued_bytes: self.ctx.settings.output_buffer_bytes,
             },
         );
         let id = self.outboxes.spawn(deliver).id();
