@@ -14,6 +14,11 @@ use crate::settings::{MountScope, Settings};
 pub const WORKER_BINARY_PATH: &str = "/opt/spacelift/binaries/spacelift-worker";
 pub const WORKSPACE: &str = "/mnt/workspace";
 
+/// Run env under this prefix is dropped: only the operator configures private-VCS
+/// mappings, so a stack cannot add an index beyond theirs and steer the worker's VCS
+/// traffic (`SPACELIFT_PRIVATEVCS_MAPPING_{NAME,BASE_ENDPOINT}_<n>`).
+const PRIVATEVCS_RUN_ENV_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_";
+
 /// Labels on every run container, so a restarted launcher can find what it left behind.
 pub mod labels {
     pub const RUN_ID: &str = "workers.spacelift.io/run-id";
@@ -55,15 +60,20 @@ pub fn build(
     let read_only = run.run_type.is_read_only();
 
     // Precedence, lowest first: the launcher's allow-listed env, the stack's own env (more
-    // specific), then the operator's private-VCS mappings (a stack cannot redirect its VCS
-    // traffic) and the identity variables, so a run cannot impersonate another.
+    // specific), then the operator's private-VCS mappings (a stack can neither redirect
+    // its VCS traffic nor add mappings: it cannot set any) and the identity variables, so
+    // a run cannot impersonate another.
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for p in &settings.passed_env {
         if applies(p.applies_to, read_only) {
             env.insert(p.name.clone(), p.value.expose_secret().to_string());
         }
     }
-    for (k, v) in &run.env {
+    for (k, v) in run
+        .env
+        .iter()
+        .filter(|(k, _)| !k.starts_with(PRIVATEVCS_RUN_ENV_PREFIX))
+    {
         env.insert(k.clone(), v.clone());
     }
     for (i, m) in settings.private_vcs_mappings.iter().enumerate() {
@@ -276,6 +286,17 @@ mod tests {
             assert!(!spec.env.iter().any(|e| e.contains("attacker")));
         }
         // None configured: none passed.
+        let mut r = run(RunType::Tracked);
+        r.env.insert(
+            "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0".into(),
+            "attacker-pool".into(),
+        );
+        let spec = build(&settings(), &r, "img:1", &binary(), &ids());
+        assert!(!spec
+            .env
+            .iter()
+            .any(|e| e.starts_with("SPACELIFT_PRIVATEVCS_")));
+
         let spec = build(
             &settings(),
             &run(RunType::Tracked),
@@ -307,5 +328,41 @@ mod tests {
             // The names help an operator and are not secret.
             assert!(dbg.contains("TF_VAR_db_password"), "{dbg}");
         }
+    }
+
+    /// The stack cannot add mappings beyond the operator's: any run env under the
+    /// private-VCS prefix is dropped, whatever its index.
+    #[test]
+    fn run_env_cannot_add_private_vcs_mappings() {
+        let mut s = settings();
+        s.private_vcs_mappings = vec![PrivateVcsMapping {
+            name: "github-pool".into(),
+            base_endpoint: "http://ghe.internal".into(),
+        }];
+        let mut r = run(RunType::Tracked);
+        for (k, v) in [
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_5", "evil-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_5",
+                "http://attacker",
+            ),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_x", "evil-pool"),
+        ] {
+            r.env.insert(k.into(), v.into());
+        }
+        let spec = build(&s, &r, "img:1", &binary(), &ids());
+        let vcs: Vec<&String> = spec
+            .env
+            .iter()
+            .filter(|e| e.starts_with("SPACELIFT_PRIVATEVCS_"))
+            .collect();
+        assert_eq!(
+            vcs,
+            [
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0=http://ghe.internal",
+                "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0=github-pool",
+            ]
+        );
+        assert!(spec.env.contains(&"TF_VAR_x=1".to_string()));
     }
 }

@@ -56,7 +56,7 @@ const FALLBACK: ClientVersion = ClientVersion {
     minor_version: 41,
 };
 /// A line longer than this without a newline is emitted in pieces (bounded memory).
-const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// The production [`ContainerRuntime`].
 #[derive(Debug, Clone)]
@@ -549,6 +549,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         start = end + 1;
     }
@@ -563,6 +564,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(&piece).into_owned(),
+            partial: true,
         }));
     }
     if flush && !buf.is_empty() {
@@ -570,6 +572,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         buf.clear();
     }
@@ -586,15 +589,14 @@ pub fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// The registry host of an image reference, as Docker normalises it (`docker.io` for
-/// Docker Hub names such as `alpine` or `library/alpine`).
-pub fn registry_host(image: &str) -> String {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            normalize_registry(first)
-        }
-        _ => "docker.io".to_string(),
-    }
+/// The registry host of an image reference, as Docker normalises it ([`crate::image_ref`]:
+/// `docker.io` for Docker Hub names such as `alpine` or `library/alpine`, and `Foo` in
+/// `Foo/bar` is a host). `None` when Docker would refuse the reference: no credentials go
+/// with a pull the daemon will refuse anyway.
+pub fn registry_host(image: &str) -> Option<String> {
+    crate::image_ref::parse(image)
+        .ok()
+        .map(|r| r.registry_host())
 }
 
 fn normalize_registry(server: &str) -> String {
@@ -654,7 +656,9 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
             e.column()
         ))
     })?;
-    let want = registry_host(image);
+    let Some(want) = registry_host(image) else {
+        return Ok(None);
+    };
     let Some((server, entry)) = config
         .auths
         .iter()
@@ -1153,6 +1157,20 @@ mod tests {
         assert!(del.uri.contains("force=true"), "{}", del.uri);
     }
 
+    #[test]
+    fn a_long_unterminated_line_is_cut_into_partial_pieces() {
+        let mut buf = vec![b'a'; MAX_LINE + 10];
+        let mut ready = VecDeque::new();
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        buf.extend_from_slice(b"bc\n");
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        let got: Vec<(usize, bool)> = ready
+            .into_iter()
+            .map(|l| l.map(|l| (l.text.len(), l.partial)).unwrap())
+            .collect();
+        assert_eq!(got, [(MAX_LINE, true), (12, false)]);
+    }
+
     #[tokio::test]
     async fn logs_are_split_into_lines_across_frames() {
         let (stub, rt) = runtime().await;
@@ -1352,15 +1370,62 @@ mod tests {
             "localhost:5000/x:latest"
         );
         assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
-        assert_eq!(registry_host("alpine"), "docker.io");
-        assert_eq!(registry_host("library/alpine"), "docker.io");
-        assert_eq!(registry_host("docker.io/library/alpine"), "docker.io");
+        let host = |s| registry_host(s).unwrap();
+        assert_eq!(host("alpine"), "docker.io");
+        assert_eq!(host("library/alpine"), "docker.io");
+        assert_eq!(host("docker.io/library/alpine"), "docker.io");
         assert_eq!(
-            registry_host("public.ecr.aws/spacelift/runner-terraform"),
+            host("public.ecr.aws/spacelift/runner-terraform"),
             "public.ecr.aws"
         );
-        assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");
-        assert_eq!(registry_host("localhost/x"), "localhost");
+        assert_eq!(host("localhost:5000/x"), "localhost:5000");
+        assert_eq!(host("localhost/x"), "localhost");
+    }
+
+    /// Cases from distribution/reference's grammar: the first component names a registry
+    /// iff it holds '.' or ':', is `localhost`, or has upper case; anything Docker would
+    /// refuse to parse gets no credentials at all.
+    #[test]
+    fn registry_host_follows_docker_reference_grammar() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let host = |s: &str| registry_host(s);
+        let cases: Vec<(String, Option<&str>)> = vec![
+            ("localhost:5000/x".into(), Some("localhost:5000")),
+            ("localhost/x".into(), Some("localhost")),
+            ("localhost:5000/x:tag".into(), Some("localhost:5000")),
+            ("Foo/bar".into(), Some("foo")),
+            (
+                "FOO.example.com:5000/a/b:TAG".into(),
+                Some("foo.example.com:5000"),
+            ),
+            ("foo.com/bar".into(), Some("foo.com")),
+            ("foo:5000/bar".into(), Some("foo:5000")),
+            ("bar".into(), Some("docker.io")),
+            ("bar:5000".into(), Some("docker.io")),
+            ("localhost".into(), Some("docker.io")),
+            ("library/bar".into(), Some("docker.io")),
+            ("docker.io/bar".into(), Some("docker.io")),
+            ("index.docker.io/bar".into(), Some("docker.io")),
+            ("registry-1.docker.io/library/bar".into(), Some("docker.io")),
+            ("[::1]:5000/x".into(), Some("[::1]:5000")),
+            ("[::1]/x".into(), Some("[::1]")),
+            (format!("bar@{digest}"), Some("docker.io")),
+            (format!("foo.com/bar:1.0@{digest}"), Some("foo.com")),
+            (format!("localhost/x@{digest}"), Some("localhost")),
+            // Not references Docker accepts: no credentials for any host.
+            ("Foo".into(), None),
+            ("foo/Bar".into(), None),
+            ("".into(), None),
+            ("a//b".into(), None),
+            ("foo.com/".into(), None),
+            ("foo.com:port/x".into(), None),
+            ("-a/b".into(), None),
+            ("bar@sha256:short".into(), None),
+            ("ab".repeat(32), None),
+        ];
+        for (image, want) in cases {
+            assert_eq!(host(&image).as_deref(), want, "{image:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum BackendError {
     /// 409: claim refused, illegal transition, lease held by another worker.
     #[error("conflict: {message}")]
     Conflict { message: String },
+    /// 413: the request body is over the backend's limit. Smaller requests may pass (the
+    /// outbox splits log uploads); the same one never will.
+    #[error("backend refused the request as too large: {message}")]
+    TooLarge { message: String },
     /// Any other 4xx or a malformed answer: a bug on one side; not retried.
     #[error("backend rejected the request: {message}")]
     Rejected { message: String },
@@ -172,6 +176,8 @@ pub struct ExitStatus {
 pub struct OutputLine {
     pub stream: protocol::api::LogStream,
     pub text: String,
+    /// A piece of a longer line (cut to bound memory); the rest follows on this stream.
+    pub partial: bool,
 }
 
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputLine, RuntimeError>> + Send>>;

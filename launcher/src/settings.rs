@@ -65,6 +65,12 @@ pub struct Settings {
     pub logs_timeout: Duration,
     /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (default 70m).
     pub run_timeout: Duration,
+    /// `SPACELIFT_LAUNCHER_PREPARE_TIMEOUT` (default 15m): the longest a run may spend
+    /// preparing (worker binary, initialization policy, image pull) before its container.
+    pub prepare_timeout: Duration,
+    /// Run output held for the backend per run, in bytes, before the run's output is no
+    /// longer read (`SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB`, default 64 MiB).
+    pub output_buffer_bytes: usize,
     /// Grace between stop (SIGTERM) and kill when canceling (`SPACELIFT_LAUNCHER_STOP_GRACE`, 10s).
     pub stop_grace: Duration,
     /// `SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`.
@@ -106,6 +112,8 @@ impl Settings {
             masked_values: Vec::new(),
             logs_timeout: Duration::from_secs(7 * 60),
             run_timeout: Duration::from_secs(70 * 60),
+            prepare_timeout: Duration::from_secs(15 * 60),
+            output_buffer_bytes: crate::outbox::DEFAULT_MAX_QUEUED_BYTES,
             stop_grace: Duration::from_secs(10),
             run_logs_on_stdout: false,
             debug: false,
