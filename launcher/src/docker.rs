@@ -613,13 +613,14 @@ fn normalize_registry(server: &str) -> String {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+// No `Debug` on these two: they hold registry passwords and tokens as read.
+#[derive(Deserialize, Default)]
 struct DockerConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuthEntry>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 struct DockerAuthEntry {
     #[serde(default)]
     auth: Option<String>,
