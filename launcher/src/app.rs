@@ -1,16 +1,18 @@
 //! Wiring: from a validated configuration to a serving launcher. Order matters:
 //! Docker first (the architecture we register comes from the daemon, not the host), then
-//! registration (which names leftovers via `previous_worker_ulid`), then the push channel,
-//! then the supervisor, which reaps leftovers before taking runs.
+//! the leftovers of the worker named in worker.json are removed, then registration (which
+//! names that worker via `previous_worker_ulid`), then the push channel, then the
+//! supervisor, which reports the leftovers' runs before taking runs.
 //!
 //! The scenario engine and tests do not come through here: they build a
 //! [`Supervisor`] over in-memory or fake adapters directly.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::api::RegisterRequest;
+use protocol::api::{RegisterRequest, RegisterResponse};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,7 @@ use crate::backoff::Backoff;
 use crate::binaries::FsBinaryStore;
 use crate::config::LauncherConfig;
 use crate::container_spec::Ids;
+use crate::data_dir::{DataDirError, DataDirLock};
 use crate::docker::BollardRuntime;
 use crate::lifecycle::{Error, ExitOutcome, Signal};
 use crate::metrics::Metrics;
@@ -51,6 +54,8 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let settings = config.settings.clone();
+    // Held until this function returns: one launcher per data directory.
+    let _data_dir_lock = DataDirLock::acquire(&settings.data_dir).map_err(data_dir_error)?;
     if let Some(p) = &settings.init_policy {
         tracing::info!(policy = %p.path().display(), "initialization policy loaded; evaluated before every run");
     }
@@ -71,11 +76,14 @@ pub async fn run(
         launcher_version: crate::VERSION.to_string(),
         capacity: settings.capacity,
         metadata: settings.metadata.clone(),
-        previous_worker_ulid: previous.map(|p| p.worker_ulid),
+        previous_worker_ulid: previous.as_ref().map(|p| p.worker_ulid.clone()),
     };
     let mut backoff = Backoff::standard(rng.random());
-    let reg = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
+    let register = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
         backend.register(&request)
+    });
+    let (reg, reaped) = reap_then_register(&runtime, previous.as_ref(), || async move {
+        register.await.map_err(Error::from)
     })
     .await?;
     backend.set_worker_ulid(&reg.worker_ulid);
@@ -138,14 +146,20 @@ pub async fn run(
         events,
         status_tx,
     )
-    .with_held_runs(reg.held_runs)
+    .with_held_runs(reg.held_runs.into_iter().chain(reaped).collect())
     .with_metrics(metrics);
 
+    // The MQTT session's fatal error goes to the supervisor rather than ending it here, so
+    // that it stops and removes the runs' containers before returning the error.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
+    let serving = supervisor.with_fatal(fatal_rx).run(signals);
+    tokio::pin!(serving);
     let result = tokio::select! {
-        r = supervisor.run(signals) => r,
+        r = &mut serving => r,
         e = mqtt_fatal.wait_for(Option::is_some) => {
             let e = e.ok().and_then(|e| e.clone());
-            Err(e.map(mqtt_error).unwrap_or(Error::EventsClosed))
+            let _ = fatal_tx.send(e.map(mqtt_error).unwrap_or(Error::EventsClosed));
+            serving.await
         }
     };
     match &result {
@@ -156,6 +170,39 @@ pub async fn run(
         task.abort();
     }
     result
+}
+
+fn data_dir_error(e: DataDirError) -> Error {
+    match e {
+        DataDirError::Io { what, path, source } => Error::Io {
+            what: format!("{what} {path}"),
+            source,
+        },
+        in_use @ DataDirError::InUse { .. } => Error::Config(in_use.to_string()),
+    }
+}
+
+/// Removes what an earlier process of this worker left behind, then registers. The
+/// earlier worker ULID is in worker.json, so its containers are found and removed before
+/// the backend is asked anything: a registration that fails for good (credentials
+/// refused) must not leave them running with nothing to ever remove them. Their runs can
+/// only be reported once registered: they are returned, to be reported `launcher_restarted`
+/// with the held runs (the supervisor reaps again under the registered ULID).
+pub async fn reap_then_register<F, Fut>(
+    runtime: &dyn ContainerRuntime,
+    previous: Option<&WorkerFile>,
+    register: F,
+) -> Result<(RegisterResponse, Vec<String>), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<RegisterResponse, Error>>,
+{
+    let mut reaped = Vec::new();
+    if let Some(p) = previous {
+        reaped.extend(crate::reaper::reap(runtime, &p.worker_ulid, &[]).await);
+    }
+    let reg = register().await?;
+    Ok((reg, reaped))
 }
 
 fn mqtt_error(e: MqttError) -> Error {
@@ -194,25 +241,19 @@ pub async fn read_worker_file(path: &Path) -> Option<WorkerFile> {
     }
 }
 
-/// Written atomically (temp file + rename) so a crash never leaves half a file.
+/// Written atomically and durably ([`crate::data_dir::write_atomically`]), so a crash or
+/// power cut leaves the old file or the new one, never half of one.
 pub async fn write_worker_file(path: &Path, file: &WorkerFile) -> Result<(), Error> {
-    let io = |what: &str, source| Error::Io {
-        what: format!("{what} {}", path.display()),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| io("creating the directory of", e))?;
-    }
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(file).unwrap_or_default();
-    tokio::fs::write(&tmp, json)
+    let target = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::data_dir::write_atomically(&target, &json))
         .await
-        .map_err(|e| io("writing", e))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| io("replacing", e))
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -232,5 +273,98 @@ mod tests {
         assert_eq!(read_worker_file(&path).await, Some(f));
         tokio::fs::write(&path, b"{not json").await.unwrap();
         assert_eq!(read_worker_file(&path).await, None);
+    }
+
+    /// A unique temporary name, so a file or symlink planted at a predictable one is
+    /// neither followed nor clobbered, and nothing is left behind.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn worker_file_write_ignores_planted_temp_symlink_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let path = data.join("worker.json");
+        std::os::unix::fs::symlink(&victim, data.join("worker.json.tmp")).unwrap();
+        let f = WorkerFile {
+            worker_ulid: "W".into(),
+            pool_ulid: "P".into(),
+        };
+        write_worker_file(&path, &f).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(read_worker_file(&path).await, Some(f.clone()));
+        std::fs::remove_file(data.join("worker.json.tmp")).unwrap();
+        write_worker_file(&path, &f).await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["worker.json"]);
+    }
+
+    /// A running container of the previous process of worker `W-OLD`, for run `run`.
+    async fn leftover(rt: &dyn ContainerRuntime, run: &str) {
+        use crate::container_spec::labels;
+        let spec = crate::ports::ContainerSpec {
+            name: format!("spacelift-{run}"),
+            image: "img".into(),
+            entrypoint: vec![],
+            env: vec![],
+            labels: [
+                (labels::RUN_ID.to_string(), run.to_string()),
+                (labels::WORKER.to_string(), "W-OLD".to_string()),
+            ]
+            .into(),
+            binds: vec![],
+            network: "none".into(),
+            runtime: None,
+            working_dir: "/".into(),
+        };
+        let id = rt.create(&spec).await.unwrap();
+        rt.start(&id).await.unwrap();
+    }
+
+    fn previous() -> WorkerFile {
+        WorkerFile {
+            worker_ulid: "W-OLD".into(),
+            pool_ulid: "P".into(),
+        }
+    }
+
+    /// Refused credentials at registration end the process; the containers an earlier
+    /// process left must be gone by then, or nothing would ever remove them.
+    #[tokio::test(start_paused = true)]
+    async fn leftovers_are_removed_even_when_registration_fails() {
+        let h = crate::testing::Harness::new();
+        leftover(h.runtime.as_ref(), "R0").await;
+        let r = reap_then_register(h.runtime.as_ref(), Some(&previous()), || async {
+            Err(Error::Unauthorized("401".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(Error::Unauthorized(_))), "{r:?}");
+        assert_eq!(h.runtime.live_containers(), 0, "{:?}", h.runtime.calls());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leftovers_are_reaped_before_registering_and_their_runs_returned() {
+        let h = crate::testing::Harness::new();
+        leftover(h.runtime.as_ref(), "R0").await;
+        let rt = h.runtime.clone();
+        let (reg, reaped) = reap_then_register(h.runtime.as_ref(), Some(&previous()), || async {
+            // Asked only once the leftovers are gone.
+            assert_eq!(rt.live_containers(), 0);
+            Ok(RegisterResponse {
+                worker_ulid: "W-OLD".into(),
+                pool_ulid: "P".into(),
+                heartbeat_interval_ms: 1000,
+                held_runs: vec!["R5".into()],
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(reg.held_runs, ["R5"]);
+        assert_eq!(reaped, ["R0"]);
     }
 }

@@ -11,12 +11,17 @@
 //! - A transient failure mid-download resumes from the bytes already written (HTTP
 //!   `Range`), at most [`RESUME_ATTEMPTS`] times, with a short backoff on tokio time.
 //! - Cache hits: the first use of a cached file in this process re-hashes it in full
-//!   (it may have been damaged or tampered with since the last process wrote it); later
-//!   hits only check its size. A file that fails is deleted and downloaded again.
+//!   (it may have been damaged or tampered with since the last process wrote it). Later
+//!   hits re-hash it again unless its [`FileStamp`] (inode, size, mtime, ctime) is the one
+//!   recorded when it was verified: any rewrite changes the ctime, which no process can
+//!   set back, so tampering is caught at the cost of a `stat`, not of hashing 50 MiB per
+//!   run. A symlink or a file that fails is deleted and downloaded again.
+//! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
+//!   unlinked first, never followed.
 //! - Pruning keeps the `keep` most recently used binaries (use in this process first, then
 //!   the files' modification times) plus every pinned one. It runs after each download.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +40,10 @@ use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, C
 
 /// How many times a download interrupted by a transient error is resumed.
 pub const RESUME_ATTEMPTS: u32 = 3;
+
+/// The largest worker binary we accept (today's are about 50 MiB); a larger announced
+/// size is refused before any byte is written.
+pub const MAX_BINARY_SIZE: u64 = 4 << 30;
 
 /// Cache counters for metrics (monotonic).
 #[derive(Debug, Default)]
@@ -92,8 +101,8 @@ struct Inner {
     counters: Arc<CacheCounters>,
     inflight: Mutex<HashMap<String, InFlight>>,
     pins: Mutex<HashMap<String, usize>>,
-    /// Fully re-hashed (or written) by this process.
-    verified: Mutex<HashSet<String>>,
+    /// Fully re-hashed (or written) by this process, with the file's stamp at the time.
+    verified: Mutex<HashMap<String, FileStamp>>,
     /// Last use in this process, by a monotonic counter.
     used: Mutex<(u64, HashMap<String, u64>)>,
     seed: u64,
@@ -185,6 +194,18 @@ impl FsBinaryStore {
                 ),
             }));
         }
+        if binary.size > MAX_BINARY_SIZE {
+            return Err(BinaryError::Download(BackendError::Rejected {
+                message: format!(
+                    "worker binary {} ({}) announces a size of {} bytes, more than the {} MiB \
+                     limit",
+                    binary.version,
+                    binary.arch,
+                    binary.size,
+                    MAX_BINARY_SIZE >> 20
+                ),
+            }));
+        }
         let inner = &self.inner;
         if let Some(hit) = inner.check_cached(binary, &sha).await? {
             inner.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +267,48 @@ impl FsBinaryStore {
     }
 }
 
+/// What tells one state of a file's bytes from another without reading them: a rewrite in
+/// place changes the ctime (set by the kernel; `utimes` can forge the mtime, not it), a
+/// replacement changes the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    #[cfg(unix)]
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        let nanos = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        FileStamp {
+            dev: 0,
+            ino: 0,
+            len: meta.len(),
+            mtime: (nanos, 0),
+            ctime: (nanos, 0),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -265,7 +328,8 @@ impl Inner {
         sha: &str,
     ) -> Result<Option<CachedBinary>, BinaryError> {
         let path = self.root.join(sha);
-        let meta = match tokio::fs::metadata(&path).await {
+        // Not following a symlink: only a regular file of ours is trusted.
+        let meta = match tokio::fs::symlink_metadata(&path).await {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("cannot stat", &path, e)),
@@ -276,7 +340,8 @@ impl Inner {
             path: path.clone(),
         };
         let size_ok = meta.is_file() && meta.len() == binary.size;
-        if size_ok && lock(&self.verified).contains(sha) {
+        let stamp = FileStamp::of(&meta);
+        if size_ok && lock(&self.verified).get(sha) == Some(&stamp) {
             return Ok(Some(cached));
         }
         if size_ok {
@@ -286,7 +351,8 @@ impl Inner {
                 .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
                 .map_err(|e| io_err("cannot read", &path, e))?;
             if actual == sha {
-                lock(&self.verified).insert(sha.to_string());
+                // The stamp from before hashing: a change during it shows next time.
+                lock(&self.verified).insert(sha.to_string(), stamp);
                 return Ok(Some(cached));
             }
         }
@@ -322,7 +388,17 @@ impl Inner {
         sha: &str,
         tmp: &Path,
     ) -> Result<CachedBinary, BinaryError> {
-        let mut file = tokio::fs::File::create(tmp)
+        // A leftover of a crash, or anything planted at the name, is unlinked (a symlink
+        // itself, not its target); `create_new` then refuses whatever appears meanwhile.
+        match tokio::fs::remove_file(tmp).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove stale", tmp, e)),
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
             .await
             .map_err(|e| io_err("cannot create", tmp, e))?;
         let mut hasher = Sha256::new();
@@ -339,8 +415,9 @@ impl Inner {
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
                     // Never write past the announced size: a longer stream is corrupt.
-                    let room = (binary.size.saturating_sub(written) + 1) as usize;
-                    let chunk = &chunk[..chunk.len().min(room)];
+                    let room = binary.size.saturating_sub(written).saturating_add(1);
+                    let take = usize::try_from(room).map_or(chunk.len(), |r| chunk.len().min(r));
+                    let chunk = &chunk[..take];
                     hasher.update(chunk);
                     file.write_all(chunk)
                         .await
@@ -411,7 +488,15 @@ impl Inner {
             std::fs::File::open(root).and_then(|d| d.sync_all())
         })
         .await;
-        lock(&self.verified).insert(sha.to_string());
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) => {
+                lock(&self.verified).insert(sha.to_string(), FileStamp::of(&meta));
+            }
+            // Unrecorded: the next use re-hashes it.
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot stat a downloaded worker binary")
+            }
+        }
         tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
         Ok(CachedBinary {
             version: binary.version.clone(),
@@ -790,5 +875,61 @@ mod tests {
         store.get(&v[1]).await.unwrap();
         assert!(!store.path_of(&v[3].sha256).exists());
         assert!(store.path_of(&v[2].sha256).exists());
+    }
+
+    #[tokio::test]
+    async fn absurd_announced_size_is_a_clear_error_not_a_panic() {
+        let backend = Arc::new(MemBackend::default());
+        let mut wb = backend.add(blob(1000, 6), "6");
+        wb.size = u64::MAX;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let e = store.get(&wb).await.unwrap_err();
+        assert!(e.to_string().contains("size"), "{e}");
+        assert!(!e.to_string().contains("panicked"), "{e}");
+        assert!(!store.path_of(&wb.sha256).exists());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symlink_planted_at_the_temp_path_is_not_followed() {
+        let backend = Arc::new(MemBackend::default());
+        let wb = backend.add(blob(3000, 7), "7");
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let root = dir.path().join("sha256");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join(format!(".tmp-{}", wb.sha256))).unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
+        let got = store.get(&wb).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::read(got.path).unwrap() == blob(3000, 7));
+    }
+
+    /// Tampering after this process verified the file (same size, different bytes) is
+    /// caught on the next use, not only by the next process.
+    #[tokio::test]
+    async fn tampered_cache_file_is_caught_within_the_same_process() {
+        let backend = Arc::new(MemBackend::default());
+        let wb = backend.add(blob(5000, 8), "8");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let path = store.get(&wb).await.unwrap().path;
+        let mut bad = blob(5000, 8);
+        bad[10] ^= 1;
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all(&bad).unwrap();
+            // An mtime far from the original, so the change shows whatever the
+            // filesystem's timestamp granularity.
+            f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+                .unwrap();
+        }
+        let got = store.get(&wb).await.unwrap();
+        assert!(std::fs::read(got.path).unwrap() == blob(5000, 8));
+        assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
+        assert_eq!(store.counters().snapshot().corrupt, 1);
     }
 }

@@ -11,7 +11,7 @@
 //! - Booleans accept Go's `strconv.ParseBool` spellings: `1 t T TRUE true True` and
 //!   `0 f F FALSE false False`.
 //! - Durations are Go durations: `7m`, `1h30m`, `90s`, `1.5h`, `500ms` (units ns, us, µs,
-//!   ms, s, m, h), and must be positive.
+//!   ms, s, m, h), positive and at most Go's maximum, 2562047h47m16.854775807s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use crate::credentials::{Credentials, CredentialsError, KEY_VAR, TOKEN_VAR};
 use crate::init_policy::InitPolicy;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::settings::{ExtraMount, MountScope, PassedEnv, PrivateVcsMapping, Settings};
 
 // ---------------------------------------------------------------------------------------
@@ -159,13 +160,9 @@ pub struct LauncherConfig {
 
 impl std::fmt::Debug for LauncherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut settings = self.settings.clone();
-        for p in &mut settings.passed_env {
-            p.value = "<redacted>".into();
-        }
-        settings.masked_values = vec!["<redacted>".into(); settings.masked_values.len()];
+        // Secret values in the settings redact themselves (crate::secret).
         f.debug_struct("LauncherConfig")
-            .field("settings", &settings)
+            .field("settings", &self.settings)
             .field("credentials", &self.credentials)
             .field("docker_host", &self.docker_host)
             .field("log_format", &self.log_format)
@@ -218,6 +215,8 @@ pub mod vars {
     pub const RUN_INITIALIZATION_POLICY: &str = "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY";
     pub const LOGS_TIMEOUT: &str = "SPACELIFT_LAUNCHER_LOGS_TIMEOUT";
     pub const RUN_TIMEOUT: &str = "SPACELIFT_LAUNCHER_RUN_TIMEOUT";
+    pub const PREPARE_TIMEOUT: &str = "SPACELIFT_LAUNCHER_PREPARE_TIMEOUT";
+    pub const RUN_OUTPUT_BUFFER_MIB: &str = "SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB";
     pub const DOCKER_CONFIG_DIR: &str = "SPACELIFT_DOCKER_CONFIG_DIR";
     pub const WHITELIST_ENVS: &str = "SPACELIFT_WHITELIST_ENVS";
     pub const EXTRA_MOUNTS: &str = "SPACELIFT_WORKER_EXTRA_MOUNTS";
@@ -255,7 +254,9 @@ ENVIRONMENT
   SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED (default false)
       Let the worker upload sensitive outputs; passed to the worker.
   SPACELIFT_DEBUG (default false)
-      Log the exact Docker commands and requests the launcher makes.
+      Log the launcher's own debug events (Docker calls and their results, run state
+      changes, MQTT messages by id). Never values: dependencies (bollard, hyper, reqwest,
+      rustls, rumqttc) stay at info, even under RUST_LOG, as they log whole requests.
   SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED (default false)
       Also print run logs on standard output, structured (run_ulid, stack_id, ts, msg).
   SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY
@@ -270,6 +271,13 @@ ENVIRONMENT
       Go duration: a run that prints nothing for this long is killed.
   SPACELIFT_LAUNCHER_RUN_TIMEOUT (default 70m)
       Go duration: the longest a run may take.
+  SPACELIFT_LAUNCHER_PREPARE_TIMEOUT (default 15m)
+      Go duration: the longest a run may spend preparing (worker binary download,
+      initialization policy, image pull) before its container is created; past it the
+      run ends timed_out, reason prepare_timeout, and no container is created.
+  SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB (default 64)
+      Run output (MiB, per run) held while the backend is slow or away; beyond it the
+      launcher stops reading the run's output (Docker keeps it) until room frees.
   SPACELIFT_DOCKER_CONFIG_DIR
       Directory holding a Docker config.json (from docker login) with registry credentials.
   SPACELIFT_WHITELIST_ENVS
@@ -315,7 +323,8 @@ ENVIRONMENT
   SPACELIFT_LAUNCHER_METRICS_ADDR (default: off)
       host:port serving /metrics and /healthz.
   SPACELIFT_LAUNCHER_LOG_FORMAT (default text)
-      text or json.
+      text or json (one object a line), on standard error. Text is coloured only when
+      standard error is a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.
 ";
 
 /// Returns [`ENV_HELP`].
@@ -434,6 +443,10 @@ pub fn load_with(
         masked_values,
         logs_timeout: r.duration(vars::LOGS_TIMEOUT, Duration::from_secs(7 * 60))?,
         run_timeout: r.duration(vars::RUN_TIMEOUT, Duration::from_secs(70 * 60))?,
+        prepare_timeout: r.duration(vars::PREPARE_TIMEOUT, Duration::from_secs(15 * 60))?,
+        output_buffer_bytes: r
+            .number(vars::RUN_OUTPUT_BUFFER_MIB, 64usize, 1)?
+            .saturating_mul(1 << 20),
         stop_grace: r.duration(vars::STOP_GRACE, Duration::from_secs(10))?,
         run_logs_on_stdout: r.boolean(vars::RUN_LOGS_ON_STDOUT)?,
         debug: r.boolean(vars::DEBUG)?,
@@ -587,8 +600,13 @@ fn parse_u64(s: &str) -> Option<u64> {
     }
 }
 
+/// Go's longest duration (`time.Duration` is an int64 of nanoseconds).
+const GO_MAX_DURATION_NANOS: u128 = i64::MAX as u128;
+const TOO_LONG: &str = "longer than the maximum, 2562047h47m16.854775807s";
+
 /// Parses a Go duration (`time.ParseDuration`): `[-+]?(\d*(\.\d*)?(ns|us|µs|μs|ms|s|m|h))+`
-/// or `0`. Negative durations are rejected (we have no use for them).
+/// or `0`, at most Go's maximum (so no later `Instant + Duration` can overflow). Negative
+/// durations are rejected (we have no use for them).
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let mut rest = s.strip_prefix('+').unwrap_or(s);
     if rest.starts_with('-') {
@@ -629,24 +647,26 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let int: u128 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| "number too large".to_string())?
+            int.parse().map_err(|_| TOO_LONG.to_string())?
         };
         let mut value = int
             .checked_mul(nanos_per)
-            .ok_or_else(|| "duration too large".to_string())?;
+            .ok_or_else(|| TOO_LONG.to_string())?;
         if !frac.is_empty() {
             let digits = frac.len().min(18) as u32;
             let frac_num: u128 = frac[..digits as usize]
                 .parse()
                 .map_err(|_| "bad fraction".to_string())?;
-            value += frac_num * nanos_per / 10u128.pow(digits);
+            value = value
+                .checked_add(frac_num * nanos_per / 10u128.pow(digits))
+                .ok_or_else(|| TOO_LONG.to_string())?;
         }
         total = total
             .checked_add(value)
-            .ok_or_else(|| "duration too large".to_string())?;
+            .filter(|t| *t <= GO_MAX_DURATION_NANOS)
+            .ok_or_else(|| TOO_LONG.to_string())?;
     }
-    let secs =
-        u64::try_from(total / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| TOO_LONG.to_string())?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
@@ -683,7 +703,7 @@ fn whitelist(r: &Reader<'_>) -> Result<(Vec<PassedEnv>, Vec<String>), ConfigErro
                 out.retain(|p| !(p.name == name && p.applies_to == scope));
                 out.push(PassedEnv {
                     name: name.to_string(),
-                    value,
+                    value: value.into(),
                     applies_to: scope,
                 });
             }
@@ -704,17 +724,17 @@ fn valid_env_name(name: &str) -> bool {
 
 /// `SPACELIFT_MASK_ENVS`: the values (from the launcher's environment, and from the
 /// whitelisted values of that name) to mask. Empty values are never masked.
-fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<String>, Vec<String>) {
-    let mut values = Vec::new();
+fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<SecretString>, Vec<String>) {
+    let mut values: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     let Some(list) = r.get(vars::MASK_ENVS) else {
-        return (values, warnings);
+        return (Vec::new(), warnings);
     };
     for name in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let mut found = false;
         for p in passed.iter().filter(|p| p.name == name) {
             found = true;
-            values.push(p.value.clone());
+            values.push(p.value.expose_secret().to_string());
         }
         if let Some(v) = r.env.var(name) {
             found = true;
@@ -733,7 +753,10 @@ fn masked(r: &Reader<'_>, passed: &[PassedEnv]) -> (Vec<String>, Vec<String>) {
     values.retain(|v| !v.is_empty());
     values.sort();
     values.dedup();
-    (values, warnings)
+    (
+        values.into_iter().map(SecretString::from).collect(),
+        warnings,
+    )
 }
 
 /// `/host:/container[:ro|:rw]` entries, comma separated.
@@ -854,7 +877,7 @@ fn private_vcs_mappings(
         }
         out.push(PrivateVcsMapping {
             name,
-            base_endpoint: endpoint,
+            base_endpoint: endpoint.into(),
         });
     }
     Ok((out, warnings))
@@ -981,7 +1004,9 @@ mod tests {
         assert!(s.passed_env.is_empty());
         assert!(s.masked_values.is_empty());
         assert_eq!(s.logs_timeout, Duration::from_secs(420));
+        assert_eq!(s.output_buffer_bytes, 64 << 20);
         assert_eq!(s.run_timeout, Duration::from_secs(4200));
+        assert_eq!(s.prepare_timeout, Duration::from_secs(900));
         assert_eq!(s.stop_grace, Duration::from_secs(10));
         assert!(!s.run_logs_on_stdout);
         assert!(!s.debug);
@@ -1011,6 +1036,8 @@ mod tests {
             (vars::RUNTIME, "runsc"),
             (vars::LOGS_TIMEOUT, "1h30m"),
             (vars::RUN_TIMEOUT, "90s"),
+            (vars::PREPARE_TIMEOUT, "20m"),
+            (vars::RUN_OUTPUT_BUFFER_MIB, "2"),
             (vars::STOP_GRACE, "1.5s"),
             (vars::RUN_LOGS_ON_STDOUT, "true"),
             (vars::DEBUG, "1"),
@@ -1035,6 +1062,8 @@ mod tests {
         assert_eq!(s.runtime.as_deref(), Some("runsc"));
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));
         assert_eq!(s.run_timeout, Duration::from_secs(90));
+        assert_eq!(s.prepare_timeout, Duration::from_secs(1200));
+        assert_eq!(s.output_buffer_bytes, 2 << 20);
         assert_eq!(s.stop_grace, Duration::from_millis(1500));
         assert!(s.run_logs_on_stdout && s.debug && c.sensitive_output_upload);
         assert_eq!(s.docker_config_dir.as_deref(), Some(dir.path()));
@@ -1166,6 +1195,30 @@ mod tests {
         assert!(d("1..2s").is_err());
     }
 
+    /// Go's `time.Duration` tops out at 2562047h47m16.854775807s; beyond it Go refuses,
+    /// and so do we (an `Instant + Duration` that large would overflow later).
+    #[test]
+    fn durations_beyond_gos_maximum_are_refused() {
+        let d = |s| parse_go_duration(s);
+        assert_eq!(
+            d("2562047h47m16.854775807s"),
+            Ok(Duration::new(9_223_372_036, 854_775_807))
+        );
+        for s in [
+            "2562048h",
+            "2562047h47m16.854775808s",
+            "18446744073709551615s",
+        ] {
+            let e = d(s).unwrap_err();
+            assert!(e.contains("2562047h"), "{s}: {e}");
+        }
+        let e = err(&[(vars::RUN_TIMEOUT, "2562048h")]);
+        assert!(
+            e.starts_with("SPACELIFT_LAUNCHER_RUN_TIMEOUT: ") && e.contains("2562047h"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn metadata_strips_prefix_keeps_case_skips_empty_key() {
         let c = with(&[
@@ -1243,7 +1296,7 @@ mod tests {
             .settings
             .passed_env
             .iter()
-            .map(|p| (p.name.as_str(), p.value.as_str(), p.applies_to))
+            .map(|p| (p.name.as_str(), p.value.expose_secret(), p.applies_to))
             .collect();
         assert_eq!(
             got,
@@ -1254,10 +1307,13 @@ mod tests {
                 ("PLAIN", "plain", MountScope::ReadOnlyRuns),
             ]
         );
-        assert_eq!(
-            c.settings.masked_values,
-            ["read-key", "unscoped", "write-key"]
-        );
+        let masked: Vec<&str> = c
+            .settings
+            .masked_values
+            .iter()
+            .map(|v| v.expose_secret())
+            .collect();
+        assert_eq!(masked, ["read-key", "unscoped", "write-key"]);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(
             c.warnings[0].contains("MISSING is not set"),
@@ -1500,6 +1556,24 @@ mod tests {
     }
 
     #[test]
+    fn debug_redacts_private_vcs_credentials() {
+        let c = with(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "ghe-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+                "https://vcs-user:vcs-pa55word@ghe.internal:8443/api",
+            ),
+        ])
+        .unwrap();
+        for dbg in [format!("{c:?}"), format!("{:?}", c.settings)] {
+            assert!(!dbg.contains("vcs-pa55word"), "{dbg}");
+            assert!(!dbg.contains("vcs-user"), "{dbg}");
+            assert!(dbg.contains("ghe.internal:8443"), "{dbg}");
+            assert!(dbg.contains("ghe-pool"), "{dbg}");
+        }
+    }
+
+    #[test]
     fn help_lists_every_variable() {
         for v in [
             vars::TOKEN,
@@ -1511,6 +1585,8 @@ mod tests {
             vars::RUN_INITIALIZATION_POLICY,
             vars::LOGS_TIMEOUT,
             vars::RUN_TIMEOUT,
+            vars::PREPARE_TIMEOUT,
+            vars::RUN_OUTPUT_BUFFER_MIB,
             vars::DOCKER_CONFIG_DIR,
             vars::WHITELIST_ENVS,
             vars::EXTRA_MOUNTS,

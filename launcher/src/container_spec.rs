@@ -7,11 +7,17 @@ use protocol::api::RunSpec;
 
 use crate::config::vars::{PRIVATEVCS_ENDPOINT_PREFIX, PRIVATEVCS_NAME_PREFIX};
 use crate::ports::{CachedBinary, ContainerSpec};
+use crate::secret::ExposeSecret;
 use crate::settings::{MountScope, Settings};
 
 /// Where the worker binary appears inside the container; it is PID 1.
 pub const WORKER_BINARY_PATH: &str = "/opt/spacelift/binaries/spacelift-worker";
 pub const WORKSPACE: &str = "/mnt/workspace";
+
+/// Run env under this prefix is dropped: only the operator configures private-VCS
+/// mappings, so a stack cannot add an index beyond theirs and steer the worker's VCS
+/// traffic (`SPACELIFT_PRIVATEVCS_MAPPING_{NAME,BASE_ENDPOINT}_<n>`).
+const PRIVATEVCS_RUN_ENV_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_";
 
 /// Labels on every run container, so a restarted launcher can find what it left behind.
 pub mod labels {
@@ -54,22 +60,27 @@ pub fn build(
     let read_only = run.run_type.is_read_only();
 
     // Precedence, lowest first: the launcher's allow-listed env, the stack's own env (more
-    // specific), then the operator's private-VCS mappings (a stack cannot redirect its VCS
-    // traffic) and the identity variables, so a run cannot impersonate another.
+    // specific), then the operator's private-VCS mappings (a stack can neither redirect
+    // its VCS traffic nor add mappings: it cannot set any) and the identity variables, so
+    // a run cannot impersonate another.
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for p in &settings.passed_env {
         if applies(p.applies_to, read_only) {
-            env.insert(p.name.clone(), p.value.clone());
+            env.insert(p.name.clone(), p.value.expose_secret().to_string());
         }
     }
-    for (k, v) in &run.env {
+    for (k, v) in run
+        .env
+        .iter()
+        .filter(|(k, _)| !k.starts_with(PRIVATEVCS_RUN_ENV_PREFIX))
+    {
         env.insert(k.clone(), v.clone());
     }
     for (i, m) in settings.private_vcs_mappings.iter().enumerate() {
         env.insert(format!("{PRIVATEVCS_NAME_PREFIX}{i}"), m.name.clone());
         env.insert(
             format!("{PRIVATEVCS_ENDPOINT_PREFIX}{i}"),
-            m.base_endpoint.clone(),
+            m.base_endpoint.expose_secret().to_string(),
         );
     }
     env.insert("SPACELIFT_RUN_ULID".into(), run.run_ulid.clone());
@@ -122,7 +133,7 @@ mod tests {
         s.runtime = Some("runsc".into());
         let pe = |name: &str, scope| PassedEnv {
             name: name.into(),
-            value: format!("{name}-value"),
+            value: format!("{name}-value").into(),
             applies_to: scope,
         };
         s.passed_env = vec![
@@ -275,6 +286,17 @@ mod tests {
             assert!(!spec.env.iter().any(|e| e.contains("attacker")));
         }
         // None configured: none passed.
+        let mut r = run(RunType::Tracked);
+        r.env.insert(
+            "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0".into(),
+            "attacker-pool".into(),
+        );
+        let spec = build(&settings(), &r, "img:1", &binary(), &ids());
+        assert!(!spec
+            .env
+            .iter()
+            .any(|e| e.starts_with("SPACELIFT_PRIVATEVCS_")));
+
         let spec = build(
             &settings(),
             &run(RunType::Tracked),
@@ -286,5 +308,61 @@ mod tests {
             .env
             .iter()
             .any(|e| e.starts_with("SPACELIFT_PRIVATEVCS_")));
+    }
+
+    #[test]
+    fn debug_never_shows_env_values() {
+        let mut s = settings();
+        s.passed_env = vec![PassedEnv {
+            name: "TF_VAR_db_password".into(),
+            value: "passed-s3cret-value".into(),
+            applies_to: MountScope::All,
+        }];
+        let mut r = run(RunType::Tracked);
+        r.env
+            .insert("STACK_SECRET".into(), "stack-s3cret-value".into());
+        let spec = build(&s, &r, "img", &binary(), &ids());
+        for dbg in [format!("{spec:?}"), format!("{spec:#?}")] {
+            assert!(!dbg.contains("passed-s3cret-value"), "{dbg}");
+            assert!(!dbg.contains("stack-s3cret-value"), "{dbg}");
+            // The names help an operator and are not secret.
+            assert!(dbg.contains("TF_VAR_db_password"), "{dbg}");
+        }
+    }
+
+    /// The stack cannot add mappings beyond the operator's: any run env under the
+    /// private-VCS prefix is dropped, whatever its index.
+    #[test]
+    fn run_env_cannot_add_private_vcs_mappings() {
+        let mut s = settings();
+        s.private_vcs_mappings = vec![PrivateVcsMapping {
+            name: "github-pool".into(),
+            base_endpoint: "http://ghe.internal".into(),
+        }];
+        let mut r = run(RunType::Tracked);
+        for (k, v) in [
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_5", "evil-pool"),
+            (
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_5",
+                "http://attacker",
+            ),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_x", "evil-pool"),
+        ] {
+            r.env.insert(k.into(), v.into());
+        }
+        let spec = build(&s, &r, "img:1", &binary(), &ids());
+        let vcs: Vec<&String> = spec
+            .env
+            .iter()
+            .filter(|e| e.starts_with("SPACELIFT_PRIVATEVCS_"))
+            .collect();
+        assert_eq!(
+            vcs,
+            [
+                "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0=http://ghe.internal",
+                "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0=github-pool",
+            ]
+        );
+        assert!(spec.env.contains(&"TF_VAR_x=1".to_string()));
     }
 }

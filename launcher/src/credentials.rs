@@ -133,8 +133,8 @@ fn sanitize(var: &str, e: ProtocolError) -> CredentialsError {
     match e {
         ProtocolError::Json { source, .. } => {
             let text = source.to_string();
-            let detail = if text.starts_with("missing field") || text.starts_with("unknown variant")
-            {
+            // "missing field `x`" names a field; "unknown variant `v`" would quote a value.
+            let detail = if text.starts_with("missing field") {
                 text
             } else {
                 match source.classify() {
@@ -160,24 +160,72 @@ fn sanitize(var: &str, e: ProtocolError) -> CredentialsError {
 }
 
 fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, CredentialsError> {
+    if pem_without_line_breaks(pem) {
+        return Err(CredentialsError::Certificate(
+            "the PEM has no line breaks (the token is damaged; copy it again)".into(),
+        ));
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| CredentialsError::Certificate(format!("bad PEM: {e}")))?;
+        .map_err(|e| {
+            CredentialsError::Certificate(format!("bad PEM: {}", describe_pem_error(&e)))
+        })?;
     let leaf = certs
         .first()
         .ok_or_else(|| CredentialsError::Certificate("holds no certificate".into()))?;
-    x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
-        CredentialsError::Certificate(format!("not a valid X.509 certificate: {e}"))
+    // x509-parser's errors are structural, but the DER is the token's: say only that.
+    x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| {
+        CredentialsError::Certificate(
+            "not a valid X.509 certificate (its DER does not parse)".into(),
+        )
     })?;
     Ok(certs)
+}
+
+/// A PEM error by its kind only: pki-types' own messages quote the offending line, which
+/// for a key whose line breaks were lost is the whole key, as a list of decimal bytes.
+pub(crate) fn describe_pem_error(e: &rustls_pki_types::pem::Error) -> &'static str {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a BEGIN line has no matching END line",
+        E::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        E::Base64Decode(_) => "the text between BEGIN and END is not base64",
+        E::NoItemsFound => "no PEM section found",
+        E::SectionTooLarge => "a PEM section is larger than 256 MB",
+        _ => "the PEM does not parse",
+    }
+}
+
+/// True when a PEM's body does not start on a line of its own: what `echo $(cat key)`
+/// leaves (lines joined with spaces) or a paste that dropped the line breaks.
+fn pem_without_line_breaks(pem: &str) -> bool {
+    let Some(begin) = pem.find("-----BEGIN ") else {
+        return false;
+    };
+    let after = &pem[begin + "-----BEGIN ".len()..];
+    let Some(close) = after.find("-----") else {
+        return false;
+    };
+    let body = &after[close + "-----".len()..];
+    let body = body.split("-----END").next().unwrap_or_default();
+    !body.contains(['\n', '\r'])
 }
 
 fn parse_key(key_text: &str) -> Result<PoolKey, CredentialsError> {
     let pem = protocol::token::decode_private_key_pem(KEY_VAR, key_text)
         .map_err(|e| CredentialsError::Decode(e.to_string()))?;
+    if pem_without_line_breaks(&pem) {
+        return Err(CredentialsError::Key(
+            "the PEM has no line breaks (was it passed through echo $(cat ...)?); encode the \
+             file itself: base64 -w0 < spacelift.key"
+                .into(),
+        ));
+    }
     let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        // pki-types' PEM errors describe structure, never contents.
-        CredentialsError::Key(format!("the PEM private key does not parse: {e}"))
+        CredentialsError::Key(format!(
+            "the PEM private key does not parse: {}",
+            describe_pem_error(&e)
+        ))
     })?;
     let signing = any_supported_type(&der).map_err(|_| {
         CredentialsError::Key(
@@ -473,6 +521,110 @@ mod tests {
             err.to_string().starts_with("SPACELIFT_POOL_PRIVATE_KEY: "),
             "{err}"
         );
+    }
+
+    /// Fails if `msg` carries any of the PEM's bytes in any spelling we know of: a run of
+    /// 8 characters of its base64 body, its bytes (or its text's bytes) as a decimal
+    /// list, or 4 DER bytes in hex.
+    fn assert_no_pem_bytes(msg: &str, pem_text: &str) {
+        let body: String = pem_text
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let chars: Vec<char> = body.chars().collect();
+        for w in chars.windows(8) {
+            let w: String = w.iter().collect();
+            assert!(!msg.contains(&w), "quotes base64 {w:?}: {msg}");
+        }
+        let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &body)
+            .expect("the test PEM's body is base64");
+        let decimal = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for w in der.windows(4) {
+            assert!(!msg.contains(&decimal(w)), "quotes DER in decimal: {msg}");
+            let hex = hex::encode(w);
+            assert!(
+                !msg.to_ascii_lowercase().contains(&hex),
+                "quotes DER in hex: {msg}"
+            );
+        }
+        for w in body.as_bytes().windows(4) {
+            assert!(
+                !msg.contains(&decimal(w)),
+                "quotes the text in decimal: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn pem_key_without_line_breaks_is_described_never_quoted() {
+        let pool = TestPool::new();
+        let token = pool.token("mqtts://h:1", "https://h:2");
+        // `echo $(cat spacelift.key) | base64 -w0`: the shell joins the lines with spaces.
+        let spaced = pool
+            .key_pem
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            + "\n";
+        // The same with the line breaks dropped altogether.
+        let joined: String = pool.key_pem.lines().collect();
+        for mangled in [spaced, joined] {
+            let err = Credentials::from_env_text(&token, &b64(&mangled)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("SPACELIFT_POOL_PRIVATE_KEY: "), "{msg}");
+            assert!(msg.contains("no line breaks"), "{msg}");
+            assert!(msg.contains("base64 -w0 < spacelift.key"), "{msg}");
+            assert_no_pem_bytes(&msg, &pool.key_pem);
+            assert_no_pem_bytes(&format!("{err:?}"), &pool.key_pem);
+        }
+    }
+
+    #[test]
+    fn every_key_pem_error_describes_structure_only() {
+        let pool = TestPool::new();
+        let token = pool.token("mqtts://h:1", "https://h:2");
+        let lines: Vec<&str> = pool.key_pem.lines().collect();
+        let mut bad_char = lines.clone();
+        let mid = format!("{}*{}", &lines[1][..10], &lines[1][10..]);
+        bad_char[1] = &mid;
+        let truncated = lines[..lines.len() - 1].join("\n") + "\n";
+        let mut wrong_end = lines.clone();
+        let last = lines.len() - 1;
+        wrong_end[last] = "-----END RSA PRIVATE KEY-----";
+        for mangled in [bad_char.join("\n"), truncated, wrong_end.join("\n")] {
+            let err = Credentials::from_env_text(&token, &b64(&mangled)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("SPACELIFT_POOL_PRIVATE_KEY: "), "{msg}");
+            assert_no_pem_bytes(&msg, &pool.key_pem);
+            assert_no_pem_bytes(&format!("{err:?}"), &pool.key_pem);
+        }
+    }
+
+    #[test]
+    fn token_certificate_errors_never_quote_it() {
+        let pool = TestPool::new();
+        let spaced = pool
+            .cert_pem
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut lines: Vec<String> = pool.cert_pem.lines().map(str::to_string).collect();
+        lines[1].insert(5, '*');
+        let bad_char = lines.join("\n");
+        for cert in [spaced, bad_char] {
+            let token = token_text(&cert, None, "mqtts://h:1", "https://h:2");
+            let err = Credentials::from_env_text(&token, &b64(&pool.key_pem)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("SPACELIFT_TOKEN: .certificate: "), "{msg}");
+            assert_no_pem_bytes(&msg, &pool.cert_pem);
+            assert_no_pem_bytes(&format!("{err:?}"), &pool.cert_pem);
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::ports::{
     ContainerRuntime, ContainerSpec, ContainerSummary, ExitStatus, ImageInfo, OutputLine,
     OutputStream, RegistryAuth, RuntimeError,
 };
+use crate::secret::{ExposeSecret, SecretString};
 
 /// The daemon every Docker CLI assumes.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -55,7 +56,7 @@ const FALLBACK: ClientVersion = ClientVersion {
     minor_version: 41,
 };
 /// A line longer than this without a newline is emitted in pieces (bounded memory).
-const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// The production [`ContainerRuntime`].
 #[derive(Debug, Clone)]
@@ -234,10 +235,11 @@ impl ContainerRuntime for BollardRuntime {
                 None => None,
             },
         };
+        // The one place registry credentials leave their wrapper: bollard's auth header.
         let credentials = auth.map(|a| bollard::auth::DockerCredentials {
             username: a.username,
-            password: a.password,
-            identitytoken: a.identity_token,
+            password: a.password.map(|p| p.expose_secret().to_string()),
+            identitytoken: a.identity_token.map(|t| t.expose_secret().to_string()),
             serveraddress: a.server,
             ..Default::default()
         });
@@ -547,6 +549,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         start = end + 1;
     }
@@ -561,6 +564,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(&piece).into_owned(),
+            partial: true,
         }));
     }
     if flush && !buf.is_empty() {
@@ -568,6 +572,7 @@ fn drain_lines(
         ready.push_back(Ok(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial: false,
         }));
         buf.clear();
     }
@@ -584,15 +589,14 @@ pub fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// The registry host of an image reference, as Docker normalises it (`docker.io` for
-/// Docker Hub names such as `alpine` or `library/alpine`).
-pub fn registry_host(image: &str) -> String {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            normalize_registry(first)
-        }
-        _ => "docker.io".to_string(),
-    }
+/// The registry host of an image reference, as Docker normalises it ([`crate::image_ref`]:
+/// `docker.io` for Docker Hub names such as `alpine` or `library/alpine`, and `Foo` in
+/// `Foo/bar` is a host). `None` when Docker would refuse the reference: no credentials go
+/// with a pull the daemon will refuse anyway.
+pub fn registry_host(image: &str) -> Option<String> {
+    crate::image_ref::parse(image)
+        .ok()
+        .map(|r| r.registry_host())
 }
 
 fn normalize_registry(server: &str) -> String {
@@ -609,13 +613,14 @@ fn normalize_registry(server: &str) -> String {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+// No `Debug` on these two: they hold registry passwords and tokens as read.
+#[derive(Deserialize, Default)]
 struct DockerConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuthEntry>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 struct DockerAuthEntry {
     #[serde(default)]
     auth: Option<String>,
@@ -652,7 +657,9 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
             e.column()
         ))
     })?;
-    let want = registry_host(image);
+    let Some(want) = registry_host(image) else {
+        return Ok(None);
+    };
     let Some((server, entry)) = config
         .auths
         .iter()
@@ -662,8 +669,16 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
     };
     let mut auth = RegistryAuth {
         username: entry.username.clone().filter(|s| !s.is_empty()),
-        password: entry.password.clone().filter(|s| !s.is_empty()),
-        identity_token: entry.identitytoken.clone().filter(|s| !s.is_empty()),
+        password: entry
+            .password
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from),
+        identity_token: entry
+            .identitytoken
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from),
         server: Some(server.clone()),
     };
     if let Some(encoded) = entry.auth.as_deref().filter(|s| !s.is_empty()) {
@@ -682,7 +697,7 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
             ))
         })?;
         auth.username = Some(user.to_string());
-        auth.password = Some(pass.to_string());
+        auth.password = Some(pass.into());
     }
     if auth.username.is_none() && auth.password.is_none() && auth.identity_token.is_none() {
         return Ok(None);
@@ -1143,6 +1158,20 @@ mod tests {
         assert!(del.uri.contains("force=true"), "{}", del.uri);
     }
 
+    #[test]
+    fn a_long_unterminated_line_is_cut_into_partial_pieces() {
+        let mut buf = vec![b'a'; MAX_LINE + 10];
+        let mut ready = VecDeque::new();
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        buf.extend_from_slice(b"bc\n");
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, false);
+        let got: Vec<(usize, bool)> = ready
+            .into_iter()
+            .map(|l| l.map(|l| (l.text.len(), l.partial)).unwrap())
+            .collect();
+        assert_eq!(got, [(MAX_LINE, true), (12, false)]);
+    }
+
     #[tokio::test]
     async fn logs_are_split_into_lines_across_frames() {
         let (stub, rt) = runtime().await;
@@ -1348,15 +1377,62 @@ mod tests {
             "localhost:5000/x:latest"
         );
         assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
-        assert_eq!(registry_host("alpine"), "docker.io");
-        assert_eq!(registry_host("library/alpine"), "docker.io");
-        assert_eq!(registry_host("docker.io/library/alpine"), "docker.io");
+        let host = |s| registry_host(s).unwrap();
+        assert_eq!(host("alpine"), "docker.io");
+        assert_eq!(host("library/alpine"), "docker.io");
+        assert_eq!(host("docker.io/library/alpine"), "docker.io");
         assert_eq!(
-            registry_host("public.ecr.aws/spacelift/runner-terraform"),
+            host("public.ecr.aws/spacelift/runner-terraform"),
             "public.ecr.aws"
         );
-        assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");
-        assert_eq!(registry_host("localhost/x"), "localhost");
+        assert_eq!(host("localhost:5000/x"), "localhost:5000");
+        assert_eq!(host("localhost/x"), "localhost");
+    }
+
+    /// Cases from distribution/reference's grammar: the first component names a registry
+    /// iff it holds '.' or ':', is `localhost`, or has upper case; anything Docker would
+    /// refuse to parse gets no credentials at all.
+    #[test]
+    fn registry_host_follows_docker_reference_grammar() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let host = |s: &str| registry_host(s);
+        let cases: Vec<(String, Option<&str>)> = vec![
+            ("localhost:5000/x".into(), Some("localhost:5000")),
+            ("localhost/x".into(), Some("localhost")),
+            ("localhost:5000/x:tag".into(), Some("localhost:5000")),
+            ("Foo/bar".into(), Some("foo")),
+            (
+                "FOO.example.com:5000/a/b:TAG".into(),
+                Some("foo.example.com:5000"),
+            ),
+            ("foo.com/bar".into(), Some("foo.com")),
+            ("foo:5000/bar".into(), Some("foo:5000")),
+            ("bar".into(), Some("docker.io")),
+            ("bar:5000".into(), Some("docker.io")),
+            ("localhost".into(), Some("docker.io")),
+            ("library/bar".into(), Some("docker.io")),
+            ("docker.io/bar".into(), Some("docker.io")),
+            ("index.docker.io/bar".into(), Some("docker.io")),
+            ("registry-1.docker.io/library/bar".into(), Some("docker.io")),
+            ("[::1]:5000/x".into(), Some("[::1]:5000")),
+            ("[::1]/x".into(), Some("[::1]")),
+            (format!("bar@{digest}"), Some("docker.io")),
+            (format!("foo.com/bar:1.0@{digest}"), Some("foo.com")),
+            (format!("localhost/x@{digest}"), Some("localhost")),
+            // Not references Docker accepts: no credentials for any host.
+            ("Foo".into(), None),
+            ("foo/Bar".into(), None),
+            ("".into(), None),
+            ("a//b".into(), None),
+            ("foo.com/".into(), None),
+            ("foo.com:port/x".into(), None),
+            ("-a/b".into(), None),
+            ("bar@sha256:short".into(), None),
+            ("ab".repeat(32), None),
+        ];
+        for (image, want) in cases {
+            assert_eq!(host(&image).as_deref(), want, "{image:?}");
+        }
     }
 
     #[test]
@@ -1380,18 +1456,27 @@ mod tests {
         .unwrap();
         let hub = registry_auth_for(dir.path(), "alpine:3").unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("alice"));
-        assert_eq!(hub.password.as_deref(), Some("pw:with:colons"));
+        assert_eq!(
+            hub.password.as_ref().map(|p| p.expose_secret()),
+            Some("pw:with:colons")
+        );
         assert_eq!(hub.server.as_deref(), Some("https://index.docker.io/v1/"));
         let r = registry_auth_for(dir.path(), "registry.example.com:5000/team/img")
             .unwrap()
             .unwrap();
-        assert_eq!(r.identity_token.as_deref(), Some("tok"));
+        assert_eq!(
+            r.identity_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
         assert_eq!(r.username, None);
         let g = registry_auth_for(dir.path(), "ghcr.io/o/i")
             .unwrap()
             .unwrap();
         assert_eq!(
-            (g.username.as_deref(), g.password.as_deref()),
+            (
+                g.username.as_deref(),
+                g.password.as_ref().map(|p| p.expose_secret())
+            ),
             (Some("u"), Some("p"))
         );
         assert_eq!(registry_auth_for(dir.path(), "quay.io/x/y").unwrap(), None);

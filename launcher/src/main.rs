@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use launcher::config::{self, LogFormat, Overrides, ProcessEnv};
+use launcher::config::{self, Overrides, ProcessEnv};
 use launcher::Signal;
 use tokio::sync::mpsc;
 
@@ -39,7 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format, config.settings.debug);
+    launcher::logging::init(&launcher::logging::LogOptions::from_process(
+        config.log_format,
+        config.settings.debug,
+    ));
     match serve(config) {
         Ok(code) => code,
         Err(e) => {
@@ -86,19 +89,4 @@ fn forward_signals(tx: mpsc::Sender<Signal>) -> std::io::Result<()> {
         }
     });
     Ok(())
-}
-
-fn init_tracing(format: LogFormat, debug: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Launcher logs go to stderr; stdout is kept for run logs
-    // (SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -10,6 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -40,6 +41,10 @@ struct Inner {
     downloads: Counter,
     cache_hits: Counter,
     binary_failures: Counter,
+    outbox_queued_bytes: Gauge,
+    output_paused: Counter,
+    /// The highest `outbox_queued_bytes` seen (for tests of the bound).
+    outbox_queued_peak: std::sync::atomic::AtomicI64,
 }
 
 impl Default for Metrics {
@@ -95,8 +100,25 @@ impl Metrics {
             "Failed attempts to get a verified worker binary",
             binary_failures.clone(),
         );
+        let outbox_queued_bytes = Gauge::default();
+        registry.register(
+            "outbox_queued_bytes",
+            "Bytes of run output waiting for the backend, over all runs (each run's share is \
+             bounded by SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB)",
+            outbox_queued_bytes.clone(),
+        );
+        let output_paused = Counter::default();
+        registry.register(
+            "run_output_paused",
+            "Times a run stopped reading its container's output because its queued output \
+             reached the bound",
+            output_paused.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                outbox_queued_bytes,
+                output_paused,
+                outbox_queued_peak: Default::default(),
                 registry,
                 cache: std::sync::Mutex::new(None),
                 runs,
@@ -124,6 +146,25 @@ impl Metrics {
 
     pub fn reconnected(&self) {
         self.inner.reconnects.inc();
+    }
+
+    /// Run output queued (`delta` > 0) or delivered/dropped (`delta` < 0).
+    pub fn outbox_queued(&self, delta: i64) {
+        let now = self.inner.outbox_queued_bytes.inc_by(delta) + delta;
+        self.inner
+            .outbox_queued_peak
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn output_paused(&self) {
+        self.inner.output_paused.inc();
+    }
+
+    /// The most run output ever queued at once.
+    pub fn outbox_queued_peak(&self) -> i64 {
+        self.inner
+            .outbox_queued_peak
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn binary_failure(&self) {
@@ -233,6 +274,9 @@ mod tests {
         m.run_ended("failed");
         m.spawn_latency(Duration::from_millis(30));
         m.reconnected();
+        m.outbox_queued(300);
+        m.outbox_queued(-100);
+        m.output_paused();
         let cache = Arc::new(CacheCounters::default());
         m.attach_binary_cache(cache.clone());
         cache
@@ -256,6 +300,12 @@ mod tests {
         assert!(text.contains("spacelift_launcher_backend_reconnects_total 1"));
         assert!(text.contains("spacelift_launcher_worker_binary_downloads_total 1"));
         assert!(text.contains("spacelift_launcher_worker_binary_cache_hits_total 3"));
+        assert!(
+            text.contains("spacelift_launcher_outbox_queued_bytes 200"),
+            "{text}"
+        );
+        assert!(text.contains("spacelift_launcher_run_output_paused_total 1"));
+        assert_eq!(m.outbox_queued_peak(), 300);
     }
     async fn get(addr: SocketAddr, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

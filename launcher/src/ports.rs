@@ -14,6 +14,8 @@ use protocol::messages::ServerMessage;
 use protocol::Arch;
 use thiserror::Error;
 
+use crate::secret::{ExposeSecret, SecretString};
+
 // ---------------------------------------------------------------------------------------
 // Backend
 
@@ -34,6 +36,10 @@ pub enum BackendError {
     /// 409: claim refused, illegal transition, lease held by another worker.
     #[error("conflict: {message}")]
     Conflict { message: String },
+    /// 413: the request body is over the backend's limit. Smaller requests may pass (the
+    /// outbox splits log uploads); the same one never will.
+    #[error("backend refused the request as too large: {message}")]
+    TooLarge { message: String },
     /// Any other 4xx or a malformed answer: a bug on one side; not retried.
     #[error("backend rejected the request: {message}")]
     Rejected { message: String },
@@ -112,8 +118,9 @@ pub struct ImageInfo {
     pub architecture: Option<String>,
 }
 
-/// Everything needed to create a run's container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything needed to create a run's container. `Debug` shows the env's names, never
+/// its values (whitelisted secrets, the stack's own variables).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
@@ -126,6 +133,27 @@ pub struct ContainerSpec {
     pub network: String,
     pub runtime: Option<String>,
     pub working_dir: String,
+}
+
+impl std::fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|e| e.split_once('=').map_or("<malformed>", |(name, _)| name))
+            .collect();
+        f.debug_struct("ContainerSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
+            .field("env_names", &env_names)
+            .field("labels", &self.labels)
+            .field("binds", &self.binds)
+            .field("network", &self.network)
+            .field("runtime", &self.runtime)
+            .field("working_dir", &self.working_dir)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,18 +176,33 @@ pub struct ExitStatus {
 pub struct OutputLine {
     pub stream: protocol::api::LogStream,
     pub text: String,
+    /// A piece of a longer line (cut to bound memory); the rest follows on this stream.
+    pub partial: bool,
 }
 
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputLine, RuntimeError>> + Send>>;
 
-/// Registry credentials for one pull (from `SPACELIFT_DOCKER_CONFIG_DIR`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Registry credentials for one pull (from `SPACELIFT_DOCKER_CONFIG_DIR`). The password
+/// and identity token redact themselves in `Debug`.
+#[derive(Debug, Clone, Default)]
 pub struct RegistryAuth {
     pub username: Option<String>,
-    pub password: Option<String>,
-    pub identity_token: Option<String>,
+    pub password: Option<SecretString>,
+    pub identity_token: Option<SecretString>,
     pub server: Option<String>,
 }
+
+impl PartialEq for RegistryAuth {
+    fn eq(&self, other: &RegistryAuth) -> bool {
+        let exposed = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+        self.username == other.username
+            && self.server == other.server
+            && exposed(&self.password) == exposed(&other.password)
+            && exposed(&self.identity_token) == exposed(&other.identity_token)
+    }
+}
+
+impl Eq for RegistryAuth {}
 
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
@@ -267,4 +310,24 @@ pub struct WorkerStatus {
     /// Runs held: claimed and not yet reported terminal.
     pub runs: Vec<String>,
     pub capacity: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_auth_debug_never_shows_credentials() {
+        let auth = RegistryAuth {
+            username: Some("robot".into()),
+            password: Some("registry-pa55word".into()),
+            identity_token: Some("registry-id-t0ken".into()),
+            server: Some("https://index.docker.io/v1/".into()),
+        };
+        for dbg in [format!("{auth:?}"), format!("{auth:#?}")] {
+            assert!(!dbg.contains("registry-pa55word"), "{dbg}");
+            assert!(!dbg.contains("registry-id-t0ken"), "{dbg}");
+            assert!(dbg.contains("index.docker.io"), "{dbg}");
+        }
+    }
 }

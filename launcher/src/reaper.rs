@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::container_spec::labels;
+use crate::container_spec::{labels, Ids};
 use crate::ports::ContainerRuntime;
 
 /// Removes leftover containers and returns every run to report as `launcher_restarted`.
@@ -35,4 +35,26 @@ pub async fn reap(
         runs.extend(run);
     }
     runs
+}
+
+/// Removes (forcibly) every container this launcher process created. For a fatal exit,
+/// once the runs had their chance to stop gracefully.
+pub async fn remove_launcher_containers(runtime: &dyn ContainerRuntime, ids: &Ids) {
+    let filter = BTreeMap::from([
+        (labels::WORKER.to_string(), ids.worker_ulid.clone()),
+        (labels::LAUNCHER.to_string(), ids.launcher_id.clone()),
+    ]);
+    let list = match runtime.list_by_labels(&filter).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list this launcher's containers; the next start removes them");
+            return;
+        }
+    };
+    for c in list {
+        tracing::warn!(container = %c.id, name = %c.name, "removing a run's container before exiting");
+        if let Err(e) = runtime.remove(&c.id).await {
+            tracing::error!(container = %c.id, error = %e, "could not remove a run's container; the next start removes it");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::init_policy::InitPolicy;
+use crate::secret::{SecretString, SecretUrl};
 
 /// A bind mount from the Docker daemon's filesystem into run containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +26,11 @@ pub enum MountScope {
 }
 
 /// A launcher environment variable passed through to runs (`SPACELIFT_WHITELIST_ENVS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its value may be a secret: `Debug` shows the name only.
+#[derive(Debug, Clone)]
 pub struct PassedEnv {
     pub name: String,
-    pub value: String,
+    pub value: SecretString,
     pub applies_to: MountScope,
 }
 
@@ -38,7 +40,8 @@ pub struct PassedEnv {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivateVcsMapping {
     pub name: String,
-    pub base_endpoint: String,
+    /// May carry credentials (`https://user:token@host`); shown redacted.
+    pub base_endpoint: SecretUrl,
 }
 
 /// Everything the run supervisor needs to know, independent of where it came from.
@@ -57,11 +60,17 @@ pub struct Settings {
     /// `SPACELIFT_WHITELIST_ENVS`, resolved against the launcher's environment.
     pub passed_env: Vec<PassedEnv>,
     /// Values of `SPACELIFT_MASK_ENVS` variables, replaced by `*****` in run logs.
-    pub masked_values: Vec<String>,
+    pub masked_values: Vec<SecretString>,
     /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (default 7m): a run silent this long is killed.
     pub logs_timeout: Duration,
     /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (default 70m).
     pub run_timeout: Duration,
+    /// `SPACELIFT_LAUNCHER_PREPARE_TIMEOUT` (default 15m): the longest a run may spend
+    /// preparing (worker binary, initialization policy, image pull) before its container.
+    pub prepare_timeout: Duration,
+    /// Run output held for the backend per run, in bytes, before the run's output is no
+    /// longer read (`SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB`, default 64 MiB).
+    pub output_buffer_bytes: usize,
     /// Grace between stop (SIGTERM) and kill when canceling (`SPACELIFT_LAUNCHER_STOP_GRACE`, 10s).
     pub stop_grace: Duration,
     /// `SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`.
@@ -103,6 +112,8 @@ impl Settings {
             masked_values: Vec::new(),
             logs_timeout: Duration::from_secs(7 * 60),
             run_timeout: Duration::from_secs(70 * 60),
+            prepare_timeout: Duration::from_secs(15 * 60),
+            output_buffer_bytes: crate::outbox::DEFAULT_MAX_QUEUED_BYTES,
             stop_grace: Duration::from_secs(10),
             run_logs_on_stdout: false,
             debug: false,
@@ -115,5 +126,38 @@ impl Settings {
             init_policy: None,
             private_vcs_mappings: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secret_values() {
+        let mut s = Settings::for_tests(PathBuf::from("/data"));
+        s.passed_env = vec![PassedEnv {
+            name: "AWS_SECRET_ACCESS_KEY".into(),
+            value: "passed-s3cret-value".into(),
+            applies_to: MountScope::All,
+        }];
+        s.masked_values = vec!["masked-s3cret-value".into()];
+        s.private_vcs_mappings = vec![PrivateVcsMapping {
+            name: "ghe".into(),
+            base_endpoint: "https://u:vcs-s3cret@ghe.internal".into(),
+        }];
+        for dbg in [
+            format!("{s:?}"),
+            format!("{:#?}", s),
+            format!("{:?}", s.passed_env[0]),
+            format!("{:?}", s.private_vcs_mappings[0]),
+        ] {
+            for secret in ["passed-s3cret-value", "masked-s3cret-value", "vcs-s3cret"] {
+                assert!(!dbg.contains(secret), "{secret} in {dbg}");
+            }
+        }
+        let dbg = format!("{s:?}");
+        assert!(dbg.contains("AWS_SECRET_ACCESS_KEY"), "{dbg}");
+        assert!(dbg.contains("ghe.internal"), "{dbg}");
     }
 }

@@ -13,7 +13,7 @@ use protocol::api::{
 };
 use protocol::messages::ServerMessage;
 use protocol::{Arch, RunState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::container_spec::Ids;
@@ -67,6 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------
 // Backend
 
+/// The fake backend's request body limit (`fake_backend::MAX_BODY`).
+pub const MAX_BODY: usize = 1 << 20;
+
 #[derive(Default)]
 pub struct BackendState {
     pub claims: Vec<String>,
@@ -80,6 +83,15 @@ pub struct BackendState {
     pub failed_reports: u32,
     /// Successful log uploads.
     pub uploads: u32,
+    /// Log uploads refused as too large (413).
+    pub refused_uploads: u32,
+    /// The largest accepted log upload body, in bytes.
+    pub largest_upload: usize,
+    /// Log upload bodies larger than this are refused (413); [`MAX_BODY`] by default.
+    pub body_limit: usize,
+    /// Store at most this many lines of each upload (a backend acknowledging part of a
+    /// batch); the answer's next expected seq says so.
+    pub max_lines_per_upload: Option<usize>,
 
     pub refuse: HashSet<String>,
     pub claim_transient: u32,
@@ -88,6 +100,7 @@ pub struct BackendState {
     pub retry_after: Option<Duration>,
     /// While down, every report call fails with Transient.
     pub down: bool,
+    /// Every call answers Unauthorized (the pool's credentials were revoked).
     pub unauthorized: bool,
     pub lease_conflict: HashSet<String>,
     pub lease_transient: bool,
@@ -105,6 +118,7 @@ impl MemBackend {
         MemBackend {
             state: Mutex::new(BackendState {
                 ttl_ms: 60_000,
+                body_limit: MAX_BODY,
                 ..Default::default()
             }),
             world,
@@ -240,7 +254,11 @@ impl Backend for MemBackend {
         let r = {
             let mut s = lock(&self.state);
             s.renewals.push(run_ulid.to_string());
-            if s.lease_conflict.contains(run_ulid) {
+            if s.unauthorized {
+                Err(BackendError::Unauthorized {
+                    message: "401".into(),
+                })
+            } else if s.lease_conflict.contains(run_ulid) {
                 Err(BackendError::Conflict {
                     message: "lease held by another worker".into(),
                 })
@@ -271,19 +289,51 @@ impl Backend for MemBackend {
         r
     }
 
+    /// Like the fake backend: a body over [`MAX_BODY`] is refused (413, mapped as the HTTPS
+    /// adapter maps it); lines are stored in `seq` order from 0, lines below the next
+    /// expected one are ignored, a gap stops the batch; the answer is the next expected.
     async fn upload_logs(&self, run_ulid: &str, lines: &[LogLine]) -> Result<u64, BackendError> {
-        let r = self.report_fault().map(|()| {
+        let body = serde_json::to_vec(&protocol::api::LogBatch {
+            worker_ulid: ids().worker_ulid,
+            lines: lines.to_vec(),
+        })
+        .expect("a LogBatch serialises");
+        let r = self.report_fault().and_then(|()| {
             let mut s = lock(&self.state);
+            if body.len() > s.body_limit {
+                s.refused_uploads += 1;
+                return Err(BackendError::TooLarge {
+                    message: format!(
+                        "POST /v1/runs/{run_ulid}/logs: HTTP 413: request body is larger \
+                         than {} bytes",
+                        s.body_limit
+                    ),
+                });
+            }
             s.uploads += 1;
+            s.largest_upload = s.largest_upload.max(body.len());
+            let take = s.max_lines_per_upload.unwrap_or(usize::MAX);
             let l = s.logs.entry(run_ulid.to_string()).or_default();
-            l.extend_from_slice(lines);
-            l.len() as u64
+            for line in lines.iter().take(take) {
+                let next = l.len() as u64;
+                if line.seq == next {
+                    l.push(line.clone());
+                } else if line.seq > next {
+                    break;
+                }
+            }
+            Ok(l.len() as u64)
         });
         self.world.bump();
         r
     }
 
     async fn latest_binary(&self, _arch: Arch) -> Result<WorkerBinary, BackendError> {
+        if lock(&self.state).unauthorized {
+            return Err(BackendError::Unauthorized {
+                message: "401".into(),
+            });
+        }
         Ok(binary())
     }
 
@@ -339,6 +389,30 @@ impl Behaviour {
     }
 }
 
+/// A printed line as the Docker adapter delivers it: over 64 KiB, in partial pieces.
+fn as_docker_delivers(text: &str) -> Vec<OutputLine> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while rest.len() > crate::docker::MAX_LINE {
+        let mut cut = crate::docker::MAX_LINE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        lines.push(OutputLine {
+            stream: LogStream::Stdout,
+            text: rest[..cut].to_string(),
+            partial: true,
+        });
+        rest = &rest[cut..];
+    }
+    lines.push(OutputLine {
+        stream: LogStream::Stdout,
+        text: rest.to_string(),
+        partial: false,
+    });
+    lines
+}
+
 pub struct MemContainer {
     pub id: String,
     pub spec: ContainerSpec,
@@ -355,6 +429,8 @@ pub struct RuntimeState {
     pub images: HashMap<String, ImageInfo>,
     /// What a pull of the image brings (absent: the pull fails).
     pub registry: HashMap<String, ImageInfo>,
+    /// Pulls of these images never complete (a registry trickling bytes).
+    pub pull_hangs: HashSet<String>,
     pub behaviours: HashMap<String, Behaviour>,
     pub default_behaviour: Behaviour,
     pub containers: BTreeMap<String, MemContainer>,
@@ -365,6 +441,8 @@ pub struct RuntimeState {
     pub logs_error: bool,
     pub running_now: usize,
     pub max_running: usize,
+    /// Bytes of container output the launcher has read (the rest waits, as in Docker).
+    pub read_bytes: usize,
     next_id: u64,
 }
 
@@ -465,8 +543,16 @@ impl ContainerRuntime for MemRuntime {
         platform: &str,
         _auth: Option<RegistryAuth>,
     ) -> Result<(), RuntimeError> {
+        if self
+            .check(format!("pull {image} {platform}"))?
+            .pull_hangs
+            .contains(image)
+        {
+            self.world.bump();
+            return std::future::pending().await;
+        }
         let r = {
-            let mut s = self.check(format!("pull {image} {platform}"))?;
+            let mut s = lock(&self.state);
             match s.registry.get(image).cloned() {
                 Some(info) => {
                     s.images.insert(image.to_string(), info);
@@ -556,7 +642,7 @@ impl ContainerRuntime for MemRuntime {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
                         if let Some(c) = lock(&state).containers.get_mut(&id) {
-                            c.output.push(OutputLine { stream: LogStream::Stdout, text });
+                            c.output.extend(as_docker_delivers(&text));
                         }
                         world.bump();
                     }
@@ -593,7 +679,7 @@ impl ContainerRuntime for MemRuntime {
                     }
                     loop {
                         {
-                            let s = lock(&state);
+                            let mut s = lock(&state);
                             if s.unavailable {
                                 return Some((
                                     Err(RuntimeError::Unavailable("connection reset".into())),
@@ -601,8 +687,9 @@ impl ContainerRuntime for MemRuntime {
                                 ));
                             }
                             let c = s.containers.get(&id)?;
-                            if let Some(line) = c.output.get(next) {
-                                return Some((Ok(line.clone()), (next + 1, rx, false)));
+                            if let Some(line) = c.output.get(next).cloned() {
+                                s.read_bytes += line.text.len();
+                                return Some((Ok(line), (next + 1, rx, false)));
                             }
                             if !c.running {
                                 return None;
@@ -712,6 +799,12 @@ impl ContainerRuntime for MemRuntime {
 #[derive(Default)]
 pub struct StoreState {
     pub gets: u32,
+    /// Each get takes this long (a slow or trickling download).
+    pub delay: Option<Duration>,
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+    /// Versions whose get completed, in order.
+    pub fetched: Vec<String>,
     /// The next this many gets fail verification.
     pub corrupt: u32,
     pub pins: HashMap<String, i64>,
@@ -729,12 +822,33 @@ impl MemBinaryStore {
     }
 }
 
+struct InFlight(Arc<Mutex<StoreState>>, World);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+        self.1.bump();
+    }
+}
+
 #[async_trait]
 impl BinaryStore for MemBinaryStore {
     async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
-        let r = {
+        let delay = {
             let mut s = lock(&self.state);
             s.gets += 1;
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.delay
+        };
+        self.world.bump();
+        // Counted out even when the get is dropped half-way (a deadline, an abort).
+        let _done = InFlight(self.state.clone(), self.world.clone());
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let r = {
+            let mut s = lock(&self.state);
             if s.corrupt > 0 {
                 s.corrupt -= 1;
                 Err(BinaryError::Corrupt {
@@ -744,6 +858,7 @@ impl BinaryStore for MemBinaryStore {
                     actual: "00".repeat(32),
                 })
             } else {
+                s.fetched.push(binary.version.clone());
                 Ok(CachedBinary {
                     version: binary.version.clone(),
                     sha256: binary.sha256.clone(),
@@ -812,6 +927,7 @@ pub struct Running {
     pub signals: mpsc::Sender<Signal>,
     pub status: watch::Receiver<WorkerStatus>,
     pub task: JoinHandle<Result<ExitOutcome, Error>>,
+    fatal: Option<oneshot::Sender<Error>>,
     msg: u64,
 }
 
@@ -849,6 +965,7 @@ impl Harness {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (signals_tx, signals_rx) = mpsc::channel(8);
         let (status_tx, status_rx) = status_channel(self.settings.capacity);
+        let (fatal_tx, fatal_rx) = oneshot::channel();
         let sup = Supervisor::new(
             self.settings.clone(),
             self.ids.clone(),
@@ -863,6 +980,7 @@ impl Harness {
         )
         .with_held_runs(self.held_runs.clone())
         .with_metrics(metrics)
+        .with_fatal(fatal_rx)
         .with_stdout_logs(StdoutLogs {
             clock: Arc::new(FixedClock),
             sink: self.stdout.clone(),
@@ -873,6 +991,7 @@ impl Harness {
             signals: signals_tx,
             status: status_rx,
             task,
+            fatal: Some(fatal_tx),
             msg: 0,
         }
     }
@@ -912,6 +1031,13 @@ impl Running {
 
     pub async fn event(&self, e: BackendEvent) {
         self.events.send(e).await.expect("supervisor alive");
+    }
+
+    /// A fatal error from outside the supervisor (as the MQTT session reports one).
+    pub fn fatal(&mut self, e: Error) {
+        if let Some(tx) = self.fatal.take() {
+            let _ = tx.send(e);
+        }
     }
 
     pub async fn signal(&self) {

@@ -66,7 +66,7 @@ pub fn root_store(
     if let Some(ca) = &creds.token.ca_certificate {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::TokenCa(e.to_string()))?;
+            .map_err(|e| TlsError::TokenCa(crate::credentials::describe_pem_error(&e).into()))?;
         if certs.is_empty() {
             return Err(TlsError::TokenCa("holds no certificate".into()));
         }
@@ -176,5 +176,30 @@ mod tests {
         let with = root_store(&creds, &[], SystemRoots::Include).unwrap();
         // The token CA is always there; the system store adds to it where one exists.
         assert!(!with.is_empty());
+    }
+
+    #[test]
+    fn token_ca_errors_never_quote_it() {
+        let pool = TestPool::new();
+        let mut creds = pool.credentials("mqtts://h:1", "https://h:2");
+        let ca = pool.pki.ca_cert_pem.clone();
+        creds.token.ca_certificate = Some(ca.split_whitespace().collect::<Vec<_>>().join(" "));
+        let msg = root_store(&creds, &[], SystemRoots::Exclude)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("SPACELIFT_TOKEN: .ca_certificate"), "{msg}");
+        let body: String = ca.lines().filter(|l| !l.starts_with("-----")).collect();
+        let decimal = |b: &[u8]| {
+            b.iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for w in body.as_bytes().windows(4) {
+            assert!(!msg.contains(&decimal(w)), "{msg}");
+        }
+        for w in body.as_bytes().windows(8) {
+            assert!(!msg.contains(std::str::from_utf8(w).unwrap()), "{msg}");
+        }
     }
 }

@@ -169,6 +169,8 @@ pub mod reason_codes {
     pub const DOCKER_UNAVAILABLE: &str = "docker_unavailable";
     pub const LOGS_TIMEOUT: &str = "logs_timeout";
     pub const RUN_TIMEOUT: &str = "run_timeout";
+    /// Preparing (worker binary, initialization policy, image pull) took too long.
+    pub const PREPARE_TIMEOUT: &str = "prepare_timeout";
     pub const CANCELED: &str = "canceled";
     pub const LAUNCHER_SHUTDOWN: &str = "launcher_shutdown";
     pub const LAUNCHER_RESTARTED: &str = "launcher_restarted";

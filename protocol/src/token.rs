@@ -101,8 +101,31 @@ impl Token {
             });
         }
         self.broker_host_port()?;
+        check_api_endpoint(&self.api.endpoint).map_err(|detail| ProtocolError::Invalid {
+            what: what.to_string(),
+            message: format!(
+                ".api.endpoint must be an https:// URL (https://host[:port][/prefix]); {detail}"
+            ),
+        })?;
         Ok(())
     }
+}
+
+/// The API is reached with the pool's client certificate and carries run secrets: plain
+/// HTTP is refused. Only the scheme is quoted back.
+fn check_api_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = endpoint.trim().split_once("://") else {
+        return Err("it has no scheme".into());
+    };
+    if !scheme.eq_ignore_ascii_case("https") {
+        let scheme: String = scheme.chars().take(16).collect();
+        return Err(format!("got scheme {scheme:?}"));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("it has no host".into());
+    }
+    Ok(())
 }
 
 /// Splits `scheme://host:port[/]` into host and port, accepting only `schemes`.
@@ -247,6 +270,35 @@ mod tests {
         t.broker.endpoint = " ".into();
         let err = Token::decode("SPACELIFT_TOKEN", &t.encode()).unwrap_err();
         assert!(err.to_string().contains(".broker.endpoint"), "{err}");
+    }
+
+    #[test]
+    fn api_endpoint_must_be_https() {
+        for endpoint in [
+            "http://127.0.0.1:8443",
+            "HTTP://api.example",
+            "127.0.0.1:8443",
+            "https://",
+        ] {
+            let mut t = sample();
+            t.api.endpoint = endpoint.into();
+            let err = Token::decode("SPACELIFT_TOKEN", &t.encode())
+                .expect_err(endpoint)
+                .to_string();
+            assert!(
+                err.starts_with("SPACELIFT_TOKEN: .api.endpoint must be an https:// URL"),
+                "{endpoint}: {err}"
+            );
+        }
+        for endpoint in [
+            "https://127.0.0.1:8443",
+            "https://api.example/prefix/",
+            "HTTPS://h",
+        ] {
+            let mut t = sample();
+            t.api.endpoint = endpoint.into();
+            Token::decode("SPACELIFT_TOKEN", &t.encode()).expect(endpoint);
+        }
     }
 
     #[test]

@@ -7,8 +7,14 @@
 //!   own `Date` header — never against the local wall clock; without `Date` it is ignored);
 //! - 401/403, and TLS alerts from the server about our certificate -> `Unauthorized`;
 //! - 409 -> `Conflict` (a refused claim is `Ok(ClaimOutcome::Refused)` instead);
+//! - 413 -> `TooLarge` (the outbox sends smaller log uploads);
 //! - any other 4xx, a malformed 2xx answer, or a server certificate we do not trust ->
 //!   `Rejected` (retrying cannot help).
+//!
+//! Bodies are read with a cap: a JSON answer larger than [`JSON_BODY_LIMIT`] is `Rejected`
+//! (checked against `Content-Length` before reading, and while reading); of an error body
+//! at most [`ERROR_BODY_LIMIT`] is read, and a short excerpt without control characters
+//! goes into the error.
 //!
 //! Retries: `HttpsBackend` never retries by itself; the core's outbox and claim logic own
 //! retry policy (they know what is idempotent and when to give up). [`retry_transient`] is
@@ -33,6 +39,13 @@ use serde::Serialize;
 use crate::backoff::Backoff;
 use crate::config::{LauncherConfig, ProxyConfig};
 use crate::ports::{Backend, BackendError, ByteStream, ClaimOutcome};
+
+/// The largest JSON answer read (a claim's run spec with its env is the largest expected).
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+/// How much of an error body is read; the rest is never downloaded.
+pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// How many characters of an error body an error message quotes.
+const ERROR_EXCERPT_CHARS: usize = 200;
 
 /// Timeouts of the HTTPS client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +206,24 @@ impl HttpsBackend {
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<T, BackendError> {
         let resp = self.send(method.clone(), path, body).await?;
-        let bytes = resp.bytes().await.map_err(|e| map_reqwest(&e))?;
+        let too_large = || BackendError::Rejected {
+            message: format!(
+                "answer to {method} {path} is larger than {} MiB, the limit",
+                JSON_BODY_LIMIT >> 20
+            ),
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > JSON_BODY_LIMIT as u64)
+        {
+            return Err(too_large());
+        }
+        let (bytes, complete) = read_capped(resp, JSON_BODY_LIMIT)
+            .await
+            .map_err(|e| map_reqwest(&e))?;
+        if !complete {
+            return Err(too_large());
+        }
         serde_json::from_slice(&bytes).map_err(|e| BackendError::Rejected {
             message: format!("malformed answer to {method} {path}: {e}"),
         })
@@ -343,7 +373,11 @@ async fn check_status(
         return Ok(resp);
     }
     let retry_after = retry_after(resp.headers());
-    let body = resp.bytes().await.unwrap_or_default();
+    // What arrived before a failure is still worth quoting.
+    let body = read_capped(resp, ERROR_BODY_LIMIT)
+        .await
+        .map(|(b, _)| b)
+        .unwrap_or_default();
     let detail = error_detail(&body);
     let message = format!("{method} {path}: HTTP {}: {detail}", status.as_u16());
     Err(match status.as_u16() {
@@ -354,6 +388,7 @@ async fn check_status(
             ),
         },
         409 => BackendError::Conflict { message },
+        413 => BackendError::TooLarge { message },
         408 | 429 | 500..=599 => BackendError::Transient {
             message,
             retry_after,
@@ -362,21 +397,52 @@ async fn check_status(
     })
 }
 
-/// The error body's message (protocol `ErrorBody`), else the first 200 characters of it.
-fn error_detail(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        let mut s = format!("{}: {}", e.error.code, e.error.message);
-        if let Some(state) = e.error.current_state {
-            s.push_str(&format!(" (run is {state:?})"));
+/// Up to `limit` bytes of the body, and whether that was all of it. Stops reading at the
+/// limit, so a huge or endless body costs at most `limit` bytes.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((buf, false));
         }
-        return s;
+        buf.extend_from_slice(&chunk);
     }
-    let text = String::from_utf8_lossy(body);
+    Ok((buf, true))
+}
+
+/// The error body's message (protocol `ErrorBody`), else its start: at most
+/// [`ERROR_EXCERPT_CHARS`] characters, control characters (terminal escapes, line breaks)
+/// replaced by spaces, whatever the server sent.
+fn error_detail(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => {
+            let mut s = format!("{}: {}", e.error.code, e.error.message);
+            if let Some(state) = e.error.current_state {
+                s.push_str(&format!(" (run is {state:?})"));
+            }
+            s
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
     let text = text.trim();
     if text.is_empty() {
         return "(no body)".into();
     }
-    text.chars().take(200).collect()
+    let mut chars = text.chars();
+    let mut excerpt: String = chars
+        .by_ref()
+        .take(ERROR_EXCERPT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if chars.next().is_some() {
+        excerpt.push_str("...");
+    }
+    excerpt
 }
 
 /// `Retry-After` as delta-seconds, or as an HTTP date relative to the response's `Date`.
@@ -681,11 +747,128 @@ mod tests {
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
         let e = status_error(ResponseTemplate::new(404)).await;
         assert!(matches!(e, BackendError::Rejected { .. }), "{e:?}");
+        // Too large is not a final refusal: a smaller request may pass.
+        let e = status_error(ResponseTemplate::new(413).set_body_json(ErrorBody::new(
+            "payload_too_large",
+            "request body is larger than 1048576 bytes",
+        )))
+        .await;
+        assert!(matches!(e, BackendError::TooLarge { .. }), "{e:?}");
         // A malformed 200 is a rejection, not a panic.
         let e = status_error(ResponseTemplate::new(200).set_body_string("{not json")).await;
         assert!(
             matches!(&e, BackendError::Rejected { message } if message.starts_with("malformed answer to POST /v1/runs/R1/lease")),
             "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_json_answer_is_rejected() {
+        let pad = "x".repeat(2 * 1024 * 1024);
+        let e = status_error(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"ttl_ms": 1, "pad": pad})),
+        )
+        .await;
+        assert!(
+            matches!(&e, BackendError::Rejected { message }
+                if message.starts_with("answer to POST /v1/runs/R1/lease is larger than 1 MiB")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn error_body_excerpt_is_short_and_sanitized() {
+        let body = format!("\x1b[31mboom\r\n{}", "y".repeat(200 * 1024));
+        let e = status_error(ResponseTemplate::new(400).set_body_string(body)).await;
+        let BackendError::Rejected { message } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(message.len() < 1024, "{} bytes", message.len());
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains("boom"), "{message}");
+    }
+
+    /// A server announcing a huge body and then trickling is not waited for: the cap is
+    /// checked before reading (a JSON answer) or reading stops at it (an error body).
+    #[tokio::test]
+    async fn announced_huge_bodies_are_not_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        /// Answers `status` with a body that never ends: announced as 1 TiB, or chunked.
+        async fn serve(status: &'static str, chunked: bool) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let framing = if chunked {
+                    "transfer-encoding: chunked".to_string()
+                } else {
+                    format!("content-length: {}", 1u64 << 40)
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+                );
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'z'; 64 * 1024];
+                for _ in 0..20 {
+                    let sent = if chunked {
+                        let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                        c.extend_from_slice(&piece);
+                        c.extend_from_slice(b"\r\n");
+                        sock.write_all(&c).await
+                    } else {
+                        sock.write_all(&piece).await
+                    };
+                    if sent.is_err() {
+                        return; // the client stopped reading and hung up
+                    }
+                }
+                // Never finish the body; hold the connection open.
+                std::future::pending::<()>().await;
+            });
+            format!("http://{addr}")
+        }
+        let client = |base: String| {
+            let b = HttpsBackend::with_options(
+                &base,
+                None,
+                &ProxyConfig::default(),
+                HttpsOptions {
+                    request_timeout: Duration::from_secs(60),
+                    connect_timeout: Duration::from_secs(5),
+                },
+            )
+            .unwrap();
+            b.set_worker_ulid("W1");
+            b
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            let ok = client(serve("200 OK", false).await).renew_lease("R1").await;
+            let ok_chunked = client(serve("200 OK", true).await).renew_lease("R1").await;
+            let err = client(serve("500 Internal Server Error", false).await)
+                .renew_lease("R1")
+                .await;
+            (ok, ok_chunked, err)
+        })
+        .await
+        .expect("waited for a body that never ends");
+        assert!(
+            matches!(&outcome.0, Err(BackendError::Rejected { message }) if message.contains("larger than 1 MiB")),
+            "{:?}",
+            outcome.0
+        );
+        assert!(
+            matches!(&outcome.1, Err(BackendError::Rejected { message }) if message.contains("larger than 1 MiB")),
+            "{:?}",
+            outcome.1
+        );
+        assert!(
+            matches!(&outcome.2, Err(BackendError::Transient { message, .. }) if message.contains("HTTP 500: zzzz")),
+            "{:?}",
+            outcome.2
         );
     }
 

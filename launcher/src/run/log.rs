@@ -1,7 +1,8 @@
-//! A run's output on its way out: masked, numbered from 0, batched for the backend (up to
-//! [`BATCH_LINES`] lines or [`BATCH_DELAY`], whichever comes first) and optionally echoed
-//! to the launcher's stdout as JSON lines.
+//! A run's output on its way out: masked, batched for the backend (up to [`BATCH_LINES`]
+//! lines, [`BATCH_BYTES`] encoded or [`BATCH_DELAY`], whichever comes first; the outbox
+//! numbers the lines) and optionally echoed to the launcher's stdout as JSON lines.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,14 +10,16 @@ use protocol::api::{LogLine, LogStream};
 use tokio::time::Instant;
 
 use crate::masking::Masker;
-use crate::outbox::{OutboxHandle, Report};
+use crate::outbox::{encoded_len, OutboxHandle, Report};
+use crate::ports::OutputLine;
 
 pub const BATCH_LINES: usize = 100;
 pub const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Longer lines are sent as several lines, in order, so no batch can outgrow what the
 /// backend accepts (1 MiB for the fake) and nothing is cut off.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// A batch is sent once its text reaches this size, whatever its line count.
+/// A batch is sent before its JSON encoding (what the backend's body limit counts; a
+/// control character is 6 bytes there) would pass this size, whatever its line count.
 pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Wall-clock time for the stdout `ts` field only (never for timing decisions).
@@ -70,13 +73,15 @@ impl StdoutLogs {
 pub(crate) struct RunLog {
     run_ulid: String,
     stack_id: String,
-    next_seq: u64,
     batch: Vec<LogLine>,
     batch_bytes: usize,
     flush_at: Option<Instant>,
     outbox: OutboxHandle,
     masker: Masker,
     stdout: Option<StdoutLogs>,
+    /// Per stream, the end of a partial line held back until the rest comes: it may
+    /// begin a masked value.
+    held: Vec<(LogStream, String)>,
 }
 
 impl RunLog {
@@ -90,13 +95,47 @@ impl RunLog {
         RunLog {
             run_ulid: run_ulid.to_string(),
             stack_id: stack_id.to_string(),
-            next_seq: 0,
             batch: Vec::new(),
             batch_bytes: 0,
             flush_at: None,
             outbox,
             masker,
             stdout,
+            held: Vec::new(),
+        }
+    }
+
+    /// A line (or a piece of one) of the container's output.
+    pub fn output(&mut self, line: &OutputLine) {
+        let held = self
+            .held
+            .iter()
+            .position(|(s, _)| *s == line.stream)
+            .map(|i| self.held.swap_remove(i).1);
+        let text = match held {
+            Some(mut held) => {
+                held.push_str(&line.text);
+                Cow::Owned(held)
+            }
+            None => Cow::Borrowed(line.text.as_str()),
+        };
+        if !line.partial {
+            self.push(line.stream, &text);
+            return;
+        }
+        let cut = self.masker.safe_cut(&text);
+        if cut > 0 {
+            self.push(line.stream, &text[..cut]);
+        }
+        if cut < text.len() {
+            self.held.push((line.stream, text[cut..].to_string()));
+        }
+    }
+
+    /// The output ended: what was held back of a partial line goes out as it is.
+    pub fn end_output(&mut self) {
+        for (stream, text) in std::mem::take(&mut self.held) {
+            self.push(stream, &text);
         }
     }
 
@@ -118,13 +157,17 @@ impl RunLog {
             out.sink.write_line(&line.to_string());
         }
         for piece in split_line(&masked, MAX_LINE_BYTES) {
-            self.batch_bytes += piece.len();
-            self.batch.push(LogLine {
-                seq: self.next_seq,
+            let line = LogLine {
+                seq: 0, // numbered by the outbox
                 stream,
                 text: piece.to_string(),
-            });
-            self.next_seq += 1;
+            };
+            let size = encoded_len(&line);
+            if self.batch_bytes + size > BATCH_BYTES {
+                self.flush();
+            }
+            self.batch_bytes += size;
+            self.batch.push(line);
         }
         if self.batch.len() >= BATCH_LINES || self.batch_bytes >= BATCH_BYTES {
             self.flush();
@@ -140,6 +183,16 @@ impl RunLog {
             self.outbox
                 .push(Report::Logs(std::mem::take(&mut self.batch)));
         }
+    }
+
+    /// Whether more output may be read (the run's outbox is under its bound).
+    pub fn has_room(&self) -> bool {
+        self.outbox.has_room()
+    }
+
+    /// Resolves once more output may be read.
+    pub async fn room(&self) {
+        self.outbox.room().await
     }
 
     /// Resolves when the pending batch is due; never while nothing is pending.
@@ -184,3 +237,7 @@ mod split_tests {
         assert_eq!(split_line("", MAX_LINE_BYTES), [""]);
     }
 }
+
+#[cfg(test)]
+#[path = "log_tests.rs"]
+mod masking_tests;

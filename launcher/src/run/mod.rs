@@ -1,10 +1,10 @@
 //! One run, from claim to removed container.
 //!
 //! claim -> (lease kept alive) -> `preparing` -> worker binary (pinned) -> initialization
-//! policy (if configured; a deny fails the run) -> image (pulled,
-//! platform checked) -> container created and started -> `running` -> output streamed
-//! while the logs-silence and run timeouts, cancel and lease loss are watched -> exit
-//! status -> terminal report -> container removed -> binary unpinned.
+//! policy (if configured; a deny fails the run) -> image (pulled, platform checked), all
+//! within the prepare deadline -> container created and started -> `running` -> output
+//! streamed while the logs-silence and run timeouts, cancel and lease loss are watched ->
+//! exit status -> terminal report -> container removed -> binary unpinned.
 //!
 //! Every report goes through the run's outbox, so the run never waits for the backend.
 
@@ -60,6 +60,8 @@ pub enum StopRequest {
     Cancel(Option<String>),
     /// The operator's second signal.
     Shutdown,
+    /// The launcher is exiting on a fatal error (credentials refused, MQTT stopped).
+    Fatal,
 }
 
 /// How a run task ended, for the supervisor and the metrics.
@@ -281,8 +283,21 @@ impl Run {
             return self.conclude(Abort::Stopped(s));
         }
         self.report(RunState::Preparing, None, None);
+        // What preparing is doing, for the reason if it takes too long.
+        let mut phase = String::from("starting");
+        let limit = self.ctx.settings.prepare_timeout;
         let prepared = tokio::select! {
-            r = prepare(&self.ctx, &self.spec, &mut self.log) => r,
+            r = prepare(&self.ctx, &self.spec, &mut self.log, &mut phase) => r,
+            _ = tokio::time::sleep(limit) => Err(Abort::Fail(Failure {
+                state: RunState::TimedOut,
+                code: reason_codes::PREPARE_TIMEOUT,
+                message: format!(
+                    "preparing took longer than {} ({phase}); no container was created \
+                     (SPACELIFT_LAUNCHER_PREPARE_TIMEOUT)",
+                    human(limit)
+                ),
+                exit_code: None,
+            })),
             s = stop_requested(&mut self.stop) => Err(Abort::Stopped(s)),
             m = lease_lost(&mut self.lost) => Err(Abort::LeaseLost(m)),
         };
@@ -350,12 +365,18 @@ impl Run {
         let mut silence_deadline = output.as_ref().map(|_| started + settings.logs_timeout);
         let mut exec_format = false;
         let ended = loop {
+            // While the outbox is full the output is left unread (in Docker), and silence
+            // is not judged: it would be ours.
+            let room = self.log.has_room();
             tokio::select! {
-                line = next_line(&mut output) => match line {
+                _ = self.log.room(), if !room => {
+                    silence_deadline = silence_deadline.map(|_| Instant::now() + settings.logs_timeout);
+                }
+                line = next_line(&mut output), if room => match line {
                     Some(Ok(l)) => {
                         silence_deadline = Some(Instant::now() + settings.logs_timeout);
                         exec_format |= mentions_exec_format(&l.text);
-                        self.log.push(l.stream, &l.text);
+                        self.log.output(&l);
                     }
                     Some(Err(RuntimeError::Api(e))) => {
                         tracing::warn!(error = %e, "container output broke off; waiting for the exit");
@@ -368,7 +389,7 @@ impl Run {
                 // Without output, the exit is noticed by waiting for it instead.
                 _ = rt.wait(id), if output.is_none() => break Ended::Exited,
                 _ = self.log.flush_due() => self.log.flush(),
-                _ = sleep_until_opt(silence_deadline) => break Ended::TimedOut(
+                _ = sleep_until_opt(silence_deadline), if room => break Ended::TimedOut(
                     reason_codes::LOGS_TIMEOUT,
                     format!("no output for {}; stopping the run (SPACELIFT_LAUNCHER_LOGS_TIMEOUT)",
                         human(settings.logs_timeout)),
@@ -387,12 +408,18 @@ impl Run {
             stop_container(rt.as_ref(), id, settings.stop_grace).await;
             // Keep the last words of a stopped container.
             let _ = tokio::time::timeout(DRAIN_OUTPUT, async {
-                while let Some(Ok(l)) = next_line(&mut output).await {
-                    self.log.push(l.stream, &l.text);
+                while let Some(Ok(l)) = async {
+                    self.log.room().await;
+                    next_line(&mut output).await
+                }
+                .await
+                {
+                    self.log.output(&l);
                 }
             })
             .await;
         }
+        self.log.end_output();
 
         let status = match &ended {
             Ended::Docker(_) => None,
@@ -467,6 +494,10 @@ impl Run {
                         reason_codes::LAUNCHER_SHUTDOWN,
                         "the launcher was told to stop (second SIGTERM/SIGINT) and canceled the run",
                     ),
+                    StopRequest::Fatal => Reason::new(
+                        reason_codes::LAUNCHER_SHUTDOWN,
+                        "the launcher hit a fatal error (see its log) and canceled the run before exiting",
+                    ),
                 };
                 tracing::info!(reason = %reason.message, "run canceled");
                 self.log
@@ -505,8 +536,14 @@ fn unreachable_exit() -> Abort {
     ))
 }
 
-async fn prepare(ctx: &RunContext, spec: &RunSpec, log: &mut RunLog) -> Result<Prepared, Abort> {
-    let (binary, pin) = fetch_binary(ctx, &spec.run_ulid).await?;
+/// Binary, policy, image. `phase` says what is under way, for a deadline's reason.
+async fn prepare(
+    ctx: &RunContext,
+    spec: &RunSpec,
+    log: &mut RunLog,
+    phase: &mut String,
+) -> Result<Prepared, Abort> {
+    let (binary, pin) = fetch_binary(ctx, &spec.run_ulid, phase).await?;
     let image = spec
         .image
         .clone()
@@ -515,9 +552,10 @@ async fn prepare(ctx: &RunContext, spec: &RunSpec, log: &mut RunLog) -> Result<P
     // The policy needs the worker version, so it runs once the binary is ready; and it
     // runs before the pull, so a denied image is never downloaded.
     if let Some(policy) = &ctx.settings.init_policy {
+        *phase = "evaluating the initialization policy".into();
         check_init_policy(policy, spec, &image, &binary.version, log).await?;
     }
-    ensure_image(ctx, &image, log).await?;
+    ensure_image(ctx, &image, log, phase).await?;
     Ok(Prepared {
         binary,
         _pin: pin,
@@ -575,6 +613,7 @@ async fn check_init_policy(
 async fn fetch_binary(
     ctx: &RunContext,
     run_ulid: &str,
+    phase: &mut String,
 ) -> Result<(CachedBinary, BinaryPin), Abort> {
     let mut backoff = Backoff::new(
         Duration::from_secs(1),
@@ -586,6 +625,7 @@ async fn fetch_binary(
         if attempt > 1 {
             tokio::time::sleep(backoff.next_delay(None)).await;
         }
+        *phase = "asking the backend for the worker binary".into();
         let wanted = match ctx.backend.latest_binary(ctx.arch).await {
             Ok(b) => b,
             Err(BackendError::Unauthorized { message }) => {
@@ -598,6 +638,10 @@ async fn fetch_binary(
                 continue;
             }
         };
+        *phase = format!(
+            "fetching worker binary {} for linux/{}",
+            wanted.version, ctx.arch
+        );
         match ctx.store.get(&wanted).await {
             Ok(cached) => {
                 let pin = ctx.store.pin(&cached.sha256);
@@ -625,7 +669,13 @@ async fn fetch_binary(
     .into())
 }
 
-async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result<(), Abort> {
+async fn ensure_image(
+    ctx: &RunContext,
+    image: &str,
+    log: &mut RunLog,
+    phase: &mut String,
+) -> Result<(), Abort> {
+    *phase = format!("inspecting image {image}");
     let rt = &ctx.runtime;
     let platform = format!("linux/{}", ctx.arch);
     let pull_failure = |e: &RuntimeError| docker_failure(e, reason_codes::IMAGE_PULL_FAILED, "");
@@ -637,6 +687,7 @@ async fn ensure_image(ctx: &RunContext, image: &str, log: &mut RunLog) -> Result
         Some(info) => info,
         None => {
             log.launcher(&format!("Pulling image {image} for {platform}"));
+            *phase = format!("pulling image {image}");
             // No credentials from the core: the Docker adapter looks them up in
             // SPACELIFT_DOCKER_CONFIG_DIR for the image's registry.
             pull(ctx, image, &platform, log).await?;

@@ -25,7 +25,7 @@ use std::time::Duration;
 use protocol::api::{reason_codes, Reason, TransitionRequest};
 use protocol::messages::{ServerMessage, WorkerState};
 use protocol::{Arch, RunState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
@@ -38,6 +38,9 @@ use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerS
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
+mod prefetch;
+use prefetch::Prefetcher;
+
 /// Offers kept while every slot is busy (beyond this, offers are turned down).
 const MAX_DEFERRED: usize = 64;
 
@@ -45,8 +48,11 @@ const MAX_DEFERRED: usize = 64;
 /// any redelivery window, and its claim would be refused anyway.
 pub const SEEN_RUNS: usize = 16_384;
 /// After the second signal: how long, beyond the stop grace, to wait for canceled runs to
-/// be reported before exiting anyway.
+/// be reported before exiting anyway. Also how long, beyond the grace, a fatal exit waits
+/// for the runs' containers to be stopped and removed.
 pub const CANCEL_SLACK: Duration = Duration::from_secs(30);
+/// After that wait: how long to try removing what is still there.
+const SWEEP_LIMIT: Duration = Duration::from_secs(10);
 
 /// The adapters the core talks to.
 #[derive(Clone)]
@@ -66,6 +72,7 @@ pub struct Supervisor {
     held_at_start: Vec<String>,
     metrics: Metrics,
     stdout: Option<StdoutLogs>,
+    outside_fatal: Option<oneshot::Receiver<Error>>,
 }
 
 impl Supervisor {
@@ -100,6 +107,7 @@ impl Supervisor {
             held_at_start: Vec::new(),
             metrics: Metrics::new(),
             stdout,
+            outside_fatal: None,
         }
     }
 
@@ -111,6 +119,13 @@ impl Supervisor {
 
     pub fn with_metrics(mut self, metrics: Metrics) -> Supervisor {
         self.metrics = metrics;
+        self
+    }
+
+    /// A fatal error found outside the supervisor (the MQTT session stopping for good). The
+    /// supervisor stops and removes its runs' containers, then returns that error.
+    pub fn with_fatal(mut self, fatal: oneshot::Receiver<Error>) -> Supervisor {
+        self.outside_fatal = Some(fatal);
         self
     }
 
@@ -128,7 +143,12 @@ impl Supervisor {
         let (connected, _) = watch::channel(0u64);
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
-            masker: Masker::new(self.settings.masked_values.iter().cloned()),
+            masker: Masker::new(
+                self.settings
+                    .masked_values
+                    .iter()
+                    .map(crate::secret::ExposeSecret::expose_secret),
+            ),
             settings: self.settings,
             ids: self.ids,
             arch: self.arch,
@@ -141,6 +161,7 @@ impl Supervisor {
         });
         let mut lp = Loop {
             capacity: ctx.settings.capacity.max(1) as usize,
+            prefetch: Prefetcher::new(ctx.store.clone()),
             ctx,
             status: self.status,
             connected,
@@ -154,16 +175,17 @@ impl Supervisor {
             outbox_ids: HashMap::new(),
             outboxes: JoinSet::new(),
             held: BTreeSet::new(),
-            background: JoinSet::new(),
             stages: SignalStages::default(),
             backend_drained: false,
+            exiting_on_error: false,
             cycling: false,
             events_closed: false,
             cancel_deadline: None,
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
-        lp.serve(self.events, signals, fatal_rx, notes_rx).await
+        lp.serve(self.events, signals, fatal_rx, notes_rx, self.outside_fatal)
+            .await
     }
 }
 
@@ -240,9 +262,11 @@ struct Loop {
     /// Claimed and not yet reported terminal (what heartbeats carry).
     held: BTreeSet<String>,
     /// Worker-binary prefetches; aborted when the supervisor ends.
-    background: JoinSet<()>,
+    prefetch: Prefetcher,
     stages: SignalStages,
     backend_drained: bool,
+    /// A fatal error came: the runs are being stopped before exiting.
+    exiting_on_error: bool,
     cycling: bool,
     events_closed: bool,
     cancel_deadline: Option<Instant>,
@@ -255,19 +279,25 @@ impl Loop {
         mut signals: mpsc::Receiver<Signal>,
         mut fatal: mpsc::UnboundedReceiver<String>,
         mut notes: mpsc::UnboundedReceiver<String>,
+        mut outside_fatal: Option<oneshot::Receiver<Error>>,
     ) -> Result<ExitOutcome, Error> {
         let mut signals_open = true;
         loop {
             if let Some(done) = self.finished() {
-                self.background.abort_all();
+                self.prefetch.abort();
                 return done;
             }
             tokio::select! {
                 // Order matters: a claim note is always handled before its run's end.
                 biased;
                 Some(message) = fatal.recv() => {
-                    tracing::error!(%message, "the backend refused this worker's credentials; exiting");
-                    return Err(Error::Unauthorized(message));
+                    tracing::error!(%message, "the backend refused this worker's credentials; \
+                        stopping the runs in flight, then exiting");
+                    return Err(self.stop_runs_before_exit(Error::Unauthorized(message)).await);
+                }
+                Some(e) = recv_opt(&mut outside_fatal) => {
+                    tracing::error!(error = %e, "stopping the runs in flight, then exiting");
+                    return Err(self.stop_runs_before_exit(e).await);
                 }
                 Some(run) = notes.recv() => {
                     if self.active.contains_key(&run) {
@@ -277,6 +307,7 @@ impl Loop {
                 }
                 Some(ended) = self.runs.join_next_with_id() => self.on_run_end(ended),
                 Some(ended) = self.outboxes.join_next_with_id() => self.on_outbox_end(ended),
+                () = self.prefetch.ended() => self.prefetch.start_next(),
                 _ = sleep_until_opt(self.cancel_deadline) => {
                     tracing::warn!(undelivered = ?self.held, "runs canceled but not all reported in time; exiting");
                     return Ok(ExitOutcome::Canceled);
@@ -295,6 +326,42 @@ impl Loop {
                 },
             }
         }
+    }
+
+    /// Before a fatal exit, stops every run (SIGTERM, SIGKILL after the stop grace) and
+    /// removes its container, waiting at most the grace plus [`CANCEL_SLACK`] (also for the
+    /// runs' last reports, which a backend that still answers can take); what is still
+    /// there then is removed by label. Dropping the run tasks instead would leave their
+    /// containers running, with no timeout, until some later start reaps them.
+    async fn stop_runs_before_exit(&mut self, error: Error) -> Error {
+        self.exiting_on_error = true;
+        self.deferred.clear();
+        self.publish();
+        for stop in self.active.values() {
+            stop.send_replace(Some(StopRequest::Fatal));
+        }
+        let deadline = Instant::now() + self.ctx.settings.stop_grace + CANCEL_SLACK;
+        while !(self.active.is_empty() && self.outboxes.is_empty()) {
+            tokio::select! {
+                Some(ended) = self.runs.join_next_with_id() => self.on_run_end(ended),
+                Some(ended) = self.outboxes.join_next_with_id() => self.on_outbox_end(ended),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if !self.active.is_empty() {
+            tracing::error!(runs = ?self.active.keys().collect::<Vec<_>>(),
+                "runs not stopped in time; removing their containers");
+            self.runs.abort_all();
+            let sweep =
+                crate::reaper::remove_launcher_containers(self.ctx.runtime.as_ref(), &self.ctx.ids);
+            if tokio::time::timeout(SWEEP_LIMIT, sweep).await.is_err() {
+                tracing::error!(
+                    "the Docker daemon did not answer; the next start removes what is left"
+                );
+            }
+        }
+        self.prefetch.abort();
+        error
     }
 
     /// Whether the loop is done, and how.
@@ -318,6 +385,7 @@ impl Loop {
 
     fn draining(&self) -> bool {
         self.backend_drained
+            || self.exiting_on_error
             || self.cycling
             || self.events_closed
             || self.stages.stage() >= Stage::Draining
@@ -354,6 +422,8 @@ impl Loop {
                 connected: self.connected.subscribe(),
                 fatal: self.ctx.fatal.clone(),
                 seed: self.ctx.seed(run_ulid, 4),
+                metrics: self.ctx.metrics.clone(),
+                max_queued_bytes: self.ctx.settings.output_buffer_bytes,
             },
         );
         let id = self.outboxes.spawn(deliver).id();
@@ -457,14 +527,8 @@ impl Loop {
             }
             ServerMessage::BinaryPublished { binary, .. } => {
                 if binary.arch == self.ctx.arch {
-                    tracing::info!(version = %binary.version, "new worker binary published; prefetching it");
-                    while self.background.try_join_next().is_some() {}
-                    let store = self.ctx.store.clone();
-                    self.background.spawn(async move {
-                        if let Err(e) = store.get(&binary).await {
-                            tracing::warn!(error = %e, "prefetching the worker binary failed; runs will fetch it");
-                        }
-                    });
+                    tracing::info!(version = %binary.version, "new worker binary published");
+                    self.prefetch.offer(binary);
                 }
             }
         }
@@ -575,6 +639,19 @@ impl Loop {
             Stage::Exiting => tracing::warn!(?signal, "exiting at once"),
         }
         self.publish();
+    }
+}
+
+/// The error, once; pending forever if there is no channel or its sender went away.
+async fn recv_opt(rx: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
+    let got = match rx {
+        Some(r) => r.await.ok(),
+        None => None,
+    };
+    *rx = None;
+    match got {
+        Some(e) => Some(e),
+        None => std::future::pending().await,
     }
 }
 

@@ -948,8 +948,30 @@ async fn many_lines_arrive_complete_and_in_order() {
     assert!(uploads <= 10, "{uploads} uploads for 250 lines");
 }
 
+/// Credentials revoked while a run's container runs: the launcher exits with the fatal
+/// error, and only once that container is stopped and removed.
 #[tokio::test(start_paused = true)]
 async fn unauthorized_is_fatal() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.world
+        .until("R1 running", || b.states("R1").contains(&Running))
+        .await;
+    h.backend.with(|s| s.unauthorized = true);
+    match r.exit().await {
+        Err(Error::Unauthorized(_)) => {}
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    let calls = h.runtime.calls();
+    assert_eq!(h.runtime.live_containers(), 0, "{calls:?}");
+    assert!(calls.contains(&"stop c1 10s".to_string()), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unauthorized_at_the_claim_is_fatal() {
     let h = Harness::new();
     h.backend.with(|s| s.unauthorized = true);
     let mut r = h.start();
@@ -958,7 +980,7 @@ async fn unauthorized_is_fatal() {
         Err(Error::Unauthorized(_)) => {}
         other => panic!("expected Unauthorized, got {other:?}"),
     }
-    assert_eq!(h.runtime.live_containers(), 0);
+    assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1229,3 +1251,7 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
         .all(|t| t.len() <= crate::run::log::MAX_LINE_BYTES));
     assert_eq!(h.backend.log_seqs("R1"), (0..20).collect::<Vec<u64>>());
 }
+
+mod fatal_exit;
+mod prefetch;
+mod prepare_deadline;

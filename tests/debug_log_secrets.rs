@@ -1,0 +1,106 @@
+//! `SPACELIFT_DEBUG=true` must not print secrets: the launcher's logging, installed as the
+//! binary installs it, while a run container carrying a whitelisted secret is created and
+//! an image is pulled with registry credentials, through bollard against fake-docker.
+//!
+//! One test per process: it installs the process-wide subscriber.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use fake_docker::{Config, FakeDocker};
+use launcher::config::LogFormat;
+use launcher::container_spec::{self, Ids};
+use launcher::docker::BollardRuntime;
+use launcher::logging::{self, LogOptions};
+use launcher::ports::{CachedBinary, ContainerRuntime, RegistryAuth};
+use launcher::settings::{MountScope, PassedEnv, Settings};
+use protocol::api::{RunSpec, RunType};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const PASSED_SECRET: &str = "whitelisted-and-masked-s3cret";
+const STACK_SECRET: &str = "stack-env-s3cret";
+const REGISTRY_PASSWORD: &str = "registry-pa55word";
+
+#[tokio::test]
+async fn debug_logging_never_prints_env_or_registry_credentials() {
+    let out = Capture::default();
+    let writer = out.clone();
+    let opts = LogOptions {
+        format: LogFormat::Text,
+        debug: true,
+        directives: None,
+    };
+    logging::try_init_with(&opts, move || writer.clone(), false).expect("first subscriber");
+
+    let fd = FakeDocker::start(Config {
+        local_images: vec!["busybox".into()],
+        ..Config::default()
+    })
+    .await
+    .expect("fake-docker");
+    let rt = BollardRuntime::connect(Some(&fd.docker_host()))
+        .await
+        .expect("connect");
+
+    let mut settings = Settings::for_tests(PathBuf::from("/data"));
+    settings.passed_env = vec![PassedEnv {
+        name: "AWS_SECRET_ACCESS_KEY".into(),
+        value: PASSED_SECRET.into(),
+        applies_to: MountScope::All,
+    }];
+    settings.masked_values = vec![PASSED_SECRET.into()];
+    let run = RunSpec {
+        run_ulid: "01HRUNULIDDEBUGLOGGING0001".into(),
+        stack_id: "stack".into(),
+        run_type: RunType::Tracked,
+        image: Some("busybox".into()),
+        env: BTreeMap::from([("TF_VAR_password".to_string(), STACK_SECRET.to_string())]),
+    };
+    let binary = CachedBinary {
+        version: "1.0.0".into(),
+        sha256: "ab".into(),
+        path: PathBuf::from("/data/binaries/ab/spacelift-worker"),
+    };
+    let ids = Ids {
+        worker_ulid: "W1".into(),
+        pool_ulid: "P1".into(),
+        launcher_id: "L1".into(),
+    };
+    let spec = container_spec::build(&settings, &run, "busybox", &binary, &ids);
+    let id = rt.create(&spec).await.expect("create");
+    assert!(!id.is_empty());
+    // The pull may fail (fake-docker knows no such remote image); its request carries the
+    // credentials either way.
+    let auth = RegistryAuth {
+        username: Some("robot".into()),
+        password: Some(REGISTRY_PASSWORD.into()),
+        identity_token: None,
+        server: Some("registry.example.com".into()),
+    };
+    let _ = rt
+        .pull_image("registry.example.com/team/img:1", "linux/amd64", Some(auth))
+        .await;
+    let _ = rt.remove(&id).await;
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    // The launcher's own debug events are there (the filter is open for us)...
+    assert!(text.contains("DEBUG"), "no debug line at all:\n{text}");
+    // ...but no secret, in the request bodies (Env) or the auth header.
+    for secret in [PASSED_SECRET, STACK_SECRET, REGISTRY_PASSWORD] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    fd.shutdown().await;
+}
