@@ -223,6 +223,21 @@ impl World {
         match (registered, exited) {
             (Some(ev), _) => {
                 l.worker_ulid = ev.worker.clone();
+                // Then until it is online (first heartbeat), so a run scheduled next is
+                // placed by the seed, not by how fast this launcher's heartbeat was.
+                if let Some(w) = ev.worker.as_deref() {
+                    let online = || backend.worker(w).is_some_and(|v| v.online);
+                    let mut events = backend.subscribe();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    while !online() {
+                        tokio::select! {
+                            r = tokio::time::timeout_at(deadline, events.recv()) => {
+                                if r.is_err() { break; }
+                            }
+                            _ = l.node.as_mut().expect("node").wait() => break,
+                        }
+                    }
+                }
                 Ok(())
             }
             (None, Some(exit)) => {
