@@ -55,7 +55,7 @@ const FALLBACK: ClientVersion = ClientVersion {
     minor_version: 41,
 };
 /// A line longer than this without a newline is emitted in pieces (bounded memory).
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// The production [`ContainerRuntime`].
 #[derive(Debug, Clone)]
@@ -155,7 +155,8 @@ fn client(host: &str, version: &ClientVersion) -> Result<Docker, RuntimeError> {
     result.map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))
 }
 
-fn parse_version(s: &str) -> Option<(usize, usize)> {
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn parse_version(s: &str) -> Option<(usize, usize)> {
     let s = s.trim().trim_end_matches('.');
     let (major, rest) = s.split_once('.')?;
     let minor: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -477,7 +478,8 @@ impl ContainerRuntime for BollardRuntime {
 
 /// Splits multiplexed log frames into lines per stream; partial lines are buffered across
 /// frames and flushed at the end; `\r\n` is treated as `\n`.
-fn split_lines(
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn split_lines(
     frames: impl Stream<Item = Result<LogOutput, RuntimeError>> + Send + 'static,
 ) -> impl Stream<Item = Result<OutputLine, RuntimeError>> + Send + 'static {
     struct State<S> {

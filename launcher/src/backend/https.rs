@@ -363,7 +363,8 @@ async fn check_status(
 }
 
 /// The error body's message (protocol `ErrorBody`), else the first 200 characters of it.
-fn error_detail(body: &[u8]) -> String {
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn error_detail(body: &[u8]) -> String {
     if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
         let mut s = format!("{}: {}", e.error.code, e.error.message);
         if let Some(state) = e.error.current_state {
