@@ -60,10 +60,12 @@ for t in "${targets[@]}"; do
         | sed "s/^/[fuzz.sh] $t /" >&2 || true
     if [ "$rc" -ne 0 ]; then
         failed+=("$t")
-        log "FAILED: $t (exit $rc); its output:"
-        grep -vE '^#[0-9]+\s+(NEW|REDUCE|pulse|INITED)' "$out" | tail -n 60 >&2
-        for a in $(grep -oE 'fuzz/artifacts/[^ ]+' "$out" | sort -u); do
-            log "crashing input: $a (replay: cd fuzz && cargo +nightly fuzz run ${FLAGS[*]} $t ${a#fuzz/})"
+        log "FAILED: $t (exit $rc); full output in $out"
+        # The panic (or libFuzzer's own verdict: leak, timeout, out of memory) and the input.
+        grep -E -A3 'panicked at|ERROR: libFuzzer|^Output of' "$out" \
+            | grep -vE '^\s+[0-9]+: |^\s+at |stack backtrace' | head -n 40 >&2 || true
+        for a in $(grep -oE 'artifacts/[A-Za-z0-9_]+/(crash|leak|timeout|oom|slow-unit)-[0-9a-f]+' "$out" | sort -u); do
+            log "crashing input: fuzz/$a (replay: cd fuzz && cargo +nightly fuzz run ${FLAGS[*]} $t $a)"
         done
     fi
 done

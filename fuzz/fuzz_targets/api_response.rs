@@ -10,7 +10,7 @@ use protocol::api::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use spacelift_launcher::backend::https::error_detail;
+use launcher::backend::https::error_detail;
 
 fn round_trip<T>(body: &[u8])
 where

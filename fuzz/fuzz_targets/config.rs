@@ -14,7 +14,7 @@ use std::time::Duration;
 use fuzz_support::{key_text, token_text};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use spacelift_launcher::config::{
+use launcher::config::{
     load_with, parse_go_duration, vars, ConfigError, MapEnv, Overrides,
 };
 

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use protocol::Arch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use spacelift_launcher::docker::parse_version;
+use launcher::docker::parse_version;
 
 fn parse<T>(body: &[u8]) -> Option<T>
 where

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use protocol::api::LogStream;
-use spacelift_launcher::docker::{split_lines, MAX_LINE};
-use spacelift_launcher::ports::RuntimeError;
+use launcher::docker::{split_lines, MAX_LINE};
+use launcher::ports::RuntimeError;
 
 #[derive(Arbitrary, Debug)]
 enum Frame {

@@ -2,11 +2,14 @@
 //! masked value, neither when the text is masked whole nor when it is masked line by
 //! line, as run output flows (a multi-line value such as a PEM key must not leak line by
 //! line). Values containing `*` are masked but not checked: `*****` itself can form them.
+//! Line by line, only values with a line of 8 or more non-blank characters are checked: a
+//! bare line break, or a value made only of short lines such as `{` and `}`, cannot be
+//! masked line by line without masking ordinary output.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use spacelift_launcher::masking::Masker;
+use launcher::masking::Masker;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -33,7 +36,8 @@ fuzz_target!(|input: Input| {
         .map(|line| masker.mask(line).into_owned())
         .collect();
     let by_line = by_line.join("\n");
-    for v in &checked {
+    let long_line = |v: &str| v.lines().any(|l| l.trim().len() >= 8);
+    for v in checked.iter().filter(|v| long_line(v)) {
         assert!(
             !by_line.contains(v.as_str()),
             "{v:?} survives line by line in {by_line:?}"

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use base64::Engine;
 use fuzz_support::{find_leak, key_text, token_text};
 use libfuzzer_sys::fuzz_target;
-use spacelift_launcher::credentials::Credentials;
+use launcher::credentials::Credentials;
 
 /// The fixed words the errors are made of (see credentials.rs, protocol/src/token.rs and
 /// rustls-pki-types' PEM errors).

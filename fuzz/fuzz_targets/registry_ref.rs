@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spacelift_launcher::docker::{registry_host, with_default_tag};
+use launcher::docker::{registry_host, with_default_tag};
 
 const HUB: &[&str] = &[
     "docker.io",
