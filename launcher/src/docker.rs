@@ -543,22 +543,30 @@ fn drain_lines(
     let mut start = 0;
     while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
         let end = start + pos;
-        let line = buf[start..end]
+        let mut line = buf[start..end]
             .strip_suffix(b"\r")
             .unwrap_or(&buf[start..end]);
-        ready.push_back(Ok(OutputLine {
-            stream,
-            text: String::from_utf8_lossy(line).into_owned(),
-        }));
+        // A frame may bring a whole line longer than MAX_LINE: cut it as below.
+        loop {
+            let cut = if line.len() > MAX_LINE {
+                char_cut(line)
+            } else {
+                line.len()
+            };
+            ready.push_back(Ok(OutputLine {
+                stream,
+                text: String::from_utf8_lossy(&line[..cut]).into_owned(),
+            }));
+            line = &line[cut..];
+            if line.is_empty() {
+                break;
+            }
+        }
         start = end + 1;
     }
     buf.drain(..start);
     while buf.len() >= MAX_LINE {
-        // Cut on a char boundary where possible.
-        let mut cut = MAX_LINE;
-        while cut > MAX_LINE - 4 && std::str::from_utf8(&buf[..cut]).is_err() {
-            cut -= 1;
-        }
+        let cut = char_cut(buf);
         let piece: Vec<u8> = buf.drain(..cut).collect();
         ready.push_back(Ok(OutputLine {
             stream,
@@ -573,6 +581,16 @@ fn drain_lines(
         }));
         buf.clear();
     }
+}
+
+/// Where to cut `bytes` (at least MAX_LINE long) into a piece of at most MAX_LINE bytes:
+/// on a char boundary where possible.
+fn char_cut(bytes: &[u8]) -> usize {
+    let mut cut = MAX_LINE;
+    while cut > MAX_LINE - 4 && std::str::from_utf8(&bytes[..cut]).is_err() {
+        cut -= 1;
+    }
+    cut
 }
 
 /// `image` with `:latest` when it names neither a tag nor a digest (a bare name would pull
@@ -1353,6 +1371,20 @@ mod tests {
         );
         assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");
         assert_eq!(registry_host("localhost/x"), "localhost");
+    }
+
+    /// Found by fuzz/ (docker_logs): a line longer than MAX_LINE that arrived whole, with
+    /// its newline, in one frame was passed on in one piece.
+    #[test]
+    fn a_long_line_in_one_frame_is_cut_too() {
+        let mut buf = "x".repeat(MAX_LINE + 10).into_bytes();
+        buf.extend_from_slice(b"\nend\n");
+        let mut ready = VecDeque::new();
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, true);
+        let pieces: Vec<String> = ready.into_iter().map(|r| r.unwrap().text).collect();
+        let lens: Vec<usize> = pieces.iter().map(String::len).collect();
+        assert_eq!(lens, vec![MAX_LINE, 10, 3]);
+        assert!(buf.is_empty());
     }
 
     #[test]
