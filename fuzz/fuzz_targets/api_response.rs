@@ -4,13 +4,13 @@
 //! same value; the message made from an error body is bounded.
 #![no_main]
 
+use launcher::backend::https::error_detail;
 use libfuzzer_sys::fuzz_target;
 use protocol::api::{
     ClaimResponse, ErrorBody, Lease, LogAck, RegisterResponse, TransitionResponse, WorkerBinary,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use launcher::backend::https::error_detail;
 
 fn round_trip<T>(body: &[u8])
 where
@@ -38,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let detail = error_detail(body);
     if serde_json::from_slice::<ErrorBody>(body).is_err() {
-        assert!(detail.chars().count() <= 200, "{} chars", detail.chars().count());
+        assert!(
+            detail.chars().count() <= 200,
+            "{} chars",
+            detail.chars().count()
+        );
     }
 });

@@ -12,11 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use fuzz_support::{key_text, token_text};
+use launcher::config::{load_with, parse_go_duration, vars, ConfigError, MapEnv, Overrides};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use launcher::config::{
-    load_with, parse_go_duration, vars, ConfigError, MapEnv, Overrides,
-};
 
 /// Variables the fuzzer sets. Not `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY` (a file
 /// path: the policy file has its own parser and tests).
@@ -94,7 +92,10 @@ fn url_credentials(value: &str) -> Vec<String> {
 }
 
 fuzz_target!(|input: Input| {
-    let (d_secs, d_nanos) = (input.duration.0 % (1 << 40), input.duration.1 % 1_000_000_000);
+    let (d_secs, d_nanos) = (
+        input.duration.0 % (1 << 40),
+        input.duration.1 % 1_000_000_000,
+    );
     assert_eq!(
         parse_go_duration(&format!("{d_secs}s{d_nanos}ns")),
         Ok(Duration::new(d_secs, d_nanos))
@@ -167,7 +168,10 @@ fuzz_target!(|input: Input| {
                 assert!(d > Duration::ZERO);
             }
             for m in &s.extra_mounts {
-                assert!(m.host.starts_with('/') && m.container.starts_with('/'), "{m:?}");
+                assert!(
+                    m.host.starts_with('/') && m.container.starts_with('/'),
+                    "{m:?}"
+                );
             }
             assert!(s.data_dir.is_absolute());
         }

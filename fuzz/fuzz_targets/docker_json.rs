@@ -10,11 +10,11 @@ use bollard::models::{
     ContainerCreateResponse, ContainerInspectResponse, ContainerSummary, ContainerWaitResponse,
     CreateImageInfo, ErrorResponse, ImageInspect, SystemInfo, SystemVersion,
 };
+use launcher::docker::parse_version;
 use libfuzzer_sys::fuzz_target;
 use protocol::Arch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use launcher::docker::parse_version;
 
 fn parse<T>(body: &[u8]) -> Option<T>
 where
@@ -29,7 +29,10 @@ where
 
 fn check_version(s: &str) {
     if let Some((major, minor)) = parse_version(s) {
-        assert_eq!(parse_version(&format!("{major}.{minor}")), Some((major, minor)));
+        assert_eq!(
+            parse_version(&format!("{major}.{minor}")),
+            Some((major, minor))
+        );
     }
 }
 

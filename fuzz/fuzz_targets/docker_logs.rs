@@ -9,11 +9,11 @@ use bollard::container::LogOutput;
 use bytes::Bytes;
 use futures::executor::block_on;
 use futures::StreamExt;
+use launcher::docker::{split_lines, MAX_LINE};
+use launcher::ports::RuntimeError;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use protocol::api::LogStream;
-use launcher::docker::{split_lines, MAX_LINE};
-use launcher::ports::RuntimeError;
 
 #[derive(Arbitrary, Debug)]
 enum Frame {
@@ -38,7 +38,10 @@ fn repeat(chunk: &[u8], times: u8) -> Vec<u8> {
 }
 
 fn strip_breaks(b: &[u8]) -> Vec<u8> {
-    b.iter().copied().filter(|&c| c != b'\n' && c != b'\r').collect()
+    b.iter()
+        .copied()
+        .filter(|&c| c != b'\n' && c != b'\r')
+        .collect()
 }
 
 fuzz_target!(|input: Input| {
@@ -65,7 +68,9 @@ fuzz_target!(|input: Input| {
         sent[out].extend_from_slice(&bytes);
         let message = Bytes::from(bytes);
         items.push(Ok(match f {
-            Frame::Stderr(..) | Frame::Run(true, ..) | Frame::RunLine(true, ..) => LogOutput::StdErr { message },
+            Frame::Stderr(..) | Frame::Run(true, ..) | Frame::RunLine(true, ..) => {
+                LogOutput::StdErr { message }
+            }
             Frame::Console(..) => LogOutput::Console { message },
             _ => LogOutput::StdOut { message },
         }));
@@ -87,7 +92,10 @@ fuzz_target!(|input: Input| {
                 got[out].push(line.text.clone());
             }
             Err(_) => {
-                assert!(input.fail_at_end && i == results.len() - 1, "error out of place");
+                assert!(
+                    input.fail_at_end && i == results.len() - 1,
+                    "error out of place"
+                );
             }
         }
     }

@@ -7,9 +7,9 @@
 //! masked line by line without masking ordinary output.
 #![no_main]
 
+use launcher::masking::Masker;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use launcher::masking::Masker;
 
 #[derive(Arbitrary, Debug)]
 struct Input {

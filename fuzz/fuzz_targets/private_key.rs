@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use fuzz_support::{find_leak, key_text, token_text};
-use libfuzzer_sys::fuzz_target;
 use launcher::credentials::Credentials;
+use libfuzzer_sys::fuzz_target;
 
 /// The fixed words the errors are made of (see credentials.rs, protocol/src/token.rs and
 /// rustls-pki-types' PEM errors).

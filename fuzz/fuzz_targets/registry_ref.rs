@@ -7,8 +7,8 @@
 //! adds `:latest` only to names with neither a tag nor a digest, and is idempotent.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use launcher::docker::{registry_host, with_default_tag};
+use libfuzzer_sys::fuzz_target;
 
 const HUB: &[&str] = &[
     "docker.io",
@@ -82,7 +82,10 @@ fn valid_reference(s: &str) -> bool {
     }
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag {
