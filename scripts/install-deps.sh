@@ -6,6 +6,7 @@
 #   mosquitto(-clients) a broker nobody here wrote; tests start their own instances
 #   busybox-static:arm64  downloaded (not installed) and unpacked into the cache dir,
 #                      the rootfs of busybox-arm64:latest (fails with "exec format error")
+#   cargo-fuzz         cargo install'ed when missing (scripts/fuzz.sh)
 #
 # Idempotent: a re-run on a machine where everything is present does no apt work.
 # Runs as root, or re-executes itself with passwordless sudo.
@@ -144,6 +145,14 @@ else
         exit 1
     fi
     log "aarch64 busybox unpacked at $ARM_BB"
+fi
+
+# --- 3b. cargo-fuzz (scripts/fuzz.sh, the CI fuzz step; runs on the nightly toolchain) --
+if cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo-fuzz already installed"
+else
+    log "cargo install cargo-fuzz --locked"
+    cargo install cargo-fuzz --locked
 fi
 
 # --- 4. sanity checks -------------------------------------------------------

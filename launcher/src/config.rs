@@ -802,8 +802,9 @@ fn mounts(r: &Reader<'_>, var: &str, scope: MountScope) -> Result<Vec<ExtraMount
 fn private_vcs_mappings(
     r: &Reader<'_>,
 ) -> Result<(Vec<PrivateVcsMapping>, Vec<String>), ConfigError> {
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    let mut endpoints: BTreeMap<u32, String> = BTreeMap::new();
+    // n -> (the variable as spelled, its value): errors name the variable that was set.
+    let mut names: BTreeMap<u32, (String, String)> = BTreeMap::new();
+    let mut endpoints: BTreeMap<u32, (String, String)> = BTreeMap::new();
     for (var, _) in r.env.vars() {
         let (map, suffix) = if let Some(n) = var.strip_prefix(vars::PRIVATEVCS_NAME_PREFIX) {
             (&mut names, n)
@@ -823,7 +824,7 @@ fn private_vcs_mappings(
                 ))
             }
         };
-        if map.insert(n, value).is_some() {
+        if map.insert(n, (var.clone(), value)).is_some() {
             return Err(invalid(
                 &var,
                 format!("set twice for n = {n} (leading zeros?)"),
@@ -832,28 +833,29 @@ fn private_vcs_mappings(
     }
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    for n in names.keys().chain(endpoints.keys()) {
-        let name_var = format!("{}{n}", vars::PRIVATEVCS_NAME_PREFIX);
-        let endpoint_var = format!("{}{n}", vars::PRIVATEVCS_ENDPOINT_PREFIX);
-        match (names.contains_key(n), endpoints.contains_key(n)) {
-            (true, false) => {
-                return Err(invalid(
-                    &name_var,
-                    format!("is set but {endpoint_var} is not"),
-                ))
-            }
-            (false, true) => {
-                return Err(invalid(
-                    &endpoint_var,
-                    format!("is set but {name_var} is not"),
-                ))
-            }
-            _ => {}
+    for (n, (name_var, _)) in &names {
+        if !endpoints.contains_key(n) {
+            let suffix = &name_var[vars::PRIVATEVCS_NAME_PREFIX.len()..];
+            return Err(invalid(
+                name_var,
+                format!(
+                    "is set but {}{suffix} is not",
+                    vars::PRIVATEVCS_ENDPOINT_PREFIX
+                ),
+            ));
         }
     }
-    for (i, (n, name)) in names.into_iter().enumerate() {
-        let endpoint = endpoints.remove(&n).unwrap_or_default();
-        let endpoint_var = format!("{}{n}", vars::PRIVATEVCS_ENDPOINT_PREFIX);
+    for (n, (endpoint_var, _)) in &endpoints {
+        if !names.contains_key(n) {
+            let suffix = &endpoint_var[vars::PRIVATEVCS_ENDPOINT_PREFIX.len()..];
+            return Err(invalid(
+                endpoint_var,
+                format!("is set but {}{suffix} is not", vars::PRIVATEVCS_NAME_PREFIX),
+            ));
+        }
+    }
+    for (i, (n, (name_var, name))) in names.into_iter().enumerate() {
+        let (endpoint_var, endpoint) = endpoints.remove(&n).unwrap_or_default();
         match reqwest::Url::parse(&endpoint) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
             _ => {
@@ -871,8 +873,7 @@ fn private_vcs_mappings(
         }
         if usize::try_from(n).ok() != Some(i) {
             warnings.push(format!(
-                "{}{n}: the mappings are not numbered 0, 1, ...; runs get this one as _{i}",
-                vars::PRIVATEVCS_NAME_PREFIX
+                "{name_var}: the mappings are not numbered 0, 1, ...; runs get this one as _{i}"
             ));
         }
         out.push(PrivateVcsMapping {
@@ -1498,6 +1499,25 @@ mod tests {
         assert_eq!(c.settings.private_vcs_mappings.len(), 1);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("as _0"), "{:?}", c.warnings);
+    }
+
+    /// Found by fuzz/ (config): with a leading zero the error named `..._NAME_8`, a
+    /// variable nobody set, instead of `..._NAME_08`.
+    #[test]
+    fn private_vcs_errors_name_the_variable_as_spelled() {
+        assert_eq!(
+            err(&[("SPACELIFT_PRIVATEVCS_MAPPING_NAME_08", "pool")]),
+            "SPACELIFT_PRIVATEVCS_MAPPING_NAME_08: is set but \
+             SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_08 is not"
+        );
+        let e = err(&[
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_01", "pool"),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_1", "vcs"),
+        ]);
+        assert!(
+            e.starts_with("SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_1: expected a URL"),
+            "{e}"
+        );
     }
 
     #[test]

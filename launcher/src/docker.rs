@@ -56,7 +56,7 @@ const FALLBACK: ClientVersion = ClientVersion {
     minor_version: 41,
 };
 /// A line longer than this without a newline is emitted in pieces (bounded memory).
-pub(crate) const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// The production [`ContainerRuntime`].
 #[derive(Debug, Clone)]
@@ -156,7 +156,8 @@ fn client(host: &str, version: &ClientVersion) -> Result<Docker, RuntimeError> {
     result.map_err(|e| RuntimeError::Unavailable(format!("{host}: {e}")))
 }
 
-fn parse_version(s: &str) -> Option<(usize, usize)> {
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn parse_version(s: &str) -> Option<(usize, usize)> {
     let s = s.trim().trim_end_matches('.');
     let (major, rest) = s.split_once('.')?;
     let minor: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -479,7 +480,8 @@ impl ContainerRuntime for BollardRuntime {
 
 /// Splits multiplexed log frames into lines per stream; partial lines are buffered across
 /// frames and flushed at the end; `\r\n` is treated as `\n`.
-fn split_lines(
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn split_lines(
     frames: impl Stream<Item = Result<LogOutput, RuntimeError>> + Send + 'static,
 ) -> impl Stream<Item = Result<OutputLine, RuntimeError>> + Send + 'static {
     struct State<S> {
@@ -543,23 +545,31 @@ fn drain_lines(
     let mut start = 0;
     while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
         let end = start + pos;
-        let line = buf[start..end]
+        let mut line = buf[start..end]
             .strip_suffix(b"\r")
             .unwrap_or(&buf[start..end]);
-        ready.push_back(Ok(OutputLine {
-            stream,
-            text: String::from_utf8_lossy(line).into_owned(),
-            partial: false,
-        }));
+        // A frame may bring a whole line longer than MAX_LINE: cut it as below.
+        loop {
+            let cut = if line.len() > MAX_LINE {
+                char_cut(line)
+            } else {
+                line.len()
+            };
+            ready.push_back(Ok(OutputLine {
+                stream,
+                text: String::from_utf8_lossy(&line[..cut]).into_owned(),
+                partial: cut < line.len(),
+            }));
+            line = &line[cut..];
+            if line.is_empty() {
+                break;
+            }
+        }
         start = end + 1;
     }
     buf.drain(..start);
     while buf.len() >= MAX_LINE {
-        // Cut on a char boundary where possible.
-        let mut cut = MAX_LINE;
-        while cut > MAX_LINE - 4 && std::str::from_utf8(&buf[..cut]).is_err() {
-            cut -= 1;
-        }
+        let cut = char_cut(buf);
         let piece: Vec<u8> = buf.drain(..cut).collect();
         ready.push_back(Ok(OutputLine {
             stream,
@@ -576,6 +586,16 @@ fn drain_lines(
         }));
         buf.clear();
     }
+}
+
+/// Where to cut `bytes` (at least MAX_LINE long) into a piece of at most MAX_LINE bytes:
+/// on a char boundary where possible.
+fn char_cut(bytes: &[u8]) -> usize {
+    let mut cut = MAX_LINE;
+    while cut > MAX_LINE - 4 && std::str::from_utf8(&bytes[..cut]).is_err() {
+        cut -= 1;
+    }
+    cut
 }
 
 /// `image` with `:latest` when it names neither a tag nor a digest (a bare name would pull
@@ -1433,6 +1453,24 @@ mod tests {
         for (image, want) in cases {
             assert_eq!(host(&image).as_deref(), want, "{image:?}");
         }
+    }
+
+    /// Found by fuzz/ (docker_logs): a line longer than MAX_LINE that arrived whole, with
+    /// its newline, in one frame was passed on in one piece.
+    #[test]
+    fn a_long_line_in_one_frame_is_cut_too() {
+        let mut buf = "x".repeat(MAX_LINE + 10).into_bytes();
+        buf.extend_from_slice(b"\nend\n");
+        let mut ready = VecDeque::new();
+        drain_lines(&mut buf, LogStream::Stdout, &mut ready, true);
+        let pieces: Vec<(usize, bool)> = ready
+            .into_iter()
+            .map(|r| r.unwrap())
+            .map(|l| (l.text.len(), l.partial))
+            .collect();
+        // The first piece is continued by the next, so masking keeps a window across it.
+        assert_eq!(pieces, vec![(MAX_LINE, true), (10, false), (3, false)]);
+        assert!(buf.is_empty());
     }
 
     #[test]

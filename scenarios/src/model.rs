@@ -369,9 +369,12 @@ pub mod duration {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
+        parse(&String::deserialize(d)?)
+    }
+
+    pub(super) fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text).map_err(|e| {
+            E::custom(format!(
                 "invalid duration {text:?} ({e}); expected e.g. 500ms, 2s, 7m"
             ))
         })
@@ -388,7 +391,10 @@ pub mod opt_duration {
         }
     }
 
+    /// `null` (as written back for `None`, or `duration:` left empty) is no duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
+        Option::<String>::deserialize(d)?
+            .map(|text| super::duration::parse(&text))
+            .transpose()
     }
 }

@@ -309,4 +309,15 @@ expect:
             .to_string();
         assert!(err.contains("state \"done\" is not one of"), "{err}");
     }
+
+    /// Found by fuzz/ (scenario_yaml): an absent optional duration was written as `null`,
+    /// which did not parse back ("invalid duration \"null\"").
+    #[test]
+    fn written_back_as_yaml_parses_again() {
+        let s = p(MINIMAL).unwrap();
+        let yaml = serde_yaml::to_string(&s).unwrap();
+        assert_eq!(p(&yaml).unwrap(), s);
+        let explicit = MINIMAL.replace("exit_code: 0 }", "exit_code: 0, duration: null }");
+        assert_eq!(p(&explicit).unwrap(), s);
+    }
 }

@@ -418,7 +418,8 @@ async fn read_capped(
 /// The error body's message (protocol `ErrorBody`), else its start: at most
 /// [`ERROR_EXCERPT_CHARS`] characters, control characters (terminal escapes, line breaks)
 /// replaced by spaces, whatever the server sent.
-fn error_detail(body: &[u8]) -> String {
+#[doc(hidden)] // pub for the fuzz target (fuzz/); not an API
+pub fn error_detail(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => {
             let mut s = format!("{}: {}", e.error.code, e.error.message);
