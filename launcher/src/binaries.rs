@@ -7,7 +7,11 @@
 //!   deleted and reported as [`BinaryError::Corrupt`]; it is never at the final path.
 //! - Concurrent `get`s of the same SHA-256 share one download (single flight). The
 //!   download runs in its own task, so a caller that gives up does not abort it for the
-//!   others.
+//!   others; when the last one gives up (a run's prepare deadline) it is aborted, so a
+//!   hung download is never joined by later runs.
+//! - A download that delivers less than [`MIN_PROGRESS_BYTES`] in any
+//!   [`PROGRESS_WINDOW`] counts as interrupted (a connection trickling a byte now and
+//!   then never trips the read timeout), so waiters without a deadline are not stuck.
 //! - A transient failure mid-download resumes from the bytes already written (HTTP
 //!   `Range`), at most [`RESUME_ATTEMPTS`] times, with a short backoff on tokio time.
 //! - Cache hits: the first use of a cached file in this process re-hashes it in full
@@ -40,6 +44,13 @@ use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, C
 
 /// How many times a download interrupted by a transient error is resumed.
 pub const RESUME_ATTEMPTS: u32 = 3;
+
+/// A download must deliver at least [`MIN_PROGRESS_BYTES`] (or what is left) in every
+/// window this long, or it is cut and resumed.
+pub const PROGRESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// See [`PROGRESS_WINDOW`]: 64 KiB a minute, far below any usable link.
+pub const MIN_PROGRESS_BYTES: u64 = 64 * 1024;
 
 /// The largest worker binary we accept (today's are about 50 MiB); a larger announced
 /// size is refused before any byte is written.
@@ -90,8 +101,32 @@ type Flight = Shared<BoxFuture<'static, Result<CachedBinary, BinaryError>>>;
 
 struct InFlight {
     future: Flight,
-    /// Callers sharing it (tests use it to know everyone has joined).
+    /// Callers sharing it; the download is aborted when it drops to zero.
     joiners: usize,
+    /// Tells this flight from a later one of the same SHA.
+    id: u64,
+    abort: tokio::task::AbortHandle,
+}
+
+/// One caller's share of a flight: leaving (done or dropped) counts it out.
+struct Joined {
+    inner: Arc<Inner>,
+    sha: String,
+    id: u64,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let mut map = lock(&self.inner.inflight);
+        if let Some(f) = map.get_mut(&self.sha).filter(|f| f.id == self.id) {
+            f.joiners -= 1;
+            if f.joiners == 0 {
+                // Nobody waits for it any more (it finished, or every caller gave up).
+                f.abort.abort();
+                map.remove(&self.sha);
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -100,6 +135,7 @@ struct Inner {
     keep: usize,
     counters: Arc<CacheCounters>,
     inflight: Mutex<HashMap<String, InFlight>>,
+    flight_ids: AtomicU64,
     pins: Mutex<HashMap<String, usize>>,
     /// Fully re-hashed (or written) by this process, with the file's stamp at the time.
     verified: Mutex<HashMap<String, FileStamp>>,
@@ -154,6 +190,7 @@ impl FsBinaryStore {
                 keep: keep.max(1),
                 counters: Arc::default(),
                 inflight: Mutex::default(),
+                flight_ids: AtomicU64::new(0),
                 pins: Mutex::default(),
                 verified: Mutex::default(),
                 used: Mutex::default(),
@@ -213,14 +250,20 @@ impl FsBinaryStore {
             return Ok(hit);
         }
         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let flight = {
+        let (flight, _joined) = {
             let mut map = lock(&inner.inflight);
             match map.get_mut(&sha) {
                 Some(f) => {
                     f.joiners += 1;
-                    f.future.clone()
+                    let joined = Joined {
+                        inner: inner.clone(),
+                        sha: sha.clone(),
+                        id: f.id,
+                    };
+                    (f.future.clone(), joined)
                 }
                 None => {
+                    let id = inner.flight_ids.fetch_add(1, Ordering::Relaxed);
                     inner.counters.downloads.fetch_add(1, Ordering::Relaxed);
                     let task_inner = inner.clone();
                     let task_binary = binary.clone();
@@ -232,7 +275,12 @@ impl FsBinaryStore {
                         if result.is_ok() {
                             task_inner.touch(&task_sha);
                         }
-                        lock(&task_inner.inflight).remove(&task_sha);
+                        {
+                            let mut map = lock(&task_inner.inflight);
+                            if map.get(&task_sha).is_some_and(|f| f.id == id) {
+                                map.remove(&task_sha);
+                            }
+                        }
                         if result.is_ok() {
                             if let Err(e) = task_inner.clone().prune().await {
                                 tracing::warn!(error = %e, "pruning the worker binary cache failed");
@@ -240,6 +288,7 @@ impl FsBinaryStore {
                         }
                         result
                     });
+                    let abort = handle.abort_handle();
                     let future: Flight = async move {
                         handle.await.unwrap_or_else(|e| {
                             Err(BinaryError::Io(format!("download task failed: {e}")))
@@ -252,9 +301,16 @@ impl FsBinaryStore {
                         InFlight {
                             future: future.clone(),
                             joiners: 1,
+                            id,
+                            abort,
                         },
                     );
-                    future
+                    let joined = Joined {
+                        inner: inner.clone(),
+                        sha: sha.clone(),
+                        id,
+                    };
+                    (future, joined)
                 }
             }
         };
@@ -412,7 +468,29 @@ impl Inner {
         'attempts: loop {
             let attempt: Result<(), BackendError> = async {
                 let mut stream = self.backend.download_binary(binary, written).await?;
-                while let Some(chunk) = stream.next().await {
+                let mut window_end = tokio::time::Instant::now() + PROGRESS_WINDOW;
+                let mut window_from = written;
+                loop {
+                    let next = tokio::time::timeout_at(window_end, stream.next()).await;
+                    let now = tokio::time::Instant::now();
+                    if now >= window_end {
+                        let due = MIN_PROGRESS_BYTES.min(binary.size.saturating_sub(window_from));
+                        if written - window_from < due.max(1) {
+                            return Err(BackendError::Transient {
+                                message: format!(
+                                    "less than {} KiB received in {} s",
+                                    MIN_PROGRESS_BYTES >> 10,
+                                    PROGRESS_WINDOW.as_secs()
+                                ),
+                                retry_after: None,
+                            });
+                        }
+                        window_end = now + PROGRESS_WINDOW;
+                        window_from = written;
+                    }
+                    // `next` is cancel-safe: a window that ended in good health goes on.
+                    let Ok(next) = next else { continue };
+                    let Some(chunk) = next else { break };
                     let chunk = chunk?;
                     // Never write past the announced size: a longer stream is corrupt.
                     let room = binary.size.saturating_sub(written).saturating_add(1);
@@ -621,6 +699,9 @@ mod tests {
         gate: Option<Arc<Semaphore>>,
         corrupt: bool,
         fail_once_after: Mutex<Option<usize>>,
+        /// Streams send one byte and then hang, until cleared (or only once).
+        hang: Mutex<bool>,
+        hang_once: bool,
     }
 
     impl MemBackend {
@@ -669,6 +750,20 @@ mod tests {
                 data[0] ^= 0xff;
             }
             let data = data[offset as usize..].to_vec();
+            let hang = {
+                let mut h = lock(&self.hang);
+                let v = *h;
+                if self.hang_once {
+                    *h = false;
+                }
+                v
+            };
+            if hang {
+                let first = bytes::Bytes::copy_from_slice(&data[..1]);
+                return Ok(Box::pin(
+                    futures_util::stream::iter([Ok(first)]).chain(futures_util::stream::pending()),
+                ));
+            }
             let fail_after = lock(&self.fail_once_after).take();
             let chunks: Vec<Result<bytes::Bytes, BackendError>> = data
                 .chunks(64 * 1024)
@@ -931,5 +1026,45 @@ mod tests {
         assert!(std::fs::read(got.path).unwrap() == blob(5000, 8));
         assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
         assert_eq!(store.counters().snapshot().corrupt, 1);
+    }
+
+    /// A download that trickles and then hangs must not outlive its last waiter: once the
+    /// run that asked for it gives up, a later get starts afresh instead of joining it.
+    #[tokio::test(start_paused = true)]
+    async fn hung_download_is_abandoned_when_its_last_waiter_gives_up() {
+        let backend = Arc::new(MemBackend::default());
+        *lock(&backend.hang) = true;
+        let wb = backend.add(blob(200_000, 9), "9");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let first = tokio::time::timeout(Duration::from_secs(10), store.get(&wb)).await;
+        assert!(first.is_err(), "the hung download cannot finish: {first:?}");
+        assert_eq!(store.waiters(&wb.sha256), 0);
+        *lock(&backend.hang) = false;
+        let second = tokio::time::timeout(Duration::from_secs(10), store.get(&wb))
+            .await
+            .expect("a later get must not join the abandoned download")
+            .unwrap();
+        assert_eq!(std::fs::read(second.path).unwrap(), blob(200_000, 9));
+    }
+
+    /// A waiter with no deadline of its own (the prefetcher) is not stuck behind a
+    /// connection that trickles: too little progress counts as an interruption.
+    #[tokio::test(start_paused = true)]
+    async fn stalled_download_is_resumed_even_without_a_deadline() {
+        let backend = Arc::new(MemBackend {
+            hang_once: true,
+            ..Default::default()
+        });
+        *lock(&backend.hang) = true;
+        let wb = backend.add(blob(200_000, 10), "10");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+        let got = tokio::time::timeout(Duration::from_secs(3600), store.get(&wb))
+            .await
+            .expect("the stalled download is given up and resumed")
+            .unwrap();
+        assert_eq!(std::fs::read(got.path).unwrap(), blob(200_000, 10));
+        assert_eq!(*lock(&backend.offsets), [0, 1]);
     }
 }
