@@ -3,8 +3,9 @@
 //!
 //! - Downloads stream to a temporary file in the same directory while hashing (memory use
 //!   is one chunk, whatever the binary's size), are checked against the expected size and
-//!   SHA-256, fsynced, made executable (0755) and renamed into place. A corrupt download is
-//!   deleted and reported as [`BinaryError::Corrupt`]; it is never at the final path.
+//!   SHA-256, fsynced, made read-only and executable (0555, through the descriptor) and
+//!   renamed into place in a 0700 directory. A corrupt download is deleted and reported as
+//!   [`BinaryError::Corrupt`]; it is never at the final path.
 //! - Concurrent `get`s of the same SHA-256 share one download (single flight). The
 //!   download runs in its own task, so a caller that gives up does not abort it for the
 //!   others; when the last one gives up (a run's prepare deadline) it is aborted, so a
@@ -19,7 +20,11 @@
 //!   hits re-hash it again unless its [`FileStamp`] (inode, size, mtime, ctime) is the one
 //!   recorded when it was verified: any rewrite changes the ctime, which no process can
 //!   set back, so tampering is caught at the cost of a `stat`, not of hashing 50 MiB per
-//!   run. A symlink or a file that fails is deleted and downloaded again.
+//!   run. The file is opened without following symlinks, and its stamp and hash come from
+//!   that one descriptor; a stamp taken within [`RACY_WINDOW`] of the file's ctime is not
+//!   trusted (git's "racy" rule). A symlink or a file that fails is deleted and
+//!   downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
+//!   container, so a file swapped during a long image pull is caught.
 //! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
 //!   unlinked first, never followed.
 //! - Pruning keeps the `keep` most recently used binaries (use in this process first, then
@@ -335,7 +340,23 @@ struct FileStamp {
     ctime: (i64, i64),
 }
 
+/// Git's "racy" rule: a file changed within this long of when its stamp was taken could
+/// change again without a visible ctime change (coarse timestamps); such a stamp is not
+/// trusted and the file is re-hashed next time.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
 impl FileStamp {
+    fn is_racy(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let ctime = Duration::new(
+            u64::try_from(self.ctime.0).unwrap_or(0),
+            u32::try_from(self.ctime.1).unwrap_or(0),
+        );
+        now.saturating_sub(ctime) < RACY_WINDOW
+    }
+
     #[cfg(unix)]
     fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
@@ -384,41 +405,54 @@ impl Inner {
         sha: &str,
     ) -> Result<Option<CachedBinary>, BinaryError> {
         let path = self.root.join(sha);
-        // Not following a symlink: only a regular file of ours is trusted.
-        let meta = match tokio::fs::symlink_metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("cannot stat", &path, e)),
-        };
-        let cached = CachedBinary {
-            version: binary.version.clone(),
-            sha256: sha.to_string(),
-            path: path.clone(),
-        };
-        let size_ok = meta.is_file() && meta.len() == binary.size;
-        let stamp = FileStamp::of(&meta);
-        if size_ok && lock(&self.verified).get(sha) == Some(&stamp) {
-            return Ok(Some(cached));
-        }
-        if size_ok {
-            let p = path.clone();
-            let actual = tokio::task::spawn_blocking(move || hash_file(&p))
-                .await
-                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
-                .map_err(|e| io_err("cannot read", &path, e))?;
-            if actual == sha {
-                // The stamp from before hashing: a change during it shows next time.
-                lock(&self.verified).insert(sha.to_string(), stamp);
-                return Ok(Some(cached));
+        match self.inspect(&path, sha, Some(binary.size)).await? {
+            Verdict::Missing => Ok(None),
+            Verdict::Sound => Ok(Some(CachedBinary {
+                version: binary.version.clone(),
+                sha256: sha.to_string(),
+                path,
+            })),
+            Verdict::Bad => {
+                tracing::warn!(path = %path.display(), "cached worker binary failed verification; deleting it");
+                self.discard(sha, &path).await.map(|()| None)
             }
         }
-        tracing::warn!(path = %path.display(), "cached worker binary failed verification; deleting it");
+    }
+
+    /// Opens `path` without following a symlink, and judges that very file: its stamp
+    /// (from the descriptor) against the one recorded, else a hash of the same descriptor.
+    async fn inspect(
+        self: &Arc<Self>,
+        path: &Path,
+        sha: &str,
+        size: Option<u64>,
+    ) -> Result<Verdict, BinaryError> {
+        let recorded = lock(&self.verified).get(sha).copied();
+        let (p, want) = (path.to_path_buf(), sha.to_string());
+        let (verdict, stamp) =
+            tokio::task::spawn_blocking(move || inspect_file(&p, &want, size, recorded))
+                .await
+                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
+                .map_err(|e| io_err("cannot read", path, e))?;
+        let mut verified = lock(&self.verified);
+        match (&verdict, stamp) {
+            (Verdict::Sound, Some(stamp)) if !stamp.is_racy() => {
+                verified.insert(sha.to_string(), stamp);
+            }
+            _ => {
+                verified.remove(sha);
+            }
+        }
+        Ok(verdict)
+    }
+
+    async fn discard(&self, sha: &str, path: &Path) -> Result<(), BinaryError> {
         self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
         lock(&self.verified).remove(sha);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot delete corrupt", &path, e)),
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot delete corrupt", path, e)),
         }
     }
 
@@ -430,6 +464,14 @@ impl Inner {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| io_err("cannot create", &self.root, e))?;
+        // Only this launcher writes here (the binaries themselves are read-only to all).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .await
+                .map_err(|e| io_err("cannot chmod", &self.root, e))?;
+        }
         let tmp = self.root.join(format!(".tmp-{sha}"));
         let result = self.download_to(binary, sha, &tmp).await;
         if result.is_err() {
@@ -554,8 +596,7 @@ impl Inner {
         file.sync_all()
             .await
             .map_err(|e| io_err("cannot fsync", tmp, e))?;
-        drop(file);
-        set_executable(tmp).await?;
+        set_read_only(&file, tmp).await?;
         let path = self.root.join(sha);
         tokio::fs::rename(tmp, &path)
             .await
@@ -566,14 +607,26 @@ impl Inner {
             std::fs::File::open(root).and_then(|d| d.sync_all())
         })
         .await;
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) => {
-                lock(&self.verified).insert(sha.to_string(), FileStamp::of(&meta));
-            }
-            // Unrecorded: the next use re-hashes it.
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot stat a downloaded worker binary")
-            }
+        // The stamp is that of the file we wrote (our descriptor, after the rename, which
+        // changes its ctime), and the path must still name that file.
+        let ours = file
+            .metadata()
+            .await
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        drop(file);
+        let ours = FileStamp::of(&ours);
+        let at_path = tokio::fs::symlink_metadata(&path)
+            .await
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        let at_path = FileStamp::of(&at_path);
+        if (at_path.dev, at_path.ino) != (ours.dev, ours.ino) {
+            return Err(BinaryError::Io(format!(
+                "{} was replaced while it was being renamed into place",
+                path.display()
+            )));
+        }
+        if !ours.is_racy() {
+            lock(&self.verified).insert(sha.to_string(), ours);
         }
         tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
         Ok(CachedBinary {
@@ -640,18 +693,63 @@ impl Inner {
     }
 }
 
-fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+/// What [`Inner::inspect`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Missing,
+    Sound,
+    /// Not a regular file of the expected size and SHA-256 (a symlink counts as bad).
+    Bad,
 }
 
-async fn set_executable(path: &Path) -> Result<(), BinaryError> {
+fn inspect_file(
+    path: &Path,
+    sha: &str,
+    size: Option<u64>,
+    recorded: Option<FileStamp>,
+) -> io::Result<(Verdict, Option<FileStamp>)> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        // No symlink is followed, and a FIFO planted here does not block the open.
+        opts.custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    }
+    let mut f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Verdict::Missing, None)),
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok((Verdict::Bad, None))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
+        return Ok((Verdict::Bad, None));
+    }
+    let stamp = FileStamp::of(&meta);
+    if recorded == Some(stamp) {
+        return Ok((Verdict::Sound, Some(stamp)));
+    }
+    let mut hasher = Sha256::new();
+    io::copy(&mut f, &mut hasher)?;
+    if hex::encode(hasher.finalize()) != sha {
+        return Ok((Verdict::Bad, None));
+    }
+    // The stamp from before hashing: a change during it shows next time.
+    Ok((Verdict::Sound, Some(stamp)))
+}
+
+/// Read-only and executable for everyone (runs mount it read-only into containers), set
+/// on our own descriptor.
+async fn set_read_only(file: &tokio::fs::File, path: &Path) -> Result<(), BinaryError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        file.set_permissions(std::fs::Permissions::from_mode(0o555))
             .await
             .map_err(|e| io_err("cannot chmod", path, e))?;
     }
@@ -662,6 +760,31 @@ async fn set_executable(path: &Path) -> Result<(), BinaryError> {
 impl BinaryStore for FsBinaryStore {
     async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
         self.fetch(binary).await
+    }
+
+    async fn still_verified(&self, cached: &CachedBinary) -> Result<(), BinaryError> {
+        let sha = cached.sha256.to_ascii_lowercase();
+        let path = self.path_of(&sha);
+        if !valid_sha256(&sha) || path != cached.path {
+            return Err(BinaryError::Io(format!(
+                "{} is not a binary of this cache",
+                cached.path.display()
+            )));
+        }
+        match self.inner.inspect(&path, &sha, None).await? {
+            Verdict::Sound => Ok(()),
+            Verdict::Missing => Err(BinaryError::Io(format!(
+                "{} disappeared after it was verified",
+                path.display()
+            ))),
+            Verdict::Bad => {
+                tracing::error!(path = %path.display(), "worker binary changed after it was verified; deleting it");
+                self.inner.discard(&sha, &path).await?;
+                Err(BinaryError::Changed {
+                    version: cached.version.clone(),
+                })
+            }
+        }
     }
 
     fn pin(&self, sha256: &str) -> BinaryPin {
@@ -790,6 +913,15 @@ mod tests {
         }
     }
 
+    /// Cached files are 0555; the tests play an attacker who can change that.
+    fn make_writable(path: &Path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+
     fn blob(n: usize, seed: u8) -> Vec<u8> {
         (0..n)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -837,7 +969,7 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(
                 std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o755
+                0o555
             );
         }
         // A later get is a hit without a download.
@@ -902,6 +1034,7 @@ mod tests {
         // Same size, different bytes, written behind the cache's back.
         let mut bad = blob(5000, 4);
         bad[10] ^= 1;
+        make_writable(&store.path_of(&wb.sha256));
         std::fs::write(store.path_of(&wb.sha256), &bad).unwrap();
         // A new process (new store) re-hashes on first use, deletes and downloads again.
         let store2 = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
@@ -1011,16 +1144,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
         let path = store.get(&wb).await.unwrap().path;
+        // Just written, so its stamp is racy and not trusted yet.
+        assert!(!lock(&store.inner.verified).contains_key(&wb.sha256));
+        // As if verified long enough ago for the stamp to be trusted.
+        let stamp = FileStamp::of(&std::fs::symlink_metadata(&path).unwrap());
+        lock(&store.inner.verified).insert(wb.sha256.clone(), stamp);
         let mut bad = blob(5000, 8);
         bad[10] ^= 1;
+        make_writable(&path);
         {
             use std::io::Write;
+            let before = std::fs::metadata(&path).unwrap().modified().unwrap();
             let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.write_all(&bad).unwrap();
-            // An mtime far from the original, so the change shows whatever the
-            // filesystem's timestamp granularity.
-            f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1))
-                .unwrap();
+            // The original mtime put back, as a careful attacker would: only the ctime,
+            // which cannot be set back, tells the file changed.
+            f.set_modified(before).unwrap();
         }
         let got = store.get(&wb).await.unwrap();
         assert!(std::fs::read(got.path).unwrap() == blob(5000, 8));

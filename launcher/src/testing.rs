@@ -106,6 +106,9 @@ pub struct BackendState {
     pub lease_transient: bool,
     pub specs: HashMap<String, RunSpec>,
     pub ttl_ms: u64,
+    /// The binary `latest_binary` announces and `download_binary` serves (else
+    /// [`binary()`], which cannot be downloaded).
+    pub served_binary: Option<(WorkerBinary, Vec<u8>)>,
 }
 
 pub struct MemBackend {
@@ -334,17 +337,28 @@ impl Backend for MemBackend {
                 message: "401".into(),
             });
         }
-        Ok(binary())
+        Ok(lock(&self.state)
+            .served_binary
+            .as_ref()
+            .map_or_else(binary, |(b, _)| b.clone()))
     }
 
     async fn download_binary(
         &self,
-        _binary: &WorkerBinary,
-        _offset: u64,
+        binary: &WorkerBinary,
+        offset: u64,
     ) -> Result<ByteStream, BackendError> {
-        Err(BackendError::Rejected {
-            message: "the in-memory store never downloads".into(),
-        })
+        let data = match &lock(&self.state).served_binary {
+            Some((b, data)) if b.sha256 == binary.sha256 => {
+                bytes::Bytes::copy_from_slice(&data[offset as usize..])
+            }
+            _ => {
+                return Err(BackendError::Rejected {
+                    message: "the in-memory backend serves no such binary".into(),
+                })
+            }
+        };
+        Ok(Box::pin(futures_util::stream::iter([Ok(data)])))
     }
 }
 
@@ -549,7 +563,11 @@ impl ContainerRuntime for MemRuntime {
             .contains(image)
         {
             self.world.bump();
-            return std::future::pending().await;
+            // Until the test takes it out of `pull_hangs`.
+            let mut tick = self.world.tick.subscribe();
+            while lock(&self.state).pull_hangs.contains(image) {
+                let _ = tick.changed().await;
+            }
         }
         let r = {
             let mut s = lock(&self.state);
@@ -917,6 +935,8 @@ pub struct Harness {
     pub backend: Arc<MemBackend>,
     pub runtime: Arc<MemRuntime>,
     pub store: Arc<MemBinaryStore>,
+    /// Used instead of `store` when set (a real on-disk cache).
+    pub binary_store: Option<Arc<dyn BinaryStore>>,
     pub stdout: Arc<MemSink>,
     pub held_runs: Vec<String>,
     pub ids: Ids,
@@ -950,6 +970,7 @@ impl Harness {
                 state: Arc::default(),
                 world: world.clone(),
             }),
+            binary_store: None,
             stdout: Arc::default(),
             held_runs: Vec::new(),
             ids: ids(),
@@ -973,7 +994,10 @@ impl Harness {
             Ports {
                 backend: self.backend.clone(),
                 runtime: self.runtime.clone(),
-                store: self.store.clone(),
+                store: self
+                    .binary_store
+                    .clone()
+                    .unwrap_or_else(|| self.store.clone()),
             },
             events_rx,
             status_tx,
