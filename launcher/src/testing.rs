@@ -453,6 +453,10 @@ pub struct RuntimeState {
     pub unavailable: bool,
     /// `logs` answers an API error (the output cannot be followed).
     pub logs_error: bool,
+    /// `stop`, `remove` and `list_by_labels` never answer (a daemon that hangs).
+    pub calls_hang: bool,
+    /// The next this many `remove`s fail with an API error (which is not retried).
+    pub remove_errors: u32,
     pub running_now: usize,
     pub max_running: usize,
     /// Bytes of container output the launcher has read (the rest waits, as in Docker).
@@ -505,6 +509,13 @@ impl MemRuntime {
 
     pub fn live_containers(&self) -> usize {
         lock(&self.state).containers.len()
+    }
+
+    /// Never returns while `calls_hang` is set.
+    async fn maybe_hang(&self) {
+        if lock(&self.state).calls_hang {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn check(&self, call: String) -> Result<MutexGuard<'_, RuntimeState>, RuntimeError> {
@@ -741,6 +752,7 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.maybe_hang().await;
         let (signal, ignore_term) = {
             let s = self.check(format!("stop {id} {}s", grace.as_secs()))?;
             let c = s
@@ -777,8 +789,15 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.maybe_hang().await;
         {
             let mut s = self.check(format!("remove {id}"))?;
+            if s.remove_errors > 0 {
+                s.remove_errors -= 1;
+                return Err(RuntimeError::Api(format!(
+                    "removal of container {id} is already in progress"
+                )));
+            }
             if let Some(c) = s.containers.remove(id) {
                 if c.running {
                     s.running_now -= 1;
@@ -797,6 +816,7 @@ impl ContainerRuntime for MemRuntime {
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.maybe_hang().await;
         let s = self.check("list".into())?;
         Ok(s.containers
             .values()
