@@ -68,4 +68,8 @@ async fn a_binary_overwritten_during_a_slow_pull_never_reaches_create() {
         created == 0 || now == good,
         "created {created} container(s) with the swapped binary in place"
     );
+    let msg = ended_with(&h, "R1", Failed, reason_codes::WORKER_BINARY_UNAVAILABLE);
+    assert!(msg.contains("changed on disk"), "{msg}");
+    // The changed file is gone: the next run downloads it again.
+    assert!(now.is_empty(), "the swapped file is still there");
 }
