@@ -166,6 +166,15 @@ async fn concurrent_gets_share_one_download() {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o555
         );
+        // Only the launcher writes in the cache directory.
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
     }
     // A later get is a hit without a download.
     store.get(&wb).await.unwrap();
