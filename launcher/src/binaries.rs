@@ -3,11 +3,16 @@
 //!
 //! - Downloads stream to a temporary file in the same directory while hashing (memory use
 //!   is one chunk, whatever the binary's size), are checked against the expected size and
-//!   SHA-256, fsynced, made executable (0755) and renamed into place. A corrupt download is
-//!   deleted and reported as [`BinaryError::Corrupt`]; it is never at the final path.
+//!   SHA-256, fsynced, made read-only and executable (0555, through the descriptor) and
+//!   renamed into place in a 0700 directory. A corrupt download is deleted and reported as
+//!   [`BinaryError::Corrupt`]; it is never at the final path.
 //! - Concurrent `get`s of the same SHA-256 share one download (single flight). The
 //!   download runs in its own task, so a caller that gives up does not abort it for the
-//!   others.
+//!   others; when the last one gives up (a run's prepare deadline) it is aborted, so a
+//!   hung download is never joined by later runs.
+//! - A download that delivers less than [`MIN_PROGRESS_BYTES`] in any
+//!   [`PROGRESS_WINDOW`] counts as interrupted (a connection trickling a byte now and
+//!   then never trips the read timeout), so waiters without a deadline are not stuck.
 //! - A transient failure mid-download resumes from the bytes already written (HTTP
 //!   `Range`), at most [`RESUME_ATTEMPTS`] times, with a short backoff on tokio time.
 //! - Cache hits: the first use of a cached file in this process re-hashes it in full
@@ -15,7 +20,11 @@
 //!   hits re-hash it again unless its [`FileStamp`] (inode, size, mtime, ctime) is the one
 //!   recorded when it was verified: any rewrite changes the ctime, which no process can
 //!   set back, so tampering is caught at the cost of a `stat`, not of hashing 50 MiB per
-//!   run. A symlink or a file that fails is deleted and downloaded again.
+//!   run. The file is opened without following symlinks, and its stamp and hash come from
+//!   that one descriptor; a stamp taken within 2 s of the file's ctime is not
+//!   trusted (git's "racy" rule). A symlink or a file that fails is deleted and
+//!   downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
+//!   container, so a file swapped during a long image pull is caught.
 //! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
 //!   unlinked first, never followed.
 //! - Pruning keeps the `keep` most recently used binaries (use in this process first, then
@@ -38,8 +47,18 @@ use tokio::io::AsyncWriteExt;
 use crate::backoff::Backoff;
 use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, CachedBinary};
 
+mod file_check;
+use file_check::{inspect_file, set_read_only, FileStamp, Verdict};
+
 /// How many times a download interrupted by a transient error is resumed.
 pub const RESUME_ATTEMPTS: u32 = 3;
+
+/// A download must deliver at least [`MIN_PROGRESS_BYTES`] (or what is left) in every
+/// window this long, or it is cut and resumed.
+pub const PROGRESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// See [`PROGRESS_WINDOW`]: 64 KiB a minute, far below any usable link.
+pub const MIN_PROGRESS_BYTES: u64 = 64 * 1024;
 
 /// The largest worker binary we accept (today's are about 50 MiB); a larger announced
 /// size is refused before any byte is written.
@@ -90,8 +109,32 @@ type Flight = Shared<BoxFuture<'static, Result<CachedBinary, BinaryError>>>;
 
 struct InFlight {
     future: Flight,
-    /// Callers sharing it (tests use it to know everyone has joined).
+    /// Callers sharing it; the download is aborted when it drops to zero.
     joiners: usize,
+    /// Tells this flight from a later one of the same SHA.
+    id: u64,
+    abort: tokio::task::AbortHandle,
+}
+
+/// One caller's share of a flight: leaving (done or dropped) counts it out.
+struct Joined {
+    inner: Arc<Inner>,
+    sha: String,
+    id: u64,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let mut map = lock(&self.inner.inflight);
+        if let Some(f) = map.get_mut(&self.sha).filter(|f| f.id == self.id) {
+            f.joiners -= 1;
+            if f.joiners == 0 {
+                // Nobody waits for it any more (it finished, or every caller gave up).
+                f.abort.abort();
+                map.remove(&self.sha);
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -100,6 +143,7 @@ struct Inner {
     keep: usize,
     counters: Arc<CacheCounters>,
     inflight: Mutex<HashMap<String, InFlight>>,
+    flight_ids: AtomicU64,
     pins: Mutex<HashMap<String, usize>>,
     /// Fully re-hashed (or written) by this process, with the file's stamp at the time.
     verified: Mutex<HashMap<String, FileStamp>>,
@@ -154,6 +198,7 @@ impl FsBinaryStore {
                 keep: keep.max(1),
                 counters: Arc::default(),
                 inflight: Mutex::default(),
+                flight_ids: AtomicU64::new(0),
                 pins: Mutex::default(),
                 verified: Mutex::default(),
                 used: Mutex::default(),
@@ -213,14 +258,20 @@ impl FsBinaryStore {
             return Ok(hit);
         }
         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let flight = {
+        let (flight, _joined) = {
             let mut map = lock(&inner.inflight);
             match map.get_mut(&sha) {
                 Some(f) => {
                     f.joiners += 1;
-                    f.future.clone()
+                    let joined = Joined {
+                        inner: inner.clone(),
+                        sha: sha.clone(),
+                        id: f.id,
+                    };
+                    (f.future.clone(), joined)
                 }
                 None => {
+                    let id = inner.flight_ids.fetch_add(1, Ordering::Relaxed);
                     inner.counters.downloads.fetch_add(1, Ordering::Relaxed);
                     let task_inner = inner.clone();
                     let task_binary = binary.clone();
@@ -232,7 +283,12 @@ impl FsBinaryStore {
                         if result.is_ok() {
                             task_inner.touch(&task_sha);
                         }
-                        lock(&task_inner.inflight).remove(&task_sha);
+                        {
+                            let mut map = lock(&task_inner.inflight);
+                            if map.get(&task_sha).is_some_and(|f| f.id == id) {
+                                map.remove(&task_sha);
+                            }
+                        }
                         if result.is_ok() {
                             if let Err(e) = task_inner.clone().prune().await {
                                 tracing::warn!(error = %e, "pruning the worker binary cache failed");
@@ -240,6 +296,7 @@ impl FsBinaryStore {
                         }
                         result
                     });
+                    let abort = handle.abort_handle();
                     let future: Flight = async move {
                         handle.await.unwrap_or_else(|e| {
                             Err(BinaryError::Io(format!("download task failed: {e}")))
@@ -252,9 +309,16 @@ impl FsBinaryStore {
                         InFlight {
                             future: future.clone(),
                             joiners: 1,
+                            id,
+                            abort,
                         },
                     );
-                    future
+                    let joined = Joined {
+                        inner: inner.clone(),
+                        sha: sha.clone(),
+                        id,
+                    };
+                    (future, joined)
                 }
             }
         };
@@ -264,48 +328,6 @@ impl FsBinaryStore {
             c.version = binary.version.clone();
         }
         result
-    }
-}
-
-/// What tells one state of a file's bytes from another without reading them: a rewrite in
-/// place changes the ctime (set by the kernel; `utimes` can forge the mtime, not it), a
-/// replacement changes the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    #[cfg(unix)]
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
-        let nanos = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
-        FileStamp {
-            dev: 0,
-            ino: 0,
-            len: meta.len(),
-            mtime: (nanos, 0),
-            ctime: (nanos, 0),
-        }
     }
 }
 
@@ -328,41 +350,54 @@ impl Inner {
         sha: &str,
     ) -> Result<Option<CachedBinary>, BinaryError> {
         let path = self.root.join(sha);
-        // Not following a symlink: only a regular file of ours is trusted.
-        let meta = match tokio::fs::symlink_metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("cannot stat", &path, e)),
-        };
-        let cached = CachedBinary {
-            version: binary.version.clone(),
-            sha256: sha.to_string(),
-            path: path.clone(),
-        };
-        let size_ok = meta.is_file() && meta.len() == binary.size;
-        let stamp = FileStamp::of(&meta);
-        if size_ok && lock(&self.verified).get(sha) == Some(&stamp) {
-            return Ok(Some(cached));
-        }
-        if size_ok {
-            let p = path.clone();
-            let actual = tokio::task::spawn_blocking(move || hash_file(&p))
-                .await
-                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
-                .map_err(|e| io_err("cannot read", &path, e))?;
-            if actual == sha {
-                // The stamp from before hashing: a change during it shows next time.
-                lock(&self.verified).insert(sha.to_string(), stamp);
-                return Ok(Some(cached));
+        match self.inspect(&path, sha, Some(binary.size)).await? {
+            Verdict::Missing => Ok(None),
+            Verdict::Sound => Ok(Some(CachedBinary {
+                version: binary.version.clone(),
+                sha256: sha.to_string(),
+                path,
+            })),
+            Verdict::Bad => {
+                tracing::warn!(path = %path.display(), "cached worker binary failed verification; deleting it");
+                self.discard(sha, &path).await.map(|()| None)
             }
         }
-        tracing::warn!(path = %path.display(), "cached worker binary failed verification; deleting it");
+    }
+
+    /// Opens `path` without following a symlink, and judges that very file: its stamp
+    /// (from the descriptor) against the one recorded, else a hash of the same descriptor.
+    async fn inspect(
+        self: &Arc<Self>,
+        path: &Path,
+        sha: &str,
+        size: Option<u64>,
+    ) -> Result<Verdict, BinaryError> {
+        let recorded = lock(&self.verified).get(sha).copied();
+        let (p, want) = (path.to_path_buf(), sha.to_string());
+        let (verdict, stamp) =
+            tokio::task::spawn_blocking(move || inspect_file(&p, &want, size, recorded))
+                .await
+                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
+                .map_err(|e| io_err("cannot read", path, e))?;
+        let mut verified = lock(&self.verified);
+        match (&verdict, stamp) {
+            (Verdict::Sound, Some(stamp)) if !stamp.is_racy() => {
+                verified.insert(sha.to_string(), stamp);
+            }
+            _ => {
+                verified.remove(sha);
+            }
+        }
+        Ok(verdict)
+    }
+
+    async fn discard(&self, sha: &str, path: &Path) -> Result<(), BinaryError> {
         self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
         lock(&self.verified).remove(sha);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot delete corrupt", &path, e)),
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot delete corrupt", path, e)),
         }
     }
 
@@ -374,6 +409,14 @@ impl Inner {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| io_err("cannot create", &self.root, e))?;
+        // Only this launcher writes here (the binaries themselves are read-only to all).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .await
+                .map_err(|e| io_err("cannot chmod", &self.root, e))?;
+        }
         let tmp = self.root.join(format!(".tmp-{sha}"));
         let result = self.download_to(binary, sha, &tmp).await;
         if result.is_err() {
@@ -412,7 +455,29 @@ impl Inner {
         'attempts: loop {
             let attempt: Result<(), BackendError> = async {
                 let mut stream = self.backend.download_binary(binary, written).await?;
-                while let Some(chunk) = stream.next().await {
+                let mut window_end = tokio::time::Instant::now() + PROGRESS_WINDOW;
+                let mut window_from = written;
+                loop {
+                    let next = tokio::time::timeout_at(window_end, stream.next()).await;
+                    let now = tokio::time::Instant::now();
+                    if now >= window_end {
+                        let due = MIN_PROGRESS_BYTES.min(binary.size.saturating_sub(window_from));
+                        if written - window_from < due.max(1) {
+                            return Err(BackendError::Transient {
+                                message: format!(
+                                    "less than {} KiB received in {} s",
+                                    MIN_PROGRESS_BYTES >> 10,
+                                    PROGRESS_WINDOW.as_secs()
+                                ),
+                                retry_after: None,
+                            });
+                        }
+                        window_end = now + PROGRESS_WINDOW;
+                        window_from = written;
+                    }
+                    // `next` is cancel-safe: a window that ended in good health goes on.
+                    let Ok(next) = next else { continue };
+                    let Some(chunk) = next else { break };
                     let chunk = chunk?;
                     // Never write past the announced size: a longer stream is corrupt.
                     let room = binary.size.saturating_sub(written).saturating_add(1);
@@ -476,8 +541,7 @@ impl Inner {
         file.sync_all()
             .await
             .map_err(|e| io_err("cannot fsync", tmp, e))?;
-        drop(file);
-        set_executable(tmp).await?;
+        set_read_only(&file, tmp).await?;
         let path = self.root.join(sha);
         tokio::fs::rename(tmp, &path)
             .await
@@ -488,14 +552,26 @@ impl Inner {
             std::fs::File::open(root).and_then(|d| d.sync_all())
         })
         .await;
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) => {
-                lock(&self.verified).insert(sha.to_string(), FileStamp::of(&meta));
-            }
-            // Unrecorded: the next use re-hashes it.
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot stat a downloaded worker binary")
-            }
+        // The stamp is that of the file we wrote (our descriptor, after the rename, which
+        // changes its ctime), and the path must still name that file.
+        let ours = file
+            .metadata()
+            .await
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        drop(file);
+        let ours = FileStamp::of(&ours);
+        let at_path = tokio::fs::symlink_metadata(&path)
+            .await
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        let at_path = FileStamp::of(&at_path);
+        if (at_path.dev, at_path.ino) != (ours.dev, ours.ino) {
+            return Err(BinaryError::Io(format!(
+                "{} was replaced while it was being renamed into place",
+                path.display()
+            )));
+        }
+        if !ours.is_racy() {
+            lock(&self.verified).insert(sha.to_string(), ours);
         }
         tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
         Ok(CachedBinary {
@@ -562,28 +638,35 @@ impl Inner {
     }
 }
 
-fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-async fn set_executable(path: &Path) -> Result<(), BinaryError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .await
-            .map_err(|e| io_err("cannot chmod", path, e))?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl BinaryStore for FsBinaryStore {
     async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError> {
         self.fetch(binary).await
+    }
+
+    async fn still_verified(&self, cached: &CachedBinary) -> Result<(), BinaryError> {
+        let sha = cached.sha256.to_ascii_lowercase();
+        let path = self.path_of(&sha);
+        if !valid_sha256(&sha) || path != cached.path {
+            return Err(BinaryError::Io(format!(
+                "{} is not a binary of this cache",
+                cached.path.display()
+            )));
+        }
+        match self.inner.inspect(&path, &sha, None).await? {
+            Verdict::Sound => Ok(()),
+            Verdict::Missing => Err(BinaryError::Io(format!(
+                "{} disappeared after it was verified",
+                path.display()
+            ))),
+            Verdict::Bad => {
+                tracing::error!(path = %path.display(), "worker binary changed after it was verified; deleting it");
+                self.inner.discard(&sha, &path).await?;
+                Err(BinaryError::Changed {
+                    version: cached.version.clone(),
+                })
+            }
+        }
     }
 
     fn pin(&self, sha256: &str) -> BinaryPin {
@@ -603,333 +686,4 @@ impl BinaryStore for FsBinaryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ports::{ByteStream, ClaimOutcome};
-    use protocol::api::{Lease, LogLine, TransitionRequest};
-    use protocol::Arch;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::sync::Semaphore;
-
-    /// Serves binaries from memory in 64 KiB chunks; counts downloads; can hold them at a
-    /// gate, corrupt them, or fail mid-stream once.
-    #[derive(Default)]
-    struct MemBackend {
-        blobs: Mutex<HashMap<String, Vec<u8>>>,
-        downloads: AtomicUsize,
-        offsets: Mutex<Vec<u64>>,
-        gate: Option<Arc<Semaphore>>,
-        corrupt: bool,
-        fail_once_after: Mutex<Option<usize>>,
-    }
-
-    impl MemBackend {
-        fn add(&self, data: Vec<u8>, version: &str) -> WorkerBinary {
-            let sha = hex::encode(Sha256::digest(&data));
-            let wb = WorkerBinary {
-                version: version.into(),
-                arch: Arch::Amd64,
-                size: data.len() as u64,
-                sha256: sha.clone(),
-            };
-            lock(&self.blobs).insert(sha, data);
-            wb
-        }
-    }
-
-    #[async_trait]
-    impl Backend for MemBackend {
-        async fn claim(&self, _: &str) -> Result<ClaimOutcome, BackendError> {
-            unimplemented!()
-        }
-        async fn renew_lease(&self, _: &str) -> Result<Lease, BackendError> {
-            unimplemented!()
-        }
-        async fn transition(&self, _: &str, _: &TransitionRequest) -> Result<(), BackendError> {
-            unimplemented!()
-        }
-        async fn upload_logs(&self, _: &str, _: &[LogLine]) -> Result<u64, BackendError> {
-            unimplemented!()
-        }
-        async fn latest_binary(&self, _: Arch) -> Result<WorkerBinary, BackendError> {
-            unimplemented!()
-        }
-        async fn download_binary(
-            &self,
-            binary: &WorkerBinary,
-            offset: u64,
-        ) -> Result<ByteStream, BackendError> {
-            self.downloads.fetch_add(1, Ordering::SeqCst);
-            lock(&self.offsets).push(offset);
-            if let Some(gate) = &self.gate {
-                let _permit = gate.acquire().await.unwrap();
-            }
-            let mut data = lock(&self.blobs).get(&binary.sha256).cloned().unwrap();
-            if self.corrupt {
-                data[0] ^= 0xff;
-            }
-            let data = data[offset as usize..].to_vec();
-            let fail_after = lock(&self.fail_once_after).take();
-            let chunks: Vec<Result<bytes::Bytes, BackendError>> = data
-                .chunks(64 * 1024)
-                .enumerate()
-                .map(|(i, c)| {
-                    if Some(i) == fail_after {
-                        Err(BackendError::Transient {
-                            message: "connection reset".into(),
-                            retry_after: None,
-                        })
-                    } else {
-                        Ok(bytes::Bytes::copy_from_slice(c))
-                    }
-                })
-                .collect();
-            // Stop at the injected error, like a broken connection.
-            let cut = chunks
-                .iter()
-                .position(|c| c.is_err())
-                .map_or(chunks.len(), |p| p + 1);
-            Ok(Box::pin(futures_util::stream::iter(
-                chunks.into_iter().take(cut),
-            )))
-        }
-    }
-
-    fn blob(n: usize, seed: u8) -> Vec<u8> {
-        (0..n)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_gets_share_one_download() {
-        let gate = Arc::new(Semaphore::new(0));
-        let backend = Arc::new(MemBackend {
-            gate: Some(gate.clone()),
-            ..Default::default()
-        });
-        let wb = backend.add(blob(300_000, 1), "1.0.0");
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        const N: usize = 8;
-        let tasks: Vec<_> = (0..N)
-            .map(|_| {
-                let store = store.clone();
-                let wb = wb.clone();
-                tokio::spawn(async move { store.get(&wb).await })
-            })
-            .collect();
-        // Wait (without sleeping) until every caller has joined the one download.
-        let mut spins = 0;
-        while store.waiters(&wb.sha256) < N {
-            spins += 1;
-            assert!(spins < 1_000_000, "callers never joined");
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(100);
-        for t in tasks {
-            let got = t.await.unwrap().unwrap();
-            assert_eq!(got.path, dir.path().join("sha256").join(&wb.sha256));
-        }
-        assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
-        let c = store.counters().snapshot();
-        assert_eq!((c.downloads, c.misses, c.hits), (1, N as u64, 0));
-        assert_eq!(c.bytes_downloaded, 300_000);
-        let path = store.path_of(&wb.sha256);
-        assert_eq!(std::fs::read(&path).unwrap(), blob(300_000, 1));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o755
-            );
-        }
-        // A later get is a hit without a download.
-        store.get(&wb).await.unwrap();
-        assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
-        assert_eq!(store.counters().snapshot().hits, 1);
-        assert_eq!(store.waiters(&wb.sha256), 0);
-    }
-
-    #[tokio::test]
-    async fn corrupt_download_is_refused_and_deleted() {
-        let backend = Arc::new(MemBackend {
-            corrupt: true,
-            ..Default::default()
-        });
-        let wb = backend.add(blob(100_000, 2), "2.0.0");
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        let e = store.get(&wb).await.unwrap_err();
-        match &e {
-            BinaryError::Corrupt {
-                version,
-                expected,
-                actual,
-                ..
-            } => {
-                assert_eq!(version, "2.0.0");
-                assert_eq!(expected, &wb.sha256);
-                assert_ne!(actual, &wb.sha256);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!store.path_of(&wb.sha256).exists());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sha256"))
-            .unwrap()
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
-        assert_eq!(store.counters().snapshot().corrupt, 1);
-    }
-
-    #[tokio::test]
-    async fn wrong_size_is_corrupt() {
-        let backend = Arc::new(MemBackend::default());
-        let mut wb = backend.add(blob(1000, 3), "3");
-        wb.size = 999; // the stream is longer than announced
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
-        assert!(matches!(
-            store.get(&wb).await,
-            Err(BinaryError::Corrupt { .. })
-        ));
-        assert!(!store.path_of(&wb.sha256).exists());
-    }
-
-    #[tokio::test]
-    async fn tampered_cache_file_is_rehashed_on_first_use_and_replaced() {
-        let backend = Arc::new(MemBackend::default());
-        let wb = backend.add(blob(5000, 4), "4");
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        store.get(&wb).await.unwrap();
-        // Same size, different bytes, written behind the cache's back.
-        let mut bad = blob(5000, 4);
-        bad[10] ^= 1;
-        std::fs::write(store.path_of(&wb.sha256), &bad).unwrap();
-        // A new process (new store) re-hashes on first use, deletes and downloads again.
-        let store2 = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        let got = store2.get(&wb).await.unwrap();
-        assert_eq!(std::fs::read(got.path).unwrap(), blob(5000, 4));
-        assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
-        assert_eq!(store2.counters().snapshot().corrupt, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn interrupted_download_resumes_from_offset() {
-        let backend = Arc::new(MemBackend::default());
-        *lock(&backend.fail_once_after) = Some(2);
-        let wb = backend.add(blob(200_000, 5), "5");
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        let got = store.get(&wb).await.unwrap();
-        assert_eq!(std::fs::read(got.path).unwrap(), blob(200_000, 5));
-        assert_eq!(*lock(&backend.offsets), [0, 2 * 64 * 1024]);
-    }
-
-    #[tokio::test]
-    async fn invalid_sha_from_network_is_refused() {
-        let backend = Arc::new(MemBackend::default());
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
-        let wb = WorkerBinary {
-            version: "x".into(),
-            arch: Arch::Amd64,
-            size: 1,
-            sha256: "../../etc/passwd".into(),
-        };
-        assert!(matches!(
-            store.get(&wb).await,
-            Err(BinaryError::Download(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn prune_keeps_newest_and_pinned() {
-        let backend = Arc::new(MemBackend::default());
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 2);
-        let v: Vec<WorkerBinary> = (0..4)
-            .map(|i| backend.add(blob(1000 + i, i as u8), &format!("v{i}")))
-            .collect();
-        store.get(&v[0]).await.unwrap();
-        let pin = store.pin(&v[0].sha256);
-        store.get(&v[1]).await.unwrap();
-        store.get(&v[2]).await.unwrap();
-        // keep=2: v1 and v2 are newest; v0 survives because it is pinned.
-        assert!(store.path_of(&v[0].sha256).exists());
-        store.get(&v[3]).await.unwrap();
-        // Now v2, v3 newest; v1 pruned; v0 still pinned.
-        assert!(store.path_of(&v[0].sha256).exists());
-        assert!(!store.path_of(&v[1].sha256).exists());
-        assert!(store.path_of(&v[2].sha256).exists());
-        assert!(store.path_of(&v[3].sha256).exists());
-        drop(pin);
-        let removed = store.prune().await.unwrap();
-        assert_eq!(removed, [v[0].sha256.clone()]);
-        assert!(!store.path_of(&v[0].sha256).exists());
-        assert_eq!(store.counters().snapshot().pruned, 2);
-        // A use refreshes recency: v2 used again, then v1 fetched; v3 is the oldest.
-        store.get(&v[2]).await.unwrap();
-        store.get(&v[1]).await.unwrap();
-        assert!(!store.path_of(&v[3].sha256).exists());
-        assert!(store.path_of(&v[2].sha256).exists());
-    }
-
-    #[tokio::test]
-    async fn absurd_announced_size_is_a_clear_error_not_a_panic() {
-        let backend = Arc::new(MemBackend::default());
-        let mut wb = backend.add(blob(1000, 6), "6");
-        wb.size = u64::MAX;
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        let e = store.get(&wb).await.unwrap_err();
-        assert!(e.to_string().contains("size"), "{e}");
-        assert!(!e.to_string().contains("panicked"), "{e}");
-        assert!(!store.path_of(&wb.sha256).exists());
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn symlink_planted_at_the_temp_path_is_not_followed() {
-        let backend = Arc::new(MemBackend::default());
-        let wb = backend.add(blob(3000, 7), "7");
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"precious").unwrap();
-        let root = dir.path().join("sha256");
-        std::fs::create_dir_all(&root).unwrap();
-        std::os::unix::fs::symlink(&victim, root.join(format!(".tmp-{}", wb.sha256))).unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend, 3);
-        let got = store.get(&wb).await.unwrap();
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        assert!(std::fs::read(got.path).unwrap() == blob(3000, 7));
-    }
-
-    /// Tampering after this process verified the file (same size, different bytes) is
-    /// caught on the next use, not only by the next process.
-    #[tokio::test]
-    async fn tampered_cache_file_is_caught_within_the_same_process() {
-        let backend = Arc::new(MemBackend::default());
-        let wb = backend.add(blob(5000, 8), "8");
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
-        let path = store.get(&wb).await.unwrap().path;
-        let mut bad = blob(5000, 8);
-        bad[10] ^= 1;
-        {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            f.write_all(&bad).unwrap();
-            // An mtime far from the original, so the change shows whatever the
-            // filesystem's timestamp granularity.
-            f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1))
-                .unwrap();
-        }
-        let got = store.get(&wb).await.unwrap();
-        assert!(std::fs::read(got.path).unwrap() == blob(5000, 8));
-        assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
-        assert_eq!(store.counters().snapshot().corrupt, 1);
-    }
-}
+mod tests;

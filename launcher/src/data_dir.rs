@@ -2,8 +2,9 @@
 //! written atomically and durably.
 //!
 //! Two launchers sharing a directory would overwrite each other's `worker.json` and prune
-//! each other's downloads, so the first takes an advisory lock (`flock`) on
-//! `<dir>/launcher.lock` for its whole life and records its pid there; the second is
+//! each other's downloads, so the first takes an advisory lock (`flock`) on the directory
+//! itself (so deleting the lock file frees nothing) and on `<dir>/launcher.lock` for its
+//! whole life, and records its pid in that file; the second is
 //! refused with an error naming the directory and that pid. The kernel drops the lock
 //! when the process dies, so a crash never leaves the directory locked.
 
@@ -45,8 +46,38 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataDirE
 /// Holds the data directory's lock until dropped (or the process exits).
 #[derive(Debug)]
 pub struct DataDirLock {
+    /// The lock itself: deleting `launcher.lock` cannot release a lock on the directory.
+    _dir: File,
     _file: File,
     path: PathBuf,
+}
+
+/// The pid recorded in the lock file, for the refusal's message.
+fn holder(path: &Path) -> String {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let mut text = String::new();
+    if let Ok(f) = options.open(path) {
+        let _ = f.take(32).read_to_string(&mut text);
+    }
+    match text.trim().parse::<u32>() {
+        Ok(pid) => format!(" (pid {pid})"),
+        Err(_) => String::new(),
+    }
+}
+
+/// Takes `file`'s exclusive lock; `Ok(false)` when another holds it.
+fn try_lock(file: &File, path: &Path) -> Result<bool, DataDirError> {
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
+        Err(e) => Err(io_err("cannot lock", path)(e.into())),
+    }
 }
 
 impl DataDirLock {
@@ -54,6 +85,15 @@ impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<DataDirLock, DataDirError> {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
         let path = dir.join(LOCK_FILE);
+        let in_use = || DataDirError::InUse {
+            var: vars::DATA_DIR,
+            dir: dir.display().to_string(),
+            holder: holder(&path),
+        };
+        let dir_file = File::open(dir).map_err(io_err("cannot open", dir))?;
+        if !try_lock(&dir_file, dir)? {
+            return Err(in_use());
+        }
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create(true);
         #[cfg(unix)]
@@ -65,22 +105,9 @@ impl DataDirLock {
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
         }
         let mut file = options.open(&path).map_err(io_err("cannot open", &path))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                let mut text = String::new();
-                let _ = file.take(32).read_to_string(&mut text);
-                let holder = match text.trim().parse::<u32>() {
-                    Ok(pid) => format!(" (pid {pid})"),
-                    Err(_) => String::new(),
-                };
-                return Err(DataDirError::InUse {
-                    var: vars::DATA_DIR,
-                    dir: dir.display().to_string(),
-                    holder,
-                });
-            }
-            Err(e) => return Err(io_err("cannot lock", &path)(e.into())),
+        // Also the file's lock, which is what earlier launcher versions take.
+        if !try_lock(&file, &path)? {
+            return Err(in_use());
         }
         let record = |file: &mut File| -> io::Result<()> {
             file.set_len(0)?;
@@ -89,7 +116,11 @@ impl DataDirLock {
             file.sync_all()
         };
         record(&mut file).map_err(io_err("cannot write", &path))?;
-        Ok(DataDirLock { _file: file, path })
+        Ok(DataDirLock {
+            _dir: dir_file,
+            _file: file,
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -158,6 +189,18 @@ mod tests {
         let e = DataDirLock::acquire(&data).unwrap_err().to_string();
         assert!(e.starts_with("cannot open "), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    /// The lock is the directory's, not the file's: deleting `launcher.lock` under a
+    /// running launcher must not let a second one in.
+    #[test]
+    fn a_deleted_lock_file_does_not_free_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let _first = DataDirLock::acquire(&data).unwrap();
+        std::fs::remove_file(data.join(LOCK_FILE)).unwrap();
+        let e = DataDirLock::acquire(&data).unwrap_err().to_string();
+        assert!(e.contains("is in use by another launcher"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use regex::Regex;
 
 /// Docker Hub's canonical domain.
 pub const DOCKER_HUB: &str = "docker.io";
-/// Longest name (domain and path) Docker accepts.
-const NAME_MAX: usize = 255;
+/// Longest repository path Docker accepts (since distribution/reference v0.6.0 the domain
+/// does not count).
+const PATH_MAX: usize = 255;
 
 /// A parsed, normalised reference (`docker.io/library/alpine:3@sha256:...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +38,12 @@ pub enum RefError {
     Identifier,
     #[error("the repository name must be lower case")]
     UpperCase,
-    #[error("the name is longer than {NAME_MAX} characters")]
+    #[error("the repository path is longer than {PATH_MAX} characters")]
     TooLong,
     #[error("invalid reference format")]
     Format,
+    #[error("the digest is not a valid sha256, sha384 or sha512 digest")]
+    Digest,
 }
 
 // The grammar, term by term (distribution/reference, regexp.go).
@@ -121,16 +124,36 @@ pub fn parse(s: &str) -> Result<ImageRef, RefError> {
     let full = format!("{domain}/{remainder}");
     let caps = REFERENCE.captures(&full).ok_or(RefError::Format)?;
     let name = caps.get(1).map_or("", |m| m.as_str());
-    if name.len() > NAME_MAX {
+    let parts = NAME.captures(name).ok_or(RefError::Format)?;
+    let path = parts.get(2).map_or("", |m| m.as_str());
+    if path.len() > PATH_MAX {
         return Err(RefError::TooLong);
     }
-    let parts = NAME.captures(name).ok_or(RefError::Format)?;
+    let digest = caps.get(3).map(|m| m.as_str());
+    if digest.is_some_and(|d| !valid_digest(d)) {
+        return Err(RefError::Digest);
+    }
     Ok(ImageRef {
         domain: parts.get(1).map_or("", |m| m.as_str()).to_string(),
-        path: parts.get(2).map_or("", |m| m.as_str()).to_string(),
+        path: path.to_string(),
         tag: caps.get(2).map(|m| m.as_str().to_string()),
-        digest: caps.get(3).map(|m| m.as_str().to_string()),
+        digest: digest.map(str::to_string),
     })
+}
+
+/// As `digest.Parse` with the algorithms Docker registers: exactly the algorithm's
+/// length of lower-case hex.
+fn valid_digest(d: &str) -> bool {
+    let Some((algorithm, hex)) = d.split_once(':') else {
+        return false;
+    };
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The registry host to match credentials against: lower case (host names are case
@@ -206,7 +229,7 @@ mod tests {
 
     #[test]
     fn refuses_what_docker_refuses() {
-        let long = format!("example.com/{}", "a".repeat(250));
+        let long = format!("example.com/{}", "a".repeat(256));
         for (s, e) in [
             ("", RefError::Empty),
             (&"ab".repeat(32)[..], RefError::Identifier),
@@ -227,6 +250,51 @@ mod tests {
         }
         let tag = "t".repeat(129);
         assert_eq!(parse(&format!("x:{tag}")), Err(RefError::Format));
+    }
+
+    /// Since distribution/reference v0.6.0 only the path counts towards the 255.
+    #[test]
+    fn only_the_path_is_limited_to_255_characters() {
+        let domain = format!("{}.example.com", "d".repeat(60));
+        let path = "a".repeat(250);
+        let long_name = format!("{domain}/{path}");
+        assert!(long_name.len() > 255);
+        assert_eq!(
+            parse(&long_name).map(|r| r.path.len()),
+            Ok(250),
+            "a long domain with a short path is fine"
+        );
+        assert_eq!(
+            parse(&format!("example.com/{}", "a".repeat(256))),
+            Err(RefError::TooLong)
+        );
+        // The normalised path (`library/...`) is what is measured.
+        assert_eq!(parse(&"a".repeat(250)), Err(RefError::TooLong));
+        assert!(parse(&"a".repeat(247)).is_ok());
+    }
+
+    /// Digests are checked like `digest.Parse`: a known algorithm and exactly its length of
+    /// lower-case hex.
+    #[test]
+    fn digests_are_validated_like_docker() {
+        let ok = [
+            format!("sha256:{}", "0f".repeat(32)),
+            format!("sha384:{}", "0f".repeat(48)),
+            format!("sha512:{}", "0f".repeat(64)),
+        ];
+        for d in &ok {
+            assert!(parse(&format!("x@{d}")).is_ok(), "{d}");
+        }
+        let bad = [
+            format!("sha256:{}", "0f".repeat(16)),
+            format!("sha256:{}", "0f".repeat(33)),
+            format!("sha256:{}", "0F".repeat(32)),
+            format!("md5:{}", "0f".repeat(16)),
+            format!("sha512:{}", "0f".repeat(32)),
+        ];
+        for d in &bad {
+            assert_eq!(parse(&format!("x@{d}")), Err(RefError::Digest), "{d}");
+        }
     }
 
     #[test]

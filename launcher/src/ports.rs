@@ -253,6 +253,11 @@ pub enum BinaryError {
     Download(BackendError),
     #[error("worker binary cache: {0}")]
     Io(String),
+    #[error(
+        "worker binary {version} changed on disk after it was verified; deleted (the next \
+         run downloads it again)"
+    )]
+    Changed { version: String },
 }
 
 /// A verified worker binary on the local filesystem.
@@ -271,6 +276,11 @@ pub trait BinaryStore: Send + Sync + 'static {
     async fn get(&self, binary: &WorkerBinary) -> Result<CachedBinary, BinaryError>;
     /// Pins `sha256` so pruning keeps it while a run uses it; unpinned on drop.
     fn pin(&self, sha256: &str) -> BinaryPin;
+    /// Checks, just before use, that `cached` still holds the verified bytes (a stat when
+    /// unchanged since verified, else a re-hash); a changed file is an error.
+    async fn still_verified(&self, _cached: &CachedBinary) -> Result<(), BinaryError> {
+        Ok(())
+    }
 }
 
 /// Keeps a cached binary from being pruned while alive.

@@ -106,6 +106,9 @@ pub struct BackendState {
     pub lease_transient: bool,
     pub specs: HashMap<String, RunSpec>,
     pub ttl_ms: u64,
+    /// The binary `latest_binary` announces and `download_binary` serves (else
+    /// [`binary()`], which cannot be downloaded).
+    pub served_binary: Option<(WorkerBinary, Vec<u8>)>,
 }
 
 pub struct MemBackend {
@@ -334,17 +337,28 @@ impl Backend for MemBackend {
                 message: "401".into(),
             });
         }
-        Ok(binary())
+        Ok(lock(&self.state)
+            .served_binary
+            .as_ref()
+            .map_or_else(binary, |(b, _)| b.clone()))
     }
 
     async fn download_binary(
         &self,
-        _binary: &WorkerBinary,
-        _offset: u64,
+        binary: &WorkerBinary,
+        offset: u64,
     ) -> Result<ByteStream, BackendError> {
-        Err(BackendError::Rejected {
-            message: "the in-memory store never downloads".into(),
-        })
+        let data = match &lock(&self.state).served_binary {
+            Some((b, data)) if b.sha256 == binary.sha256 => {
+                bytes::Bytes::copy_from_slice(&data[offset as usize..])
+            }
+            _ => {
+                return Err(BackendError::Rejected {
+                    message: "the in-memory backend serves no such binary".into(),
+                })
+            }
+        };
+        Ok(Box::pin(futures_util::stream::iter([Ok(data)])))
     }
 }
 
@@ -439,6 +453,10 @@ pub struct RuntimeState {
     pub unavailable: bool,
     /// `logs` answers an API error (the output cannot be followed).
     pub logs_error: bool,
+    /// `stop`, `remove` and `list_by_labels` never answer (a daemon that hangs).
+    pub calls_hang: bool,
+    /// The next this many `remove`s fail with an API error (which is not retried).
+    pub remove_errors: u32,
     pub running_now: usize,
     pub max_running: usize,
     /// Bytes of container output the launcher has read (the rest waits, as in Docker).
@@ -491,6 +509,13 @@ impl MemRuntime {
 
     pub fn live_containers(&self) -> usize {
         lock(&self.state).containers.len()
+    }
+
+    /// Never returns while `calls_hang` is set.
+    async fn maybe_hang(&self) {
+        if lock(&self.state).calls_hang {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn check(&self, call: String) -> Result<MutexGuard<'_, RuntimeState>, RuntimeError> {
@@ -549,7 +574,11 @@ impl ContainerRuntime for MemRuntime {
             .contains(image)
         {
             self.world.bump();
-            return std::future::pending().await;
+            // Until the test takes it out of `pull_hangs`.
+            let mut tick = self.world.tick.subscribe();
+            while lock(&self.state).pull_hangs.contains(image) {
+                let _ = tick.changed().await;
+            }
         }
         let r = {
             let mut s = lock(&self.state);
@@ -723,6 +752,7 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.maybe_hang().await;
         let (signal, ignore_term) = {
             let s = self.check(format!("stop {id} {}s", grace.as_secs()))?;
             let c = s
@@ -759,8 +789,15 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.maybe_hang().await;
         {
             let mut s = self.check(format!("remove {id}"))?;
+            if s.remove_errors > 0 {
+                s.remove_errors -= 1;
+                return Err(RuntimeError::Api(format!(
+                    "removal of container {id} is already in progress"
+                )));
+            }
             if let Some(c) = s.containers.remove(id) {
                 if c.running {
                     s.running_now -= 1;
@@ -779,6 +816,7 @@ impl ContainerRuntime for MemRuntime {
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.maybe_hang().await;
         let s = self.check("list".into())?;
         Ok(s.containers
             .values()
@@ -917,6 +955,8 @@ pub struct Harness {
     pub backend: Arc<MemBackend>,
     pub runtime: Arc<MemRuntime>,
     pub store: Arc<MemBinaryStore>,
+    /// Used instead of `store` when set (a real on-disk cache).
+    pub binary_store: Option<Arc<dyn BinaryStore>>,
     pub stdout: Arc<MemSink>,
     pub held_runs: Vec<String>,
     pub ids: Ids,
@@ -950,6 +990,7 @@ impl Harness {
                 state: Arc::default(),
                 world: world.clone(),
             }),
+            binary_store: None,
             stdout: Arc::default(),
             held_runs: Vec::new(),
             ids: ids(),
@@ -973,7 +1014,10 @@ impl Harness {
             Ports {
                 backend: self.backend.clone(),
                 runtime: self.runtime.clone(),
-                store: self.store.clone(),
+                store: self
+                    .binary_store
+                    .clone()
+                    .unwrap_or_else(|| self.store.clone()),
             },
             events_rx,
             status_tx,

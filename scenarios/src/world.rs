@@ -208,6 +208,15 @@ impl World {
                 return Ok(());
             }
         };
+        // A launcher still running is crashed first: its data-dir lock must be free.
+        if let Some(mut old) = self.launchers.get_mut(name).and_then(|l| l.node.take()) {
+            let exit = old.crash().await;
+            self.launchers
+                .get_mut(name)
+                .expect("known")
+                .exits
+                .push(exit);
+        }
         let since = self.backend().last_seq();
         let l = self.launchers.get_mut(name).expect("known launcher");
         let node = LauncherNode::start_captured(name, config, l.output.clone())

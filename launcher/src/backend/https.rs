@@ -373,11 +373,9 @@ async fn check_status(
         return Ok(resp);
     }
     let retry_after = retry_after(resp.headers());
-    // What arrived before a failure is still worth quoting.
-    let body = read_capped(resp, ERROR_BODY_LIMIT)
-        .await
-        .map(|(b, _)| b)
-        .unwrap_or_default();
+    // What arrived before a failure (a connection cut mid-body) is still worth quoting.
+    let mut body = Vec::new();
+    let _ = read_capped_into(resp, ERROR_BODY_LIMIT, &mut body).await;
     let detail = error_detail(&body);
     let message = format!("{method} {path}: HTTP {}: {detail}", status.as_u16());
     Err(match status.as_u16() {
@@ -400,19 +398,29 @@ async fn check_status(
 /// Up to `limit` bytes of the body, and whether that was all of it. Stops reading at the
 /// limit, so a huge or endless body costs at most `limit` bytes.
 async fn read_capped(
-    mut resp: reqwest::Response,
+    resp: reqwest::Response,
     limit: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut buf = Vec::new();
+    let complete = read_capped_into(resp, limit, &mut buf).await?;
+    Ok((buf, complete))
+}
+
+/// As [`read_capped`], into `buf`, which keeps what arrived when reading fails.
+async fn read_capped_into(
+    mut resp: reqwest::Response,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<bool, reqwest::Error> {
     while let Some(chunk) = resp.chunk().await? {
         let room = limit - buf.len();
         if chunk.len() > room {
             buf.extend_from_slice(&chunk[..room]);
-            return Ok((buf, false));
+            return Ok(false);
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok((buf, true))
+    Ok(true)
 }
 
 /// The error body's message (protocol `ErrorBody`), else its start: at most
@@ -787,6 +795,47 @@ mod tests {
         assert!(message.len() < 1024, "{} bytes", message.len());
         assert!(!message.chars().any(char::is_control), "{message:?}");
         assert!(message.contains("boom"), "{message}");
+    }
+
+    /// An error answer whose body is cut short (the connection drops mid-body) is still
+    /// quoted as far as it arrived.
+    #[tokio::test]
+    async fn a_cut_error_body_is_quoted_as_far_as_it_arrived() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 1000\r\n\r\n\
+                          upstream exploded",
+                    )
+                    .await;
+                let _ = sock.flush().await;
+                // Dropped: the body ends 983 bytes short.
+            }
+        });
+        let b = HttpsBackend::with_options(
+            &format!("http://{addr}"),
+            None,
+            &ProxyConfig::default(),
+            HttpsOptions {
+                request_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        b.set_worker_ulid("W1");
+        let got = tokio::time::timeout(Duration::from_secs(20), b.renew_lease("R1"))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(&got, Err(BackendError::Transient { message, .. }) if message.contains("HTTP 503: upstream exploded")),
+            "{got:?}"
+        );
     }
 
     /// A server announcing a huge body and then trickling is not waited for: the cap is

@@ -315,6 +315,17 @@ impl Run {
             &prepared.binary,
             &self.ctx.ids,
         );
+        // The pull may have taken minutes: the file must still be the one verified.
+        if let Err(e) = self.ctx.store.still_verified(&prepared.binary).await {
+            self.ctx.metrics.binary_failure();
+            return self.conclude(
+                Failure::failed(
+                    reason_codes::WORKER_BINARY_UNAVAILABLE,
+                    format!("the worker binary is no longer the one verified: {e}"),
+                )
+                .into(),
+            );
+        }
         let runtime = self.ctx.runtime.clone();
         let id = match runtime.create(&spec).await {
             Ok(id) => id,

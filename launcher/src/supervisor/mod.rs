@@ -52,7 +52,7 @@ pub const SEEN_RUNS: usize = 16_384;
 /// for the runs' containers to be stopped and removed.
 pub const CANCEL_SLACK: Duration = Duration::from_secs(30);
 /// After that wait: how long to try removing what is still there.
-const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const SWEEP_LIMIT: Duration = Duration::from_secs(10);
 
 /// The adapters the core talks to.
 #[derive(Clone)]
@@ -331,7 +331,7 @@ impl Loop {
     /// Before a fatal exit, stops every run (SIGTERM, SIGKILL after the stop grace) and
     /// removes its container, waiting at most the grace plus [`CANCEL_SLACK`] (also for the
     /// runs' last reports, which a backend that still answers can take); what is still
-    /// there then is removed by label. Dropping the run tasks instead would leave their
+    /// there then is removed by label, for at most [`SWEEP_LIMIT`]. Dropping the run tasks instead would leave their
     /// containers running, with no timeout, until some later start reaps them.
     async fn stop_runs_before_exit(&mut self, error: Error) -> Error {
         self.exiting_on_error = true;
@@ -352,13 +352,14 @@ impl Loop {
             tracing::error!(runs = ?self.active.keys().collect::<Vec<_>>(),
                 "runs not stopped in time; removing their containers");
             self.runs.abort_all();
-            let sweep =
-                crate::reaper::remove_launcher_containers(self.ctx.runtime.as_ref(), &self.ctx.ids);
-            if tokio::time::timeout(SWEEP_LIMIT, sweep).await.is_err() {
-                tracing::error!(
-                    "the Docker daemon did not answer; the next start removes what is left"
-                );
-            }
+        }
+        // Always: a run that ended may still have failed to remove its container.
+        let sweep =
+            crate::reaper::remove_launcher_containers(self.ctx.runtime.as_ref(), &self.ctx.ids);
+        if tokio::time::timeout(SWEEP_LIMIT, sweep).await.is_err() {
+            tracing::error!(
+                "the Docker daemon did not answer; the next start removes what is left"
+            );
         }
         self.prefetch.abort();
         error

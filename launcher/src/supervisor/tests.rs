@@ -1252,6 +1252,7 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
     assert_eq!(h.backend.log_seqs("R1"), (0..20).collect::<Vec<u64>>());
 }
 
+mod binary_swap;
 mod fatal_exit;
 mod prefetch;
 mod prepare_deadline;

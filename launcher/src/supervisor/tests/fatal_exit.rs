@@ -2,7 +2,7 @@
 //! container behind, and takes a bounded time.
 
 use super::*;
-use crate::supervisor::CANCEL_SLACK;
+use crate::supervisor::{CANCEL_SLACK, SWEEP_LIMIT};
 
 async fn until_running(h: &Harness, run: &str) {
     let b = h.backend.clone();
@@ -115,4 +115,44 @@ async fn a_fatal_error_while_preparing_creates_no_container() {
     r.fatal(Error::Unauthorized("401".into()));
     assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
     assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
+}
+
+/// Every run ended, but the daemon refused its container's removal: the sweep by label
+/// still runs and removes it.
+#[tokio::test(start_paused = true)]
+async fn a_container_whose_removal_failed_is_swept_before_a_fatal_exit() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_running(&h, "R1").await;
+    h.runtime.with(|s| s.remove_errors = 1);
+    r.fatal(Error::Unauthorized("401".into()));
+    assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
+    let calls = h.runtime.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "remove c1").count(),
+        2,
+        "{calls:?}"
+    );
+    assert_eq!(h.runtime.live_containers(), 0, "{calls:?}");
+}
+
+/// A daemon that takes calls and never answers: the exit still comes within the stop
+/// grace, the slack for the last reports and the sweep's own limit.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_exit_is_bounded_when_the_daemon_hangs() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    until_running(&h, "R1").await;
+    h.runtime.with(|s| s.calls_hang = true);
+    let t0 = Instant::now();
+    r.fatal(Error::Unauthorized("401".into()));
+    assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
+    let waited = t0.elapsed();
+    let bound = h.settings.stop_grace + CANCEL_SLACK + SWEEP_LIMIT;
+    assert!(waited <= bound, "{waited:?} > {bound:?}");
+    assert!(waited >= h.settings.stop_grace + CANCEL_SLACK, "{waited:?}");
 }
