@@ -9,6 +9,8 @@
 # Every target runs even after one fails; a failure prints the crashing input's path
 # and the command that replays it, and the script exits 1.
 # Env: FUZZ_JOBS  parallel libFuzzer workers per target (default 1)
+#      FUZZ_SEED  libFuzzer's -seed (--ci: 1, so a CI run explores the same inputs each
+#                 time and a red CI is a real, replayable find; else random)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,8 +18,10 @@ log() { printf '[fuzz.sh] %s\n' "$*" >&2; }
 
 FLAGS=(-s none -a)
 seconds=300
+seed="${FUZZ_SEED:-0}" # 0: libFuzzer picks one
 if [ "${1:-}" = "--ci" ]; then
     seconds=20
+    seed="${FUZZ_SEED:-1}"
     shift
 elif [ "${1:-}" = "--list" ]; then
     ls fuzz/fuzz_targets | sed 's/\.rs$//'
@@ -54,7 +58,7 @@ for t in "${targets[@]}"; do
     rc=0
     # -timeout: one input taking over 10 s is a hang; -rss_limit_mb: a leak or a bomb.
     (cd fuzz && cargo +nightly fuzz run "${FLAGS[@]}" -j "${FUZZ_JOBS:-1}" "$t" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) \
+        -max_total_time="$seconds" -seed="$seed" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) \
         >"$out" 2>&1 || rc=$?
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added):' "$out" \
         | sed "s/^/[fuzz.sh] $t /" >&2 || true

@@ -617,6 +617,9 @@ pub fn registry_host(image: &str) -> Option<String> {
     crate::image_ref::parse(image)
         .ok()
         .map(|r| r.registry_host())
+        // `a_b.c/x`: the first component names a registry but is no valid host name, so
+        // Docker parses the whole as a path with no domain; no registry is ours to name.
+        .filter(|host| !host.is_empty())
 }
 
 fn normalize_registry(server: &str) -> String {
@@ -1449,6 +1452,9 @@ mod tests {
             ("-a/b".into(), None),
             ("bar@sha256:short".into(), None),
             ("ab".repeat(32), None),
+            // Found by fuzz/registry_ref: a registry-like first component that is not a
+            // valid host name (underscores) leaves Docker with no domain at all.
+            ("a.b.c__e/f:v1".into(), None),
         ];
         for (image, want) in cases {
             assert_eq!(host(&image).as_deref(), want, "{image:?}");
