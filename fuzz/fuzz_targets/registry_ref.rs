@@ -100,8 +100,9 @@ fn valid_reference(s: &str) -> bool {
             return false;
         }
     }
-    // ParseNormalizedNamed refuses a bare 64-hex identifier (it names an image ID).
-    if name.len() == 64 && name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    // ParseNormalizedNamed refuses a whole reference that is a 64-hex identifier (an
+    // image ID); with a tag or digest it is an ordinary Docker Hub name.
+    if s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return false;
     }
     let all_path = name.split('/').all(path_component);
