@@ -1,11 +1,12 @@
-//! Wiring: from a validated configuration to a serving launcher. Order matters:
-//! Docker first (the architecture we register comes from the daemon, not the host), then
-//! the leftovers of the worker named in worker.json are removed, then registration (which
+//! Wiring: from a validated configuration to a serving launcher. Order matters: the
+//! data directory's lock first (so no second launcher reaps this one's containers), then
+//! Docker (the architecture we register comes from the daemon, not the host), then the
+//! leftovers of the worker named in worker.json are removed, then registration (which
 //! names that worker via `previous_worker_ulid`), then the push channel, then the
 //! supervisor, which reports the leftovers' runs before taking runs.
 //!
-//! The scenario engine and tests do not come through here: they build a
-//! [`Supervisor`] over in-memory or fake adapters directly.
+//! The scenario engine's launchers come through here too (over real sockets, against the
+//! fakes); the core's unit tests build a [`Supervisor`] over in-memory adapters directly.
 
 use std::future::Future;
 use std::path::Path;
