@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod ports;
 pub mod reaper;
+pub mod registry_auth;
 pub mod run;
 pub mod secret;
 pub mod settings;
