@@ -17,6 +17,7 @@ pub mod app;
 pub mod backend;
 pub mod backoff;
 pub mod binaries;
+pub mod cache_counters;
 pub mod config;
 pub mod container_spec;
 pub mod credentials;
@@ -38,6 +39,7 @@ pub mod settings;
 pub mod supervisor;
 pub mod tls;
 
+mod clock;
 #[cfg(test)]
 mod testing;
 
