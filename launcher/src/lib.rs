@@ -23,6 +23,7 @@ pub mod container_spec;
 pub mod credentials;
 pub mod data_dir;
 pub mod docker;
+pub mod error;
 pub mod image_ref;
 pub mod init_policy;
 pub mod lifecycle;
@@ -43,7 +44,8 @@ mod clock;
 #[cfg(test)]
 mod testing;
 
-pub use lifecycle::{Error, ExitOutcome, Signal};
+pub use error::{Error, Fatal};
+pub use lifecycle::{ExitOutcome, Signal};
 pub use supervisor::{status_channel, Ports, Supervisor};
 
 /// Spacelift's documented default runner image.

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::container_spec::Ids;
-use crate::lifecycle::{Error, ExitOutcome, Signal};
+use crate::error::{Error, Fatal};
+use crate::lifecycle::{ExitOutcome, Signal};
 use crate::ports::*;
 use crate::run::{LineSink, StdoutLogs, WallClock};
 use crate::settings::Settings;
@@ -967,7 +968,7 @@ pub struct Running {
     pub signals: mpsc::Sender<Signal>,
     pub status: watch::Receiver<WorkerStatus>,
     pub task: JoinHandle<Result<ExitOutcome, Error>>,
-    fatal: Option<oneshot::Sender<Error>>,
+    fatal: Option<oneshot::Sender<Fatal>>,
     msg: u64,
 }
 
@@ -1078,7 +1079,7 @@ impl Running {
     }
 
     /// A fatal error from outside the supervisor (as the MQTT session reports one).
-    pub fn fatal(&mut self, e: Error) {
+    pub fn fatal(&mut self, e: Fatal) {
         if let Some(tx) = self.fatal.take() {
             let _ = tx.send(e);
         }

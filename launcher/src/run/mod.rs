@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::clock::sleep_until_opt;
 use crate::container_spec::{self, Ids};
+use crate::error::Fatal;
 use crate::init_policy::{Decision, InitPolicy, PolicyInput};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
@@ -219,7 +220,7 @@ async fn claim(
                 return Err(RunEnd::NotClaimed);
             }
             Err(BackendError::Unauthorized { message }) => {
-                ctx.fatal.send(message);
+                ctx.fatal.send(Fatal::Unauthorized(message));
                 return Err(RunEnd::Fatal);
             }
             Err(BackendError::Transient {
@@ -641,7 +642,7 @@ async fn fetch_binary(
         let wanted = match ctx.backend.latest_binary(ctx.arch).await {
             Ok(b) => b,
             Err(BackendError::Unauthorized { message }) => {
-                ctx.fatal.send(message);
+                ctx.fatal.send(Fatal::Unauthorized(message));
                 return Err(Abort::Fatal);
             }
             Err(e) => {
@@ -661,7 +662,7 @@ async fn fetch_binary(
                 return Ok((cached, pin));
             }
             Err(BinaryError::Download(BackendError::Unauthorized { message })) => {
-                ctx.fatal.send(message);
+                ctx.fatal.send(Fatal::Unauthorized(message));
                 return Err(Abort::Fatal);
             }
             Err(e) => {

@@ -31,7 +31,8 @@ use tokio::time::Instant;
 
 use crate::clock::sleep_until_opt;
 use crate::container_spec::Ids;
-use crate::lifecycle::{Error, ExitOutcome, Signal, SignalStages, Stage};
+use crate::error::{Error, Fatal};
+use crate::lifecycle::{ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
 use crate::outbox::{self, FatalTx, OutboxDeps, OutboxHandle, Report};
@@ -73,7 +74,7 @@ pub struct Supervisor {
     held_at_start: Vec<String>,
     metrics: Metrics,
     stdout: Option<StdoutLogs>,
-    outside_fatal: Option<oneshot::Receiver<Error>>,
+    outside_fatal: Option<oneshot::Receiver<Fatal>>,
 }
 
 impl Supervisor {
@@ -125,7 +126,7 @@ impl Supervisor {
 
     /// A fatal error found outside the supervisor (the MQTT session stopping for good). The
     /// supervisor stops and removes its runs' containers, then returns that error.
-    pub fn with_fatal(mut self, fatal: oneshot::Receiver<Error>) -> Supervisor {
+    pub fn with_fatal(mut self, fatal: oneshot::Receiver<Fatal>) -> Supervisor {
         self.outside_fatal = Some(fatal);
         self
     }
@@ -278,9 +279,9 @@ impl Loop {
         &mut self,
         mut events: mpsc::Receiver<BackendEvent>,
         mut signals: mpsc::Receiver<Signal>,
-        mut fatal: mpsc::UnboundedReceiver<String>,
+        mut fatal: mpsc::UnboundedReceiver<Fatal>,
         mut notes: mpsc::UnboundedReceiver<String>,
-        mut outside_fatal: Option<oneshot::Receiver<Error>>,
+        mut outside_fatal: Option<oneshot::Receiver<Fatal>>,
     ) -> Result<ExitOutcome, Error> {
         let mut signals_open = true;
         loop {
@@ -291,12 +292,18 @@ impl Loop {
             tokio::select! {
                 // Order matters: a claim note is always handled before its run's end.
                 biased;
-                Some(message) = fatal.recv() => {
-                    tracing::error!(%message, "the backend refused this worker's credentials; \
-                        stopping the runs in flight, then exiting");
-                    return Err(self.stop_runs_before_exit(Error::Unauthorized(message)).await);
+                Some(fatal) = fatal.recv() => {
+                    let e = Error::from(fatal);
+                    match &e {
+                        Error::Unauthorized(message) => tracing::error!(%message,
+                            "the backend refused this worker's credentials; \
+                            stopping the runs in flight, then exiting"),
+                        other => tracing::error!(error = %other, "stopping the runs in flight, then exiting"),
+                    }
+                    return Err(self.stop_runs_before_exit(e).await);
                 }
                 Some(e) = recv_opt(&mut outside_fatal) => {
+                    let e = Error::from(e);
                     tracing::error!(error = %e, "stopping the runs in flight, then exiting");
                     return Err(self.stop_runs_before_exit(e).await);
                 }
@@ -645,7 +652,7 @@ impl Loop {
 }
 
 /// The error, once; pending forever if there is no channel or its sender went away.
-async fn recv_opt(rx: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
+async fn recv_opt(rx: &mut Option<oneshot::Receiver<Fatal>>) -> Option<Fatal> {
     let got = match rx {
         Some(r) => r.await.ok(),
         None => None,

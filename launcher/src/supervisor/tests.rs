@@ -9,7 +9,8 @@ use protocol::RunState::{self, *};
 use tokio::time::Instant;
 
 use crate::container_spec::labels;
-use crate::lifecycle::{Error, ExitOutcome};
+use crate::error::Error;
+use crate::lifecycle::ExitOutcome;
 use crate::ports::{BackendEvent, ContainerSpec};
 use crate::testing::*;
 
