@@ -1,6 +1,6 @@
 //! In-memory adapters of the ports, with scriptable faults, for tests of the core on
 //! paused tokio time. Each adapter bumps a shared "something happened" counter so tests
-//! wait on events ([`World::until`]) instead of sleeping.
+//! wait on events ([`ChangeCounter::until`]) instead of sleeping.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -26,13 +26,13 @@ use crate::supervisor::{status_channel, Ports, Supervisor};
 
 /// A counter every adapter bumps on every change, so tests can wait for conditions.
 #[derive(Clone)]
-pub struct World {
+pub struct ChangeCounter {
     tick: Arc<watch::Sender<u64>>,
 }
 
-impl World {
-    fn new() -> World {
-        World {
+impl ChangeCounter {
+    fn new() -> ChangeCounter {
+        ChangeCounter {
             tick: Arc::new(watch::channel(0).0),
         }
     }
@@ -49,7 +49,7 @@ impl World {
                 if cond() {
                     return;
                 }
-                rx.changed().await.expect("world alive");
+                rx.changed().await.expect("change counter alive");
             }
         };
         if tokio::time::timeout(Duration::from_secs(6 * 3600), wait)
@@ -114,29 +114,29 @@ pub struct BackendState {
 
 pub struct MemBackend {
     pub state: Mutex<BackendState>,
-    world: World,
+    changes: ChangeCounter,
 }
 
 impl MemBackend {
-    fn new(world: World) -> MemBackend {
+    fn new(changes: ChangeCounter) -> MemBackend {
         MemBackend {
             state: Mutex::new(BackendState {
                 ttl_ms: 60_000,
                 body_limit: MAX_BODY,
                 ..Default::default()
             }),
-            world,
+            changes,
         }
     }
 
     /// Changes (or reads) the state and wakes every waiter.
     pub fn with<R>(&self, f: impl FnOnce(&mut BackendState) -> R) -> R {
         let r = f(&mut lock(&self.state));
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
-    /// Reads the state without waking anyone (for `World::until` conditions).
+    /// Reads the state without waking anyone (for `ChangeCounter::until` conditions).
     pub fn peek<R>(&self, f: impl FnOnce(&BackendState) -> R) -> R {
         f(&lock(&self.state))
     }
@@ -250,7 +250,7 @@ impl Backend for MemBackend {
                 }))
             }
         };
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -275,7 +275,7 @@ impl Backend for MemBackend {
                 Ok(Lease { ttl_ms: s.ttl_ms })
             }
         };
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -289,7 +289,7 @@ impl Backend for MemBackend {
                 .transitions
                 .push((run_ulid.to_string(), req.clone()));
         });
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -328,7 +328,7 @@ impl Backend for MemBackend {
             }
             Ok(l.len() as u64)
         });
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -467,7 +467,7 @@ pub struct RuntimeState {
 
 pub struct MemRuntime {
     pub state: Arc<Mutex<RuntimeState>>,
-    world: World,
+    changes: ChangeCounter,
     arch: Arch,
 }
 
@@ -480,14 +480,14 @@ pub fn image(arch: &str) -> ImageInfo {
 }
 
 impl MemRuntime {
-    fn new(world: World) -> MemRuntime {
+    fn new(changes: ChangeCounter) -> MemRuntime {
         let mut state = RuntimeState::default();
         state
             .images
             .insert(crate::DEFAULT_RUNNER_IMAGE.into(), image("amd64"));
         MemRuntime {
             state: Arc::new(Mutex::new(state)),
-            world,
+            changes,
             arch: Arch::Amd64,
         }
     }
@@ -495,11 +495,11 @@ impl MemRuntime {
     /// Changes (or reads) the state and wakes every waiter.
     pub fn with<R>(&self, f: impl FnOnce(&mut RuntimeState) -> R) -> R {
         let r = f(&mut lock(&self.state));
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
-    /// Reads the state without waking anyone (for `World::until` conditions).
+    /// Reads the state without waking anyone (for `ChangeCounter::until` conditions).
     pub fn peek<R>(&self, f: impl FnOnce(&RuntimeState) -> R) -> R {
         f(&lock(&self.state))
     }
@@ -529,7 +529,7 @@ impl MemRuntime {
     }
 
     /// Ends a container with `code` (a signal from stop/kill, or its natural end).
-    fn finish(state: &Mutex<RuntimeState>, world: &World, id: &str, code: i64) {
+    fn finish(state: &Mutex<RuntimeState>, changes: &ChangeCounter, id: &str, code: i64) {
         let mut s = lock(state);
         let mut ended = false;
         if let Some(c) = s.containers.get_mut(id) {
@@ -547,7 +547,7 @@ impl MemRuntime {
             s.running_now -= 1;
         }
         drop(s);
-        world.bump();
+        changes.bump();
     }
 }
 
@@ -574,9 +574,9 @@ impl ContainerRuntime for MemRuntime {
             .pull_hangs
             .contains(image)
         {
-            self.world.bump();
+            self.changes.bump();
             // Until the test takes it out of `pull_hangs`.
-            let mut tick = self.world.tick.subscribe();
+            let mut tick = self.changes.tick.subscribe();
             while lock(&self.state).pull_hangs.contains(image) {
                 let _ = tick.changed().await;
             }
@@ -594,7 +594,7 @@ impl ContainerRuntime for MemRuntime {
                 }),
             }
         };
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -629,7 +629,7 @@ impl ContainerRuntime for MemRuntime {
             );
             Ok(id)
         };
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -652,9 +652,9 @@ impl ContainerRuntime for MemRuntime {
             s.max_running = s.max_running.max(s.running_now);
             (b, rx)
         };
-        self.world.bump();
+        self.changes.bump();
         let state = self.state.clone();
-        let world = self.world.clone();
+        let changes = self.changes.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             let mut signal_rx = signal_rx;
@@ -674,10 +674,10 @@ impl ContainerRuntime for MemRuntime {
                         if let Some(c) = lock(&state).containers.get_mut(&id) {
                             c.output.extend(as_docker_delivers(&text));
                         }
-                        world.bump();
+                        changes.bump();
                     }
                     code = signalled(&mut signal_rx) => {
-                        MemRuntime::finish(&state, &world, &id, code);
+                        MemRuntime::finish(&state, &changes, &id, code);
                         return;
                     }
                 }
@@ -687,7 +687,7 @@ impl ContainerRuntime for MemRuntime {
             } else {
                 behaviour.exit_code
             };
-            MemRuntime::finish(&state, &world, &id, code);
+            MemRuntime::finish(&state, &changes, &id, code);
         });
         Ok(())
     }
@@ -697,7 +697,7 @@ impl ContainerRuntime for MemRuntime {
             return Err(RuntimeError::Api("cannot attach".into()));
         }
         let state = self.state.clone();
-        let rx = self.world.tick.subscribe();
+        let rx = self.changes.tick.subscribe();
         let id = id.to_string();
         let stream =
             futures_util::stream::unfold((0usize, rx, false), move |(next, mut rx, failed)| {
@@ -733,7 +733,7 @@ impl ContainerRuntime for MemRuntime {
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
-        let mut rx = self.world.tick.subscribe();
+        let mut rx = self.changes.tick.subscribe();
         loop {
             {
                 let s = self.check(format!("wait {id}"))?;
@@ -747,7 +747,7 @@ impl ContainerRuntime for MemRuntime {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(RuntimeError::Api("world gone".into()));
+                return Err(RuntimeError::Api("change counter gone".into()));
             }
         }
     }
@@ -765,7 +765,7 @@ impl ContainerRuntime for MemRuntime {
             }
             (c.signal.clone(), c.behaviour.ignore_term)
         };
-        self.world.bump();
+        self.changes.bump();
         if ignore_term {
             tokio::time::sleep(grace).await;
             if let Some(s) = signal {
@@ -785,7 +785,7 @@ impl ContainerRuntime for MemRuntime {
         if let Some(s) = signal {
             let _ = s.send(Some(137));
         }
-        self.world.bump();
+        self.changes.bump();
         Ok(())
     }
 
@@ -809,7 +809,7 @@ impl ContainerRuntime for MemRuntime {
                 s.removed.push(id.to_string());
             }
         }
-        self.world.bump();
+        self.changes.bump();
         Ok(())
     }
 
@@ -852,7 +852,7 @@ pub struct StoreState {
 
 pub struct MemBinaryStore {
     pub state: Arc<Mutex<StoreState>>,
-    world: World,
+    changes: ChangeCounter,
 }
 
 impl MemBinaryStore {
@@ -861,7 +861,7 @@ impl MemBinaryStore {
     }
 }
 
-struct InFlight(Arc<Mutex<StoreState>>, World);
+struct InFlight(Arc<Mutex<StoreState>>, ChangeCounter);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -880,9 +880,9 @@ impl BinaryStore for MemBinaryStore {
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.delay
         };
-        self.world.bump();
+        self.changes.bump();
         // Counted out even when the get is dropped half-way (a deadline, an abort).
-        let _done = InFlight(self.state.clone(), self.world.clone());
+        let _done = InFlight(self.state.clone(), self.changes.clone());
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -905,7 +905,7 @@ impl BinaryStore for MemBinaryStore {
                 })
             }
         };
-        self.world.bump();
+        self.changes.bump();
         r
     }
 
@@ -916,11 +916,11 @@ impl BinaryStore for MemBinaryStore {
             s.pinned_ever += 1;
         }
         let state = self.state.clone();
-        let world = self.world.clone();
+        let changes = self.changes.clone();
         let sha = sha256.to_string();
         BinaryPin::new(move || {
             *lock(&state).pins.entry(sha).or_default() -= 1;
-            world.bump();
+            changes.bump();
         })
     }
 }
@@ -951,7 +951,7 @@ impl LineSink for MemSink {
 // Harness
 
 pub struct Harness {
-    pub world: World,
+    pub changes: ChangeCounter,
     pub settings: Settings,
     pub backend: Arc<MemBackend>,
     pub runtime: Arc<MemRuntime>,
@@ -982,20 +982,20 @@ pub fn ids() -> Ids {
 
 impl Harness {
     pub fn new() -> Harness {
-        let world = World::new();
+        let changes = ChangeCounter::new();
         Harness {
             settings: Settings::for_tests(PathBuf::from("/data")),
-            backend: Arc::new(MemBackend::new(world.clone())),
-            runtime: Arc::new(MemRuntime::new(world.clone())),
+            backend: Arc::new(MemBackend::new(changes.clone())),
+            runtime: Arc::new(MemRuntime::new(changes.clone())),
             store: Arc::new(MemBinaryStore {
                 state: Arc::default(),
-                world: world.clone(),
+                changes: changes.clone(),
             }),
             binary_store: None,
             stdout: Arc::default(),
             held_runs: Vec::new(),
             ids: ids(),
-            world,
+            changes,
         }
     }
 

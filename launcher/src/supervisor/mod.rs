@@ -143,7 +143,7 @@ impl Supervisor {
     pub async fn run(self, signals: mpsc::Receiver<Signal>) -> Result<ExitOutcome, Error> {
         let (fatal, fatal_rx) = FatalTx::channel();
         let (connected, _) = watch::channel(0u64);
-        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        let (claim_notices_tx, claim_notices_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
             masker: Masker::new(
                 self.settings
@@ -168,7 +168,7 @@ impl Supervisor {
             status: self.status,
             connected,
             connected_once: false,
-            notes_tx,
+            claim_notices_tx,
             seen: SeenRuns::new(SEEN_RUNS),
             deferred: VecDeque::new(),
             active: HashMap::new(),
@@ -186,8 +186,14 @@ impl Supervisor {
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
-        lp.serve(self.events, signals, fatal_rx, notes_rx, self.outside_fatal)
-            .await
+        lp.serve(
+            self.events,
+            signals,
+            fatal_rx,
+            claim_notices_rx,
+            self.outside_fatal,
+        )
+        .await
     }
 }
 
@@ -248,7 +254,8 @@ struct Loop {
     /// Bumped on every (re)connection; outboxes retry at once when it moves.
     connected: watch::Sender<u64>,
     connected_once: bool,
-    notes_tx: mpsc::UnboundedSender<String>,
+    /// The ULID of each run whose claim the backend granted (it is then held).
+    claim_notices_tx: mpsc::UnboundedSender<String>,
     seen: SeenRuns,
     /// Runs offered while every slot was busy, claimed in order as slots free. The backend
     /// frees a slot when it records a terminal state and may offer the next run before this
@@ -280,7 +287,7 @@ impl Loop {
         mut events: mpsc::Receiver<BackendEvent>,
         mut signals: mpsc::Receiver<Signal>,
         mut fatal: mpsc::UnboundedReceiver<Fatal>,
-        mut notes: mpsc::UnboundedReceiver<String>,
+        mut claim_notices: mpsc::UnboundedReceiver<String>,
         mut outside_fatal: Option<oneshot::Receiver<Fatal>>,
     ) -> Result<ExitOutcome, Error> {
         let mut signals_open = true;
@@ -290,7 +297,7 @@ impl Loop {
                 return done;
             }
             tokio::select! {
-                // Order matters: a claim note is always handled before its run's end.
+                // Order matters: a claim notice is always handled before its run's end.
                 biased;
                 Some(fatal) = fatal.recv() => {
                     let e = Error::from(fatal);
@@ -307,7 +314,7 @@ impl Loop {
                     tracing::error!(error = %e, "stopping the runs in flight, then exiting");
                     return Err(self.stop_runs_before_exit(e).await);
                 }
-                Some(run) = notes.recv() => {
+                Some(run) = claim_notices.recv() => {
                     if self.active.contains_key(&run) {
                         self.held.insert(run);
                         self.publish();
@@ -547,10 +554,10 @@ impl Loop {
         tracing::info!(%run_ulid, "run scheduled; claiming it");
         let (stop_tx, stop_rx) = watch::channel(None);
         let outbox = self.outbox(&run_ulid);
-        let notes = self.notes_tx.clone();
+        let claim_notices = self.claim_notices_tx.clone();
         let claimed = run_ulid.clone();
         let on_claimed: run::OnClaimed = Box::new(move || {
-            let _ = notes.send(claimed);
+            let _ = claim_notices.send(claimed);
         });
         let id = self
             .runs

@@ -7,7 +7,7 @@ use crate::supervisor::{CANCEL_SLACK, SWEEP_LIMIT};
 
 async fn until_running(h: &Harness, run: &str) {
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until(&format!("{run} running"), || {
             b.states(run).contains(&Running)
         })
@@ -106,7 +106,7 @@ async fn a_fatal_error_while_preparing_creates_no_container() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("pulling", || {
             rt.calls()
                 .iter()
