@@ -18,7 +18,7 @@
 //! the next run a moment before this side has removed the finished container; if the
 //! backend gives the run to another worker meanwhile, the claim here is refused (409).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +40,12 @@ use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerS
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
+mod fatal_exit;
 mod prefetch;
+mod seen_runs;
+use fatal_exit::recv_opt;
 use prefetch::Prefetcher;
+use seen_runs::SeenRuns;
 
 /// Offers kept while every slot is busy (beyond this, offers are turned down).
 const MAX_DEFERRED: usize = 64;
@@ -209,44 +213,6 @@ pub fn status_channel(
     })
 }
 
-/// Bounded memory of run ULIDs: the oldest are forgotten first.
-struct SeenRuns {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-    limit: usize,
-}
-
-impl SeenRuns {
-    fn new(limit: usize) -> SeenRuns {
-        SeenRuns {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            limit,
-        }
-    }
-
-    fn contains(&self, run: &str) -> bool {
-        self.set.contains(run)
-    }
-
-    fn forget(&mut self, run: &str) {
-        if self.set.remove(run) {
-            self.order.retain(|r| r != run);
-        }
-    }
-
-    fn insert(&mut self, run: &str) {
-        if self.set.insert(run.to_string()) {
-            self.order.push_back(run.to_string());
-            while self.order.len() > self.limit {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 struct Loop {
     ctx: Arc<RunContext>,
     capacity: usize,
@@ -341,43 +307,6 @@ impl Loop {
                 },
             }
         }
-    }
-
-    /// Before a fatal exit, stops every run (SIGTERM, SIGKILL after the stop grace) and
-    /// removes its container, waiting at most the grace plus [`CANCEL_SLACK`] (also for the
-    /// runs' last reports, which a backend that still answers can take); what is still
-    /// there then is removed by label, for at most [`SWEEP_LIMIT`]. Dropping the run tasks instead would leave their
-    /// containers running, with no timeout, until some later start reaps them.
-    async fn stop_runs_before_exit(&mut self, error: Error) -> Error {
-        self.exiting_on_error = true;
-        self.deferred.clear();
-        self.publish();
-        for stop in self.active.values() {
-            stop.send_replace(Some(StopRequest::Fatal));
-        }
-        let deadline = Instant::now() + self.ctx.settings.stop_grace + CANCEL_SLACK;
-        while !(self.active.is_empty() && self.outboxes.is_empty()) {
-            tokio::select! {
-                Some(ended) = self.runs.join_next_with_id() => self.on_run_end(ended),
-                Some(ended) = self.outboxes.join_next_with_id() => self.on_outbox_end(ended),
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        if !self.active.is_empty() {
-            tracing::error!(runs = ?self.active.keys().collect::<Vec<_>>(),
-                "runs not stopped in time; removing their containers");
-            self.runs.abort_all();
-        }
-        // Always: a run that ended may still have failed to remove its container.
-        let sweep =
-            crate::reaper::remove_launcher_containers(self.ctx.runtime.as_ref(), &self.ctx.ids);
-        if tokio::time::timeout(SWEEP_LIMIT, sweep).await.is_err() {
-            tracing::error!(
-                "the Docker daemon did not answer; the next start removes what is left"
-            );
-        }
-        self.prefetch.abort();
-        error
     }
 
     /// Whether the loop is done, and how.
@@ -655,19 +584,6 @@ impl Loop {
             Stage::Exiting => tracing::warn!(?signal, "exiting at once"),
         }
         self.publish();
-    }
-}
-
-/// The error, once; pending forever if there is no channel or its sender went away.
-async fn recv_opt(rx: &mut Option<oneshot::Receiver<Fatal>>) -> Option<Fatal> {
-    let got = match rx {
-        Some(r) => r.await.ok(),
-        None => None,
-    };
-    *rx = None;
-    match got {
-        Some(e) => Some(e),
-        None => std::future::pending().await,
     }
 }
 
