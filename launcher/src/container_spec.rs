@@ -133,7 +133,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn settings() -> Settings {
-        let mut s = Settings::for_tests(PathBuf::from("/data"));
+        let mut s = Settings::isolated(PathBuf::from("/data"));
         s.network = "bridge".into();
         s.runtime = Some("runsc".into());
         let pe = |name: &str, scope| PassedEnv {
