@@ -55,7 +55,7 @@ async fn debug_logging_never_prints_env_or_registry_credentials() {
         .await
         .expect("connect");
 
-    let mut settings = Settings::for_tests(PathBuf::from("/data"));
+    let mut settings = Settings::isolated(PathBuf::from("/data"));
     settings.passed_env = vec![PassedEnv {
         name: "AWS_SECRET_ACCESS_KEY".into(),
         value: PASSED_SECRET.into(),

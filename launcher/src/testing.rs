@@ -983,7 +983,7 @@ impl Harness {
     pub fn new() -> Harness {
         let world = World::new();
         Harness {
-            settings: Settings::for_tests(PathBuf::from("/data")),
+            settings: Settings::isolated(PathBuf::from("/data")),
             backend: Arc::new(MemBackend::new(world.clone())),
             runtime: Arc::new(MemRuntime::new(world.clone())),
             store: Arc::new(MemBinaryStore {

@@ -360,12 +360,12 @@ pub struct LauncherExpectation {
     pub error_contains: Option<String>,
 }
 
-/// Durations as humans write them: `500ms`, `2s`, `7m`, `1h 30m`.
+/// Go durations (`protocol::duration`): `500ms`, `2s`, `7m`, `1h30m`.
 pub mod duration {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.serialize_str(&protocol::duration::format_go_duration(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -373,7 +373,7 @@ pub mod duration {
     }
 
     pub(super) fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
-        humantime::parse_duration(text).map_err(|e| {
+        protocol::duration::parse_go_duration(text).map_err(|e| {
             E::custom(format!(
                 "invalid duration {text:?} ({e}); expected e.g. 500ms, 2s, 7m"
             ))

@@ -196,7 +196,7 @@ impl World {
         std::fs::create_dir_all(&self.launchers[name].data_dir)
             .map_err(|e| harness("launcher data dir", e))?;
         let env = self.launcher_env(name)?;
-        let config = match launcher::config::load(&env) {
+        let config = match launcher::config::load(&env).and_then(|c| c.prepare()) {
             Ok(c) => c,
             Err(e) => {
                 // The real binary exits 2 with this message before connecting.
