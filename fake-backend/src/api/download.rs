@@ -14,10 +14,10 @@ use bytes::Bytes;
 use protocol::api::error_codes;
 use serde_json::json;
 
-use super::{caller, parse_arch, Peer};
-use crate::core::{ApiError, Core};
+use super::{caller, parse_arch, ApiError, Peer};
 use crate::events::{kinds, NewEvent};
 use crate::faults::DownloadFault;
+use crate::rules::Core;
 
 enum RangeSpec {
     Full,

@@ -4,6 +4,7 @@
 
 mod body;
 mod download;
+mod error;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use body::ApiJson;
 pub use body::MAX_BODY;
+pub use error::ApiError;
 
-use crate::core::{ApiError, Core};
 use crate::events::{kinds, NewEvent};
+use crate::rules::Core;
 
 /// Who is calling: from the TLS session.
 #[derive(Debug, Clone)]
@@ -111,7 +113,9 @@ async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<protocol::api::RegisterResponse>, ApiError> {
     let c = caller(&core, &peer, paths::REGISTER)?;
-    core.register(&c.pool, req).map(Json)
+    core.register(&c.pool, req)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn claim(
@@ -121,7 +125,9 @@ async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<protocol::api::ClaimResponse>, ApiError> {
     let c = caller(&core, &peer, &paths::claim(&run))?;
-    core.claim(&c.pool, &run, &req.worker_ulid).map(Json)
+    core.claim(&c.pool, &run, &req.worker_ulid)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn lease(
@@ -131,7 +137,9 @@ async fn lease(
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<protocol::api::Lease>, ApiError> {
     let c = caller(&core, &peer, &paths::lease(&run))?;
-    core.renew(&c.pool, &run, &req.worker_ulid).map(Json)
+    core.renew(&c.pool, &run, &req.worker_ulid)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn transition(
@@ -141,7 +149,9 @@ async fn transition(
     ApiJson(req): ApiJson<TransitionRequest>,
 ) -> Result<Json<protocol::api::TransitionResponse>, ApiError> {
     let c = caller(&core, &peer, &paths::state(&run))?;
-    core.transition(&c.pool, &run, req).map(Json)
+    core.transition(&c.pool, &run, req)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn logs(
@@ -151,7 +161,9 @@ async fn logs(
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<Json<protocol::api::LogAck>, ApiError> {
     let c = caller(&core, &peer, &paths::logs(&run))?;
-    core.logs(&c.pool, &run, batch).map(Json)
+    core.logs(&c.pool, &run, batch)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 pub(crate) fn parse_arch(s: &str) -> Result<Arch, ApiError> {
