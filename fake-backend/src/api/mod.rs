@@ -55,16 +55,21 @@ fn caller(core: &Core, peer: &Peer, path: &str) -> Result<Caller, ApiError> {
         })
 }
 
+/// An axum route pattern from a protocol path function: `{run}` becomes a path parameter.
+fn run_route(path: fn(&str) -> String) -> String {
+    path("{run}")
+}
+
 pub(crate) fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route(paths::REGISTER, post(register))
-        .route("/v1/runs/{run}/claim", post(claim))
-        .route("/v1/runs/{run}/lease", post(lease))
-        .route("/v1/runs/{run}/state", post(transition))
-        .route("/v1/runs/{run}/logs", post(logs))
+        .route(&run_route(paths::claim), post(claim))
+        .route(&run_route(paths::lease), post(lease))
+        .route(&run_route(paths::state), post(transition))
+        .route(&run_route(paths::logs), post(logs))
         .route(paths::LATEST_BINARY, get(latest_binary))
         .route(
-            "/v1/worker-binaries/{version}/{arch}",
+            &format!("{}/{{version}}/{{arch}}", paths::BINARIES),
             get(download::download),
         )
         .fallback(not_found)
