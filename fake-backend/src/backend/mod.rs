@@ -224,7 +224,7 @@ impl FakeBackend {
         };
         set_endpoints(&core, &endpoints);
 
-        // Inbound: worker publishes (and wills) into the core.
+        // Inbound: worker publishes (and wills) into the rules.
         {
             let core = core.clone();
             let stop = shutdown.clone();

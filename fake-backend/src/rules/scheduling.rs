@@ -304,7 +304,7 @@ mod tests {
     }
 
     fn pool(core: &Core) -> String {
-        // No certificate needed for core tests: insert the pool directly.
+        // No certificate needed for rules tests: insert the pool directly.
         core.mutate(|tx| {
             let id = tx.new_id();
             tx.st.state.pools.insert(
