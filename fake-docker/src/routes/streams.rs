@@ -108,7 +108,7 @@ impl Framing {
         if self.tty {
             payload.freeze()
         } else {
-            crate::mux::frame(e.stream.fd(), &payload)
+            crate::stream_frames::frame(e.stream.fd(), &payload)
         }
     }
 }
