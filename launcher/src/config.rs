@@ -280,6 +280,9 @@ ENVIRONMENT
       launcher stops reading the run's output (Docker keeps it) until room frees.
   SPACELIFT_DOCKER_CONFIG_DIR
       Directory holding a Docker config.json (from docker login) with registry credentials.
+      As the docker CLI: credHelpers[registry], else credsStore, names a helper
+      docker-credential-<name> run from the launcher's PATH (30s limit, output never
+      logged); else the auths entry. A missing or failing helper fails the pull.
   SPACELIFT_WHITELIST_ENVS
       Comma list of launcher variables passed to runs. An entry ro_NAME (wo_NAME) is passed
       as NAME to read-only (write) runs only; its value is the launcher's variable ro_NAME
