@@ -150,18 +150,11 @@ pub async fn get(
             server: server.into(),
         });
     };
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| HelperError::Spawn {
-            program: program.clone(),
-            server: server.into(),
-            reason: e.kind().to_string(),
-        })?;
+    let mut child = spawn(&exe).await.map_err(|e| HelperError::Spawn {
+        program: program.clone(),
+        server: server.into(),
+        reason: e.kind().to_string(),
+    })?;
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -188,7 +181,7 @@ pub async fn get(
             });
         }
     };
-    let out = SecretString::from(String::from_utf8_lossy(&out).into_owned());
+    let out = SecretString::from(into_text(out));
     let status = status.map_err(|e| HelperError::Spawn {
         program: program.clone(),
         server: server.into(),
@@ -209,6 +202,40 @@ pub async fn get(
         });
     }
     parse_answer(&out, &program, server)
+}
+
+/// Starts `exe get`. "Text file busy" is retried a few times: the file is being replaced
+/// (a package upgrade), or another thread's fork still holds it open for writing for the
+/// instant before that child's exec (a helper script a test has just written).
+async fn spawn(exe: &Path) -> std::io::Result<tokio::process::Child> {
+    let mut attempt = 1;
+    loop {
+        let started = tokio::process::Command::new(exe)
+            .arg("get")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match started {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 5 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The helper's stdout as text, moved, not copied, when it is UTF-8 (JSON always is).
+fn into_text(out: Vec<u8>) -> String {
+    use secrecy::zeroize::Zeroize;
+    String::from_utf8(out).unwrap_or_else(|e| {
+        let mut bytes = e.into_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        bytes.zeroize();
+        text
+    })
 }
 
 fn parse_answer(
