@@ -45,6 +45,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::backoff::Backoff;
+pub use crate::cache_counters::{CacheCounters, CacheCountersSnapshot};
 use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, CachedBinary};
 
 mod file_check;
@@ -63,47 +64,6 @@ pub const MIN_PROGRESS_BYTES: u64 = 64 * 1024;
 /// The largest worker binary we accept (today's are about 50 MiB); a larger announced
 /// size is refused before any byte is written.
 pub const MAX_BINARY_SIZE: u64 = 4 << 30;
-
-/// Cache counters for metrics (monotonic).
-#[derive(Debug, Default)]
-pub struct CacheCounters {
-    /// `get`s served from disk.
-    pub hits: AtomicU64,
-    /// `get`s that needed a download (their own or a shared one).
-    pub misses: AtomicU64,
-    /// Downloads started (one per single-flight group).
-    pub downloads: AtomicU64,
-    /// Downloads or cached files that failed verification and were deleted.
-    pub corrupt: AtomicU64,
-    /// Bytes received from the backend.
-    pub bytes_downloaded: AtomicU64,
-    /// Cached binaries deleted by pruning.
-    pub pruned: AtomicU64,
-}
-
-/// A plain copy of [`CacheCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheCountersSnapshot {
-    pub hits: u64,
-    pub misses: u64,
-    pub downloads: u64,
-    pub corrupt: u64,
-    pub bytes_downloaded: u64,
-    pub pruned: u64,
-}
-
-impl CacheCounters {
-    pub fn snapshot(&self) -> CacheCountersSnapshot {
-        CacheCountersSnapshot {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            downloads: self.downloads.load(Ordering::Relaxed),
-            corrupt: self.corrupt.load(Ordering::Relaxed),
-            bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
-            pruned: self.pruned.load(Ordering::Relaxed),
-        }
-    }
-}
 
 type Flight = Shared<BoxFuture<'static, Result<CachedBinary, BinaryError>>>;
 

@@ -17,8 +17,10 @@ pub mod app;
 pub mod backend;
 pub mod backoff;
 pub mod binaries;
+pub mod cache_counters;
 pub mod config;
 pub mod container_spec;
+pub mod cred_helper;
 pub mod credentials;
 pub mod data_dir;
 pub mod docker;
@@ -31,12 +33,14 @@ pub mod metrics;
 pub mod outbox;
 pub mod ports;
 pub mod reaper;
+pub mod registry_auth;
 pub mod run;
 pub mod secret;
 pub mod settings;
 pub mod supervisor;
 pub mod tls;
 
+mod clock;
 #[cfg(test)]
 mod testing;
 

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::binaries::{CacheCounters, CacheCountersSnapshot};
+use crate::cache_counters::{CacheCounters, CacheCountersSnapshot};
 use crate::lifecycle::Error;
 use crate::ports::WorkerStatus;
 

@@ -36,10 +36,10 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::backend::https::find_rustls_error;
 use crate::backoff::Backoff;
 use crate::config::LauncherConfig;
 use crate::ports::{BackendEvent, WorkerStatus};
+use crate::tls::find_rustls_error;
 
 /// Why the MQTT session cannot (or can no longer) work. Retrying cannot help.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::clock::sleep_until_opt;
 use crate::container_spec::{self, Ids};
 use crate::init_policy::{Decision, InitPolicy, PolicyInput};
 use crate::masking::Masker;
@@ -899,13 +900,6 @@ async fn lease_lost(lost: &mut watch::Receiver<Option<String>>) -> String {
     match got {
         Ok(Some(m)) => m,
         _ => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
+use crate::clock::sleep_until_opt;
 use crate::container_spec::Ids;
 use crate::lifecycle::{Error, ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
@@ -652,13 +653,6 @@ async fn recv_opt(rx: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
     *rx = None;
     match got {
         Some(e) => Some(e),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
