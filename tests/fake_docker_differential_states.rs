@@ -45,6 +45,7 @@ const MUTATING: &[(&str, &str, &str, &str)] = &[
     ("rm_force", "DELETE", "?force=1", ""),
     ("rm_force_v", "DELETE", "?force=true&v=true", ""),
     ("rm_link", "DELETE", "?link=1", ""),
+    ("rm_force_word", "DELETE", "?force=maybe", ""),
 ];
 
 /// Read-only (or refused before any change) operations, on one container per state.
@@ -55,6 +56,9 @@ const READING: &[(&str, &str, &str, &str)] = &[
     ("kill_bogus", "POST", "/kill?signal=BOGUS", ""),
     ("kill_zero", "POST", "/kill?signal=0", ""),
     ("kill_65", "POST", "/kill?signal=65", ""),
+    ("kill_32", "POST", "/kill?signal=32", ""),
+    ("kill_rtmin", "POST", "/kill?signal=SIGRTMIN%2B3", "running"),
+    ("stop_huge_t", "POST", "/stop?t=99999999999999999999", ""),
     ("wait", "POST", "/wait", "running"),
     ("wait_bogus", "POST", "/wait?condition=bogus", "running"),
     ("logs", "GET", "/logs?stdout=1&stderr=1", ""),
