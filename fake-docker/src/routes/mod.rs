@@ -5,6 +5,7 @@
 //! without `/vX.YY`, and attach needs the raw hyper request for its 101 upgrade.
 
 mod containers;
+mod decode;
 mod images;
 mod networks;
 mod streams;
@@ -156,13 +157,7 @@ impl Ctx {
 
 /// Parses a JSON body the way dockerd reports failures (20.10: 500; later: 400 "invalid JSON").
 pub fn parse_json(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| {
-        if ctx.legacy() {
-            ApiError::internal(e.to_string())
-        } else {
-            ApiError::bad_request(format!("invalid JSON: {e}"))
-        }
-    })
+    decode::first_value(body).map_err(|m| decode::decode_error(ctx, m))
 }
 
 fn add_headers(daemon: &Daemon, r: &mut Reply) {
