@@ -319,25 +319,17 @@ enum FaultCmd {
     },
 }
 
-/// `500ms`, `30s`, `5m`, or bare seconds.
+/// A Go duration (`500ms`, `30s`, `5m`, `1h30m`: `protocol::duration`), or bare seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (s, 1000)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m)"))?;
-    Ok(Duration::from_millis(n * mult_ms))
+    let not_a_duration = || format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m)");
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| not_a_duration());
+    }
+    protocol::duration::parse_go_duration(s).map_err(|_| not_a_duration())
 }
 
 fn print_credentials(c: &PoolCredentials, json_out: bool) -> Result<()> {

@@ -12,50 +12,41 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use fuzz_support::{key_text, token_text};
-use launcher::config::{load_with, parse_go_duration, vars, ConfigError, MapEnv, Overrides};
+use launcher::config::vars::{self, Kind};
+use launcher::config::{load_with, ConfigError, MapEnv, Overrides};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use protocol::duration::parse_go_duration;
 
-/// Variables the fuzzer sets. Not `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY` (a file
-/// path: the policy file has its own parser and tests).
-const VARS: &[&str] = &[
-    vars::MASK_ENVS,
-    vars::SENSITIVE_OUTPUT_UPLOAD,
-    vars::DEBUG,
-    vars::RUN_LOGS_ON_STDOUT,
-    vars::LOGS_TIMEOUT,
-    vars::RUN_TIMEOUT,
-    vars::DOCKER_CONFIG_DIR,
-    vars::WHITELIST_ENVS,
-    vars::EXTRA_MOUNTS,
-    vars::RO_EXTRA_MOUNTS,
-    vars::WO_EXTRA_MOUNTS,
-    vars::NETWORK,
-    vars::RUNTIME,
-    vars::DEFAULT_RUNNER_IMAGE,
-    vars::DEFAULT_ANSIBLE_RUNNER_IMAGE,
-    vars::DOCKER_HOST,
-    vars::ADDITIONAL_ROOT_CAS,
-    vars::CAPACITY,
-    vars::STOP_GRACE,
-    vars::DATA_DIR,
-    vars::BINARY_CACHE_KEEP,
-    vars::SEED,
-    vars::METRICS_ADDR,
-    vars::LOG_FORMAT,
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    // Candidates for the whitelist and the mask list.
-    "SECRET_A",
-    "SECRET_B",
-    "ro_SECRET_A",
-    "wo_SECRET_B",
-    "PLAIN",
-];
+/// Variables the fuzzer sets: the table's (`vars::ALL`), but the credentials, the
+/// families (set through `Extra`) and `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY` (a
+/// file `prepare` reads: the policy file has its own parser and tests); plus the proxies'
+/// lower-case spellings and candidates for the whitelist and the mask list.
+fn fuzzed_vars() -> &'static [String] {
+    static VARS: OnceLock<Vec<String>> = OnceLock::new();
+    VARS.get_or_init(|| {
+        let mut names: Vec<String> = vars::ALL
+            .iter()
+            .filter(|v| !matches!(v.kind, Kind::Credential | Kind::Family))
+            .filter(|v| v.name != vars::RUN_INITIALIZATION_POLICY.name)
+            .map(|v| v.name.to_string())
+            .collect();
+        for v in [vars::HTTP_PROXY, vars::HTTPS_PROXY, vars::NO_PROXY] {
+            names.push(v.name.to_ascii_lowercase());
+        }
+        names.extend(
+            [
+                "SECRET_A",
+                "SECRET_B",
+                "ro_SECRET_A",
+                "wo_SECRET_B",
+                "PLAIN",
+            ]
+            .map(String::from),
+        );
+        names
+    })
+}
 
 /// Variables whose values are secrets when they are whitelisted and masked.
 const SECRETS: &[&str] = &["SECRET_A", "SECRET_B", "ro_SECRET_A", "wo_SECRET_B"];
@@ -81,7 +72,10 @@ fn public_text() -> &'static str {
     static PUBLIC: OnceLock<String> = OnceLock::new();
     PUBLIC.get_or_init(|| {
         let (token, key) = credentials();
-        let env = MapEnv::new([(vars::TOKEN, token.as_str()), (vars::POOL_PRIVATE_KEY, key)]);
+        let env = MapEnv::new([
+            (vars::TOKEN.name, token.as_str()),
+            (vars::POOL_PRIVATE_KEY.name, key),
+        ]);
         let cfg = load_with(&env, &Overrides::default()).expect("the credentials load");
         format!("{cfg:?}")
     })
@@ -115,15 +109,22 @@ fuzz_target!(|input: Input| {
     );
 
     let (token, key) = credentials();
-    let mut env = MapEnv::new([(vars::TOKEN, token.as_str()), (vars::POOL_PRIVATE_KEY, key)]);
+    let mut env = MapEnv::new([
+        (vars::TOKEN.name, token.as_str()),
+        (vars::POOL_PRIVATE_KEY.name, key),
+    ]);
     for (i, value) in &input.values {
-        env.set(VARS[usize::from(*i) % VARS.len()], value.as_str());
+        let names = fuzzed_vars();
+        env.set(
+            names[usize::from(*i) % names.len()].as_str(),
+            value.as_str(),
+        );
     }
     for extra in &input.extras {
         let (prefix, suffix, value) = match extra {
-            Extra::Metadata(k, v) => (vars::METADATA_PREFIX, k, v),
-            Extra::VcsName(n, v) => (vars::PRIVATEVCS_NAME_PREFIX, n, v),
-            Extra::VcsEndpoint(n, v) => (vars::PRIVATEVCS_ENDPOINT_PREFIX, n, v),
+            Extra::Metadata(k, v) => (vars::METADATA.name, k, v),
+            Extra::VcsName(n, v) => (vars::PRIVATEVCS_NAME.name, n, v),
+            Extra::VcsEndpoint(n, v) => (vars::PRIVATEVCS_ENDPOINT.name, n, v),
         };
         env.set(format!("{prefix}{suffix}"), value.as_str());
     }
@@ -136,7 +137,7 @@ fuzz_target!(|input: Input| {
     // (whose own error may rightly quote it).
     let masked: Vec<String> = env
         .0
-        .get(vars::MASK_ENVS)
+        .get(vars::MASK_ENVS.name)
         .map(|l| l.split(',').map(|n| n.trim().to_string()).collect())
         .unwrap_or_default();
     let mut secrets: Vec<String> = Vec::new();
@@ -152,7 +153,7 @@ fuzz_target!(|input: Input| {
         }
         if name.eq_ignore_ascii_case("http_proxy")
             || name.eq_ignore_ascii_case("https_proxy")
-            || name.starts_with(vars::PRIVATEVCS_ENDPOINT_PREFIX)
+            || name.starts_with(vars::PRIVATEVCS_ENDPOINT.name)
         {
             secrets.extend(url_credentials(value));
             sources.push(name);
@@ -180,7 +181,12 @@ fuzz_target!(|input: Input| {
             let s = &cfg.settings;
             assert!(s.capacity >= 1);
             assert!(s.binary_cache_keep >= 1);
-            for d in [s.logs_timeout, s.run_timeout, s.stop_grace] {
+            for d in [
+                s.logs_timeout,
+                s.run_timeout,
+                s.prepare_timeout,
+                s.stop_grace,
+            ] {
                 assert!(d > Duration::ZERO);
             }
             for m in &s.extra_mounts {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use protocol::api::RunSpec;
 
-use crate::config::vars::{PRIVATEVCS_ENDPOINT_PREFIX, PRIVATEVCS_NAME_PREFIX};
 use crate::ports::{CachedBinary, ContainerSpec};
 use crate::secret::ExposeSecret;
 use crate::settings::{MountScope, Settings};
@@ -13,6 +12,12 @@ use crate::settings::{MountScope, Settings};
 /// Where the worker binary appears inside the container; it is PID 1.
 pub const WORKER_BINARY_PATH: &str = "/opt/spacelift/binaries/spacelift-worker";
 pub const WORKSPACE: &str = "/mnt/workspace";
+
+/// `SPACELIFT_PRIVATEVCS_MAPPING_NAME_<n>`: the worker's variable for a VCS-agent pool
+/// name, spelled as the launcher's own (config reads the launcher's under these names).
+pub const PRIVATEVCS_NAME_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_NAME_";
+/// `SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_<n>`: the URL that pool's VCS is reached at.
+pub const PRIVATEVCS_ENDPOINT_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_";
 
 /// Run env under this prefix is dropped: only the operator configures private-VCS
 /// mappings, so a stack cannot add an index beyond theirs and steer the worker's VCS
@@ -128,7 +133,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn settings() -> Settings {
-        let mut s = Settings::for_tests(PathBuf::from("/data"));
+        let mut s = Settings::isolated(PathBuf::from("/data"));
         s.network = "bridge".into();
         s.runtime = Some("runsc".into());
         let pe = |name: &str, scope| PassedEnv {

@@ -86,7 +86,7 @@ impl DataDirLock {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
         let path = dir.join(LOCK_FILE);
         let in_use = || DataDirError::InUse {
-            var: vars::DATA_DIR,
+            var: vars::DATA_DIR.name,
             dir: dir.display().to_string(),
             holder: holder(&path),
         };

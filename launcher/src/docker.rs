@@ -11,8 +11,9 @@
 //! prove both paths against a stub daemon on a unix socket.
 //!
 //! Registry credentials: the core may pass them to `pull_image`; when it passes `None` and
-//! the runtime knows `SPACELIFT_DOCKER_CONFIG_DIR`, the entry of that dir's `config.json`
-//! matching the image's registry is used ([`crate::registry_auth`]).
+//! the runtime knows `SPACELIFT_DOCKER_CONFIG_DIR`, that dir's `config.json` gives them for
+//! the image's registry: from its credential helper (`credHelpers`, `credsStore`) or its
+//! `auths` entry ([`crate::registry_auth`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use futures_util::{Stream, StreamExt};
 use protocol::api::LogStream;
 use protocol::Arch;
 
+use crate::cred_helper::HelperPath;
 use crate::ports::{
     ContainerRuntime, ContainerSpec, ContainerSummary, ExitStatus, ImageInfo, OutputLine,
     OutputStream, RegistryAuth, RuntimeError,
@@ -63,6 +65,7 @@ pub struct BollardRuntime {
     host: String,
     api_version: String,
     docker_config_dir: Option<PathBuf>,
+    cred_helpers: HelperPath,
 }
 
 impl BollardRuntime {
@@ -117,12 +120,19 @@ impl BollardRuntime {
             host,
             api_version,
             docker_config_dir: None,
+            cred_helpers: HelperPath::default(),
         })
     }
 
     /// Registry credentials for pulls that come without any (`SPACELIFT_DOCKER_CONFIG_DIR`).
     pub fn with_docker_config_dir(mut self, dir: Option<PathBuf>) -> BollardRuntime {
         self.docker_config_dir = dir;
+        self
+    }
+
+    /// Where `credsStore`/`credHelpers` helpers are found (default: the launcher's `PATH`).
+    pub fn with_credential_helpers(mut self, helpers: HelperPath) -> BollardRuntime {
+        self.cred_helpers = helpers;
         self
     }
 
@@ -230,7 +240,9 @@ impl ContainerRuntime for BollardRuntime {
         let auth = match auth {
             Some(a) => Some(a),
             None => match &self.docker_config_dir {
-                Some(dir) => crate::registry_auth::registry_auth_for(dir, image)?,
+                Some(dir) => {
+                    crate::registry_auth::registry_auth_for(dir, image, &self.cred_helpers).await?
+                }
                 None => None,
             },
         };
@@ -972,6 +984,58 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
         assert_eq!(v["username"], "bob");
         assert_eq!(v["password"], "s3cret");
+    }
+
+    /// The credentials a `credHelpers` helper answers reach the daemon in X-Registry-Auth;
+    /// a missing helper fails the pull, naming it, before the daemon is asked.
+    #[tokio::test]
+    async fn pull_uses_credential_helper_credentials() {
+        let (stub, rt) = runtime().await;
+        let helpers = tempfile::tempdir().unwrap();
+        crate::cred_helper::write_test_helper(
+            helpers.path(),
+            "acme",
+            r#"[ "$(cat)" = registry.example.com ] || exit 3
+echo '{"ServerURL":"registry.example.com","Username":"robot","Secret":"helper-s3cret"}'"#,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credHelpers":{"registry.example.com":"acme","ghcr.io":"absent"}}"#,
+        )
+        .unwrap();
+        let rt = rt
+            .with_docker_config_dir(Some(dir.path().to_path_buf()))
+            .with_credential_helpers(HelperPath::dirs(helpers.path()));
+        rt.pull_image("registry.example.com/team/app:1", "linux/amd64", None)
+            .await
+            .unwrap();
+        let header = stub.seen().into_iter().find_map(|s| s.auth_header).unwrap();
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(v["username"], "robot");
+        assert_eq!(v["password"], "helper-s3cret");
+        assert_eq!(v["serveraddress"], "registry.example.com");
+
+        let pulls = || {
+            stub.seen()
+                .iter()
+                .filter(|s| s.uri.contains("/images/create"))
+                .count()
+        };
+        let before = pulls();
+        let e = rt
+            .pull_image("ghcr.io/o/i:1", "linux/amd64", None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("docker-credential-absent not found on PATH (needed for ghcr.io)"),
+            "{e}"
+        );
+        assert_eq!(pulls(), before);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod binaries;
 pub mod cache_counters;
 pub mod config;
 pub mod container_spec;
+pub mod cred_helper;
 pub mod credentials;
 pub mod data_dir;
 pub mod docker;

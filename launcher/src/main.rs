@@ -32,7 +32,8 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         capacity: cli.capacity,
     };
-    let config = match config::load_with(&ProcessEnv, &overrides) {
+    // Validate everything, then act (read the policy file); both exit 2 before connecting.
+    let config = match config::load_with(&ProcessEnv, &overrides).and_then(|c| c.prepare()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("spacelift-launcher: configuration error: {e}");

@@ -1,5 +1,5 @@
 //! Registry credentials from a Docker `config.json` (`SPACELIFT_DOCKER_CONFIG_DIR`): which
-//! entry goes with an image's registry. Apart from `docker` because it reads a file and
+//! entry, or which credential helper, goes with an image's registry. Apart from `docker` because it reads a file and
 //! decodes secrets, and needs no daemon.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::path::Path;
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::cred_helper::{self, HelperPath, DOCKER_HUB_SERVER};
 use crate::ports::{RegistryAuth, RuntimeError};
 use crate::secret::SecretString;
 
@@ -43,6 +44,12 @@ fn normalize_registry(server: &str) -> String {
 struct DockerConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuthEntry>,
+    /// The helper for every registry without a `credHelpers` entry.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    /// Registry -> helper name (`docker-credential-<name>`).
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -57,12 +64,64 @@ struct DockerAuthEntry {
     identitytoken: Option<String>,
 }
 
-/// The credentials in `<dir>/config.json` for `image`'s registry: `auths[server].auth`
-/// (base64 `user:password`), `username`/`password`, or `identitytoken`. Server keys match
-/// by host (`https://index.docker.io/v1/`, `docker.io` and friends are one registry).
-/// A missing file or entry is `Ok(None)`; an unreadable or malformed file is an error
-/// (it never quotes the file's contents).
-pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
+/// The server address the docker CLI looks a registry up by, in `credHelpers` and when
+/// asking a helper: `https://index.docker.io/v1/` for Docker Hub, else the bare host.
+fn cli_server_address(host: &str) -> String {
+    if host == "docker.io" {
+        DOCKER_HUB_SERVER.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// The helper that holds `host`'s credentials, as the docker CLI picks it:
+/// `credHelpers[<registry>]`, else `credsStore`, else none (`auths`). The CLI's key is
+/// literal (`cli_server_address`); we also take a key naming the same host in another
+/// spelling (`docker.io`, `https://ghcr.io`), as `auths` keys match, so every entry the
+/// CLI honours we honour too. An empty `credHelpers` value means `auths`, as in the CLI.
+fn helper_for<'c>(config: &'c DockerConfigFile, host: &str) -> Option<&'c str> {
+    let literal = cli_server_address(host);
+    let entry = config.cred_helpers.get(&literal).or_else(|| {
+        config
+            .cred_helpers
+            .iter()
+            .find(|(key, _)| normalize_registry(key) == host)
+            .map(|(_, name)| name)
+    });
+    match entry {
+        Some(name) => Some(name.as_str()).filter(|n| !n.is_empty()),
+        None => config.creds_store.as_deref().filter(|n| !n.is_empty()),
+    }
+}
+
+/// The credentials for `image`'s registry from `<dir>/config.json`: through its credential
+/// helper when `credHelpers` or `credsStore` names one ([`crate::cred_helper`], looked up
+/// in `helpers`), else `auths[server].auth` (base64 `user:password`), `username`/`password`,
+/// or `identitytoken`. `auths` keys match by host (`https://index.docker.io/v1/`,
+/// `docker.io` and friends are one registry). A missing file or entry, or a helper with
+/// nothing for the registry, is `Ok(None)` (an anonymous pull). An unreadable or
+/// malformed file, or a missing, failing or hung helper, is an error naming what failed;
+/// it never quotes the file's contents nor the helper's output.
+pub async fn registry_auth_for(
+    dir: &Path,
+    image: &str,
+    helpers: &HelperPath,
+) -> Result<Option<RegistryAuth>, RuntimeError> {
+    let Some(config) = read_config(dir)? else {
+        return Ok(None);
+    };
+    let Some(want) = registry_host(image) else {
+        return Ok(None);
+    };
+    match helper_for(&config, &want) {
+        Some(name) => cred_helper::get(name, &cli_server_address(&want), helpers)
+            .await
+            .map_err(|e| RuntimeError::Api(format!("SPACELIFT_DOCKER_CONFIG_DIR: {e}"))),
+        None => from_auths(&config, &want),
+    }
+}
+
+fn read_config(dir: &Path) -> Result<Option<DockerConfigFile>, RuntimeError> {
     let path = dir.join("config.json");
     let text = match std::fs::read(&path) {
         Ok(t) => t,
@@ -74,17 +133,17 @@ pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>
             )))
         }
     };
-    let config: DockerConfigFile = serde_json::from_slice(&text).map_err(|e| {
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
         RuntimeError::Api(format!(
             "SPACELIFT_DOCKER_CONFIG_DIR: {} is not a Docker config.json (line {} column {})",
             path.display(),
             e.line(),
             e.column()
         ))
-    })?;
-    let Some(want) = registry_host(image) else {
-        return Ok(None);
-    };
+    })
+}
+
+fn from_auths(config: &DockerConfigFile, want: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
     let Some((server, entry)) = config
         .auths
         .iter()
@@ -198,10 +257,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn docker_config_json_entries() {
+    /// `auths` only: no helper on the (empty) helper path is ever asked.
+    #[tokio::test]
+    async fn docker_config_json_entries() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(registry_auth_for(dir.path(), "alpine").unwrap(), None);
+        let no_helpers = HelperPath::dirs(dir.path());
+        let auth_for = |image: &'static str| {
+            let dir = dir.path().to_path_buf();
+            let no_helpers = no_helpers.clone();
+            async move { registry_auth_for(&dir, image, &no_helpers).await }
+        };
+        assert_eq!(auth_for("alpine").await.unwrap(), None);
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         std::fs::write(
             dir.path().join("config.json"),
@@ -211,20 +277,21 @@ mod tests {
                     "registry.example.com:5000":{{"identitytoken":"tok"}},
                     "https://ghcr.io":{{"username":"u","password":"p"}},
                     "broken.example":{{"auth":"{}"}}
-                }},"credsStore":"desktop"}}"#,
+                }}}}"#,
                 b64("alice:pw:with:colons"),
                 b64("nocolon")
             ),
         )
         .unwrap();
-        let hub = registry_auth_for(dir.path(), "alpine:3").unwrap().unwrap();
+        let hub = auth_for("alpine:3").await.unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("alice"));
         assert_eq!(
             hub.password.as_ref().map(|p| p.expose_secret()),
             Some("pw:with:colons")
         );
         assert_eq!(hub.server.as_deref(), Some("https://index.docker.io/v1/"));
-        let r = registry_auth_for(dir.path(), "registry.example.com:5000/team/img")
+        let r = auth_for("registry.example.com:5000/team/img")
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -232,9 +299,7 @@ mod tests {
             Some("tok")
         );
         assert_eq!(r.username, None);
-        let g = registry_auth_for(dir.path(), "ghcr.io/o/i")
-            .unwrap()
-            .unwrap();
+        let g = auth_for("ghcr.io/o/i").await.unwrap().unwrap();
         assert_eq!(
             (
                 g.username.as_deref(),
@@ -242,13 +307,117 @@ mod tests {
             ),
             (Some("u"), Some("p"))
         );
-        assert_eq!(registry_auth_for(dir.path(), "quay.io/x/y").unwrap(), None);
-        let e = registry_auth_for(dir.path(), "broken.example/x").unwrap_err();
+        assert_eq!(auth_for("quay.io/x/y").await.unwrap(), None);
+        let e = auth_for("broken.example/x").await.unwrap_err();
         assert!(
             e.to_string().contains("is not base64 of user:password"),
             "{e}"
         );
         std::fs::write(dir.path().join("config.json"), "{ nope").unwrap();
-        assert!(registry_auth_for(dir.path(), "alpine").is_err());
+        assert!(auth_for("alpine").await.is_err());
+    }
+
+    /// Helpers from `credHelpers` and `credsStore`, chosen as the docker CLI does.
+    #[tokio::test]
+    async fn cred_helpers_then_creds_store_then_auths() {
+        let helpers = tempfile::tempdir().unwrap();
+        // Each helper names itself and the server address it was given on stdin.
+        for name in ["ecr", "gh", "store"] {
+            crate::cred_helper::write_test_helper(
+                helpers.path(),
+                name,
+                &format!(
+                    r#"server=$(cat); printf '{{"Username":"{name}|%s","Secret":"pw-{name}"}}' "$server""#
+                ),
+            );
+        }
+        let path = HelperPath::dirs(helpers.path());
+        let dir = tempfile::tempdir().unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(
+                r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}},"quay.io":{{"auth":"{}"}}}},
+                    "credsStore":"store",
+                    "credHelpers":{{
+                        "123.dkr.ecr.eu-west-1.amazonaws.com":"ecr",
+                        "https://ghcr.io":"gh",
+                        "quay.io":""
+                    }}}}"#,
+                b64("file:ghcr"),
+                b64("file:quay")
+            ),
+        )
+        .unwrap();
+        let who = |image: &'static str| {
+            let dir = dir.path().to_path_buf();
+            let path = path.clone();
+            async move {
+                let a = registry_auth_for(&dir, image, &path)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (
+                    a.username.unwrap(),
+                    a.password.unwrap().expose_secret().to_string(),
+                    a.server.unwrap(),
+                )
+            }
+        };
+        let ecr = "123.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(
+            who("123.dkr.ecr.eu-west-1.amazonaws.com/team/app:1").await,
+            (format!("ecr|{ecr}"), "pw-ecr".into(), ecr.into())
+        );
+        // credHelpers wins over auths; its key matches by host like auths keys.
+        assert_eq!(
+            who("ghcr.io/o/i").await,
+            ("gh|ghcr.io".into(), "pw-gh".into(), "ghcr.io".into())
+        );
+        // An empty credHelpers entry means auths, as in the docker CLI.
+        assert_eq!(
+            who("quay.io/o/i").await,
+            ("file".into(), "quay".into(), "quay.io".into())
+        );
+        // Everything else goes to credsStore; Docker Hub by the CLI's server address.
+        assert_eq!(
+            who("alpine:3").await,
+            (
+                "store|https://index.docker.io/v1/".into(),
+                "pw-store".into(),
+                "https://index.docker.io/v1/".into()
+            )
+        );
+        assert_eq!(
+            who("registry.example.com:5000/x").await,
+            (
+                "store|registry.example.com:5000".into(),
+                "pw-store".into(),
+                "registry.example.com:5000".into()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_helper_fails_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credHelpers":{"1.dkr.ecr.us-east-1.amazonaws.com":"ecr-login"}}"#,
+        )
+        .unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let e = registry_auth_for(
+            dir.path(),
+            "1.dkr.ecr.us-east-1.amazonaws.com/app",
+            &HelperPath::dirs(empty.path()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "docker: SPACELIFT_DOCKER_CONFIG_DIR: docker-credential-ecr-login not found on \
+             PATH (needed for 1.dkr.ecr.us-east-1.amazonaws.com)"
+        );
     }
 }

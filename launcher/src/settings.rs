@@ -100,8 +100,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for tests and simulations: no mounts, no passed env, documented timeouts.
-    pub fn for_tests(data_dir: PathBuf) -> Settings {
+    /// The documented defaults (timeouts, sizes, images), except that run containers get
+    /// no network (`none`) and the RNG seed is 0; no mounts, passed env, policy or
+    /// metadata. What tests and simulations start from.
+    pub fn isolated(data_dir: PathBuf) -> Settings {
         Settings {
             capacity: 1,
             default_runner_image: crate::DEFAULT_RUNNER_IMAGE.to_string(),
@@ -135,7 +137,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secret_values() {
-        let mut s = Settings::for_tests(PathBuf::from("/data"));
+        let mut s = Settings::isolated(PathBuf::from("/data"));
         s.passed_env = vec![PassedEnv {
             name: "AWS_SECRET_ACCESS_KEY".into(),
             value: "passed-s3cret-value".into(),

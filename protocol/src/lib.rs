@@ -10,9 +10,11 @@
 //! - [`api`]: HTTPS request and response bodies and their paths.
 //! - [`run_state`]: the run state machine.
 //! - [`arch`]: CPU architectures as Docker and the backend name them.
+//! - [`duration`]: Go durations (`1h30m`), the one duration syntax of the suite.
 
 pub mod api;
 pub mod arch;
+pub mod duration;
 pub mod error;
 pub mod messages;
 pub mod run_state;

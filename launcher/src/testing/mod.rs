@@ -130,7 +130,7 @@ impl Harness {
     pub fn new() -> Harness {
         let changes = ChangeCounter::new();
         Harness {
-            settings: Settings::for_tests(PathBuf::from("/data")),
+            settings: Settings::isolated(PathBuf::from("/data")),
             backend: Arc::new(MemBackend::new(changes.clone())),
             runtime: Arc::new(MemRuntime::new(changes.clone())),
             store: Arc::new(MemBinaryStore {
