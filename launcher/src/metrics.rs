@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cache_counters::{CacheCounters, CacheCountersSnapshot};
-use crate::lifecycle::Error;
+use crate::error::Error;
 use crate::ports::WorkerStatus;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
