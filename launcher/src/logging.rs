@@ -6,8 +6,8 @@
 //! filter is the same in every format.
 //!
 //! `SPACELIFT_LAUNCHER_LOG_FORMAT`: `auto` (default) is text on a terminal and JSON lines
-//! otherwise (a file, a pipe, journald: what a log shipper reads); colour only on a
-//! terminal. In every format `warn` and `error` go to standard error and `info`, `debug`
+//! otherwise (a file, a pipe, journald: what a log shipper reads); colour only when both
+//! streams are terminals. In every format `warn` and `error` go to standard error and `info`, `debug`
 //! to standard output, so a unit that splits the streams (Spacelift's send them to
 //! `error.log` and `info.log`) gets the problems apart.
 
