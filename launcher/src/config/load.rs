@@ -134,16 +134,12 @@ pub fn load_with(
 
     let log_format = {
         let s = r.text(&vars::LOG_FORMAT);
-        match s.to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                return Err(invalid(
-                    vars::LOG_FORMAT.name,
-                    format!("expected text or json, got {s:?}"),
-                ))
-            }
-        }
+        LogFormat::parse(&s).ok_or_else(|| {
+            invalid(
+                vars::LOG_FORMAT.name,
+                format!("expected auto, text or json, got {s:?}"),
+            )
+        })?
     };
 
     let no_proxy = vars::NO_PROXY.name;
@@ -212,7 +208,7 @@ mod tests {
         assert_eq!(s.binary_cache_keep, 3);
         assert_eq!(s.metrics_addr, None);
         assert_eq!(c.docker_host, None);
-        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_format, LogFormat::Auto);
         assert_eq!(c.proxy, ProxyConfig::default());
         assert!(c.additional_root_cas.is_empty());
         assert!(!c.sensitive_output_upload);
@@ -356,7 +352,7 @@ mod tests {
             .starts_with("SPACELIFT_LAUNCHER_METRICS_ADDR: expected host:port"));
         assert_eq!(
             err(&[(vars::LOG_FORMAT.name, "xml")]),
-            "SPACELIFT_LAUNCHER_LOG_FORMAT: expected text or json, got \"xml\""
+            "SPACELIFT_LAUNCHER_LOG_FORMAT: expected auto, text or json, got \"xml\""
         );
         assert_eq!(
             err(&[(vars::DATA_DIR.name, "relative/dir")]),

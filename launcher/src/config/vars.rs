@@ -308,10 +308,13 @@ pub const METRICS_ADDR: Var = var(
 );
 pub const LOG_FORMAT: Var = var(
     "SPACELIFT_LAUNCHER_LOG_FORMAT",
-    Value("text"),
+    Value("auto"),
     Choice,
-    "text or json (one object a line), on standard error. Text is coloured only when\n\
-     standard error is a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.",
+    "auto, text or json. auto: text when standard error is a terminal, JSON lines\n\
+     otherwise. JSON lines: ts (RFC 3339 UTC), level (debug, info, warn, error), msg,\n\
+     caller (file:line), then the event's own fields (run_ulid, ...). In every format\n\
+     warn and error go to standard error, info and debug to standard output. Text is\n\
+     coloured only on a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.",
 );
 
 /// Every variable, in `--help` order.
