@@ -24,6 +24,7 @@ pub mod data_dir;
 pub mod docker;
 pub mod image_ref;
 pub mod init_policy;
+pub mod interruption;
 pub mod lifecycle;
 pub mod logging;
 pub mod masking;

@@ -340,6 +340,7 @@ mod tests {
             state: WorkerState::Idle,
             runs: vec![],
             capacity: 1,
+            interruption: None,
         });
         let topic = topics::writeonly("spacelift", pool, worker);
         core.on_worker_message(pool.to_string(), worker.to_string(), &topic, hb);

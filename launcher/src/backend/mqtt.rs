@@ -431,6 +431,7 @@ impl Driver {
             state: status.state,
             runs: status.runs,
             capacity: status.capacity,
+            interruption: status.interruption,
         });
         match self
             .client
@@ -454,6 +455,10 @@ impl Driver {
 
     /// `Gone { crashed: false }`, its PUBACK (bounded wait), then DISCONNECT.
     async fn graceful(&mut self) {
+        // The last status (drained, an interruption notice) may not have gone out yet.
+        if self.status_alive && self.status.has_changed().unwrap_or(false) {
+            self.publish_heartbeat();
+        }
         let gone = WorkerMessage::Gone {
             worker_ulid: self.worker_ulid.clone(),
             crashed: false,
@@ -756,6 +761,7 @@ mod tests {
             state,
             runs: runs.iter().map(|s| s.to_string()).collect(),
             capacity: 2,
+            interruption: None,
         }
     }
 
@@ -874,6 +880,7 @@ mod tests {
             state: WorkerState::Idle,
             runs: vec![],
             capacity: 0,
+            interruption: None,
         });
         obs.client
             .publish(

@@ -30,6 +30,7 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
 use crate::container_spec::Ids;
+use crate::interruption::Notice;
 use crate::lifecycle::{Error, ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
@@ -38,6 +39,7 @@ use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerS
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
+mod interruption;
 mod prefetch;
 use prefetch::Prefetcher;
 
@@ -53,6 +55,9 @@ pub const SEEN_RUNS: usize = 16_384;
 pub const CANCEL_SLACK: Duration = Duration::from_secs(30);
 /// After that wait: how long to try removing what is still there.
 pub(crate) const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+/// After an interruption notice, runs still going this much (plus the stop grace) before
+/// the deadline are stopped: time for the stop, the last report and the removal.
+pub const INTERRUPTION_SLACK: Duration = Duration::from_secs(10);
 
 /// The adapters the core talks to.
 #[derive(Clone)]
@@ -73,6 +78,7 @@ pub struct Supervisor {
     metrics: Metrics,
     stdout: Option<StdoutLogs>,
     outside_fatal: Option<oneshot::Receiver<Error>>,
+    interruptions: Option<mpsc::Receiver<Notice>>,
 }
 
 impl Supervisor {
@@ -108,6 +114,7 @@ impl Supervisor {
             metrics: Metrics::new(),
             stdout,
             outside_fatal: None,
+            interruptions: None,
         }
     }
 
@@ -126,6 +133,13 @@ impl Supervisor {
     /// supervisor stops and removes its runs' containers, then returns that error.
     pub fn with_fatal(mut self, fatal: oneshot::Receiver<Error>) -> Supervisor {
         self.outside_fatal = Some(fatal);
+        self
+    }
+
+    /// Interruption notices (`crate::interruption::spawn`): drain, report the notice in
+    /// heartbeats, stop the runs that cannot finish before the deadline.
+    pub fn with_interruptions(mut self, notices: mpsc::Receiver<Notice>) -> Supervisor {
+        self.interruptions = Some(notices);
         self
     }
 
@@ -181,6 +195,9 @@ impl Supervisor {
             cycling: false,
             events_closed: false,
             cancel_deadline: None,
+            notices: self.interruptions,
+            interruption: None,
+            interruption_stop_at: None,
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
@@ -198,6 +215,7 @@ pub fn status_channel(
         state: WorkerState::Idle,
         runs: Vec::new(),
         capacity,
+        interruption: None,
     })
 }
 
@@ -270,6 +288,11 @@ struct Loop {
     cycling: bool,
     events_closed: bool,
     cancel_deadline: Option<Instant>,
+    notices: Option<mpsc::Receiver<Notice>>,
+    /// The cloud's notice, once one came: reported in heartbeats, drains the worker.
+    interruption: Option<protocol::messages::InterruptionNotice>,
+    /// When the runs still going are stopped (the deadline less a stop grace and slack).
+    interruption_stop_at: Option<Instant>,
 }
 
 impl Loop {
@@ -312,6 +335,8 @@ impl Loop {
                     tracing::warn!(undelivered = ?self.held, "runs canceled but not all reported in time; exiting");
                     return Ok(ExitOutcome::Canceled);
                 }
+                Some(n) = interruption::recv(&mut self.notices) => self.on_interruption(n),
+                _ = sleep_until_opt(self.interruption_stop_at) => self.stop_for_interruption(),
                 signal = signals.recv(), if signals_open => match signal {
                     Some(s) => self.on_signal(s),
                     None => signals_open = false,
@@ -379,6 +404,7 @@ impl Loop {
             Stage::Canceling => Some(Ok(ExitOutcome::Canceled)),
             Stage::Draining => Some(Ok(ExitOutcome::Drained)),
             _ if self.cycling => Some(Ok(ExitOutcome::Cycled)),
+            _ if self.interruption.is_some() => Some(Ok(ExitOutcome::Drained)),
             _ if self.events_closed => Some(Err(Error::EventsClosed)),
             _ => None,
         }
@@ -389,6 +415,7 @@ impl Loop {
             || self.exiting_on_error
             || self.cycling
             || self.events_closed
+            || self.interruption.is_some()
             || self.stages.stage() >= Stage::Draining
     }
 
@@ -404,6 +431,7 @@ impl Loop {
             state,
             runs: self.held.iter().cloned().collect(),
             capacity: self.capacity as u32,
+            interruption: self.interruption.clone(),
         };
         self.status.send_if_modified(|s| {
             if *s == next {
