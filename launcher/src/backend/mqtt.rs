@@ -455,8 +455,9 @@ impl Driver {
 
     /// `Gone { crashed: false }`, its PUBACK (bounded wait), then DISCONNECT.
     async fn graceful(&mut self) {
-        // The last status (drained, an interruption notice) may not have gone out yet.
-        if self.status_alive && self.status.has_changed().unwrap_or(false) {
+        // The last status (drained, an interruption notice) may not have gone out yet. Not
+        // `Receiver::has_changed`: the supervisor has returned, so the sender is gone.
+        if self.status.borrow().has_changed() {
             self.publish_heartbeat();
         }
         let gone = WorkerMessage::Gone {
