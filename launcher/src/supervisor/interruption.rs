@@ -9,16 +9,42 @@
 //! which leaves time for the container's SIGTERM, the last report and the removal before
 //! the machine goes. Idle (or once the last run is reported), the launcher exits drained.
 
+use std::time::Duration;
+
+use protocol::messages::InterruptionNotice;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Loop, INTERRUPTION_SLACK};
+use super::Loop;
 use crate::interruption::Notice;
 use crate::run::StopRequest;
 
+/// After a notice, runs still going this much (plus the stop grace) before the deadline
+/// are stopped: time for the stop, the last report and the removal.
+pub const INTERRUPTION_SLACK: Duration = Duration::from_secs(10);
+
+/// The loop's interruption state.
+pub(super) struct Interruption {
+    pub(super) rx: Option<mpsc::Receiver<Notice>>,
+    /// The cloud's notice, once one came: drains the worker, rides on every heartbeat.
+    pub(super) notice: Option<InterruptionNotice>,
+    /// When the runs still going are stopped (the deadline less the stop grace and slack).
+    pub(super) stop_at: Option<Instant>,
+}
+
+impl Interruption {
+    pub(super) fn new(rx: Option<mpsc::Receiver<Notice>>) -> Interruption {
+        Interruption {
+            rx,
+            notice: None,
+            stop_at: None,
+        }
+    }
+}
+
 impl Loop {
     pub(super) fn on_interruption(&mut self, n: Notice) {
-        if self.interruption.is_some() {
+        if self.interruption.notice.is_some() {
             return;
         }
         let margin = self.ctx.settings.stop_grace + INTERRUPTION_SLACK;
@@ -26,15 +52,20 @@ impl Loop {
         tracing::warn!(cloud = %n.notice.cloud, action = %n.notice.action,
             deadline = %n.notice.deadline, runs = self.active.len(), stop_in_s = left.as_secs(),
             "interruption notice: draining; runs still going a stop grace before the deadline are stopped");
-        self.interruption = Some(n.notice);
-        self.interruption_stop_at = Some(Instant::now() + left);
+        self.interruption.notice = Some(n.notice);
+        self.interruption.stop_at = Some(Instant::now() + left);
         self.deferred.clear();
         self.publish();
     }
 
     pub(super) fn stop_for_interruption(&mut self) {
-        self.interruption_stop_at = None;
-        let Some(deadline) = self.interruption.as_ref().map(|n| n.deadline.clone()) else {
+        self.interruption.stop_at = None;
+        let Some(deadline) = self
+            .interruption
+            .notice
+            .as_ref()
+            .map(|n| n.deadline.clone())
+        else {
             return;
         };
         for (run_ulid, stop) in &self.active {

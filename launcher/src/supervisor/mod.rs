@@ -18,7 +18,7 @@
 //! the next run a moment before this side has removed the finished container; if the
 //! backend gives the run to another worker meanwhile, the claim here is refused (409).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,9 @@ use crate::settings::Settings;
 
 mod interruption;
 mod prefetch;
+mod seen_runs;
 use prefetch::Prefetcher;
+use seen_runs::SeenRuns;
 
 /// Offers kept while every slot is busy (beyond this, offers are turned down).
 const MAX_DEFERRED: usize = 64;
@@ -55,9 +57,6 @@ pub const SEEN_RUNS: usize = 16_384;
 pub const CANCEL_SLACK: Duration = Duration::from_secs(30);
 /// After that wait: how long to try removing what is still there.
 pub(crate) const SWEEP_LIMIT: Duration = Duration::from_secs(10);
-/// After an interruption notice, runs still going this much (plus the stop grace) before
-/// the deadline are stopped: time for the stop, the last report and the removal.
-pub const INTERRUPTION_SLACK: Duration = Duration::from_secs(10);
 
 /// The adapters the core talks to.
 #[derive(Clone)]
@@ -136,8 +135,7 @@ impl Supervisor {
         self
     }
 
-    /// Interruption notices (`crate::interruption::spawn`): drain, report the notice in
-    /// heartbeats, stop the runs that cannot finish before the deadline.
+    /// Interruption notices (`crate::interruption::spawn`; see `interruption.rs`).
     pub fn with_interruptions(mut self, notices: mpsc::Receiver<Notice>) -> Supervisor {
         self.interruptions = Some(notices);
         self
@@ -195,9 +193,7 @@ impl Supervisor {
             cycling: false,
             events_closed: false,
             cancel_deadline: None,
-            notices: self.interruptions,
-            interruption: None,
-            interruption_stop_at: None,
+            interruption: interruption::Interruption::new(self.interruptions),
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
@@ -217,44 +213,6 @@ pub fn status_channel(
         capacity,
         interruption: None,
     })
-}
-
-/// Bounded memory of run ULIDs: the oldest are forgotten first.
-struct SeenRuns {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-    limit: usize,
-}
-
-impl SeenRuns {
-    fn new(limit: usize) -> SeenRuns {
-        SeenRuns {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            limit,
-        }
-    }
-
-    fn contains(&self, run: &str) -> bool {
-        self.set.contains(run)
-    }
-
-    fn forget(&mut self, run: &str) {
-        if self.set.remove(run) {
-            self.order.retain(|r| r != run);
-        }
-    }
-
-    fn insert(&mut self, run: &str) {
-        if self.set.insert(run.to_string()) {
-            self.order.push_back(run.to_string());
-            while self.order.len() > self.limit {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
 }
 
 struct Loop {
@@ -288,11 +246,7 @@ struct Loop {
     cycling: bool,
     events_closed: bool,
     cancel_deadline: Option<Instant>,
-    notices: Option<mpsc::Receiver<Notice>>,
-    /// The cloud's notice, once one came: reported in heartbeats, drains the worker.
-    interruption: Option<protocol::messages::InterruptionNotice>,
-    /// When the runs still going are stopped (the deadline less a stop grace and slack).
-    interruption_stop_at: Option<Instant>,
+    interruption: interruption::Interruption,
 }
 
 impl Loop {
@@ -335,8 +289,8 @@ impl Loop {
                     tracing::warn!(undelivered = ?self.held, "runs canceled but not all reported in time; exiting");
                     return Ok(ExitOutcome::Canceled);
                 }
-                Some(n) = interruption::recv(&mut self.notices) => self.on_interruption(n),
-                _ = sleep_until_opt(self.interruption_stop_at) => self.stop_for_interruption(),
+                _ = sleep_until_opt(self.interruption.stop_at) => self.stop_for_interruption(),
+                Some(n) = interruption::recv(&mut self.interruption.rx) => self.on_interruption(n),
                 signal = signals.recv(), if signals_open => match signal {
                     Some(s) => self.on_signal(s),
                     None => signals_open = false,
@@ -404,7 +358,7 @@ impl Loop {
             Stage::Canceling => Some(Ok(ExitOutcome::Canceled)),
             Stage::Draining => Some(Ok(ExitOutcome::Drained)),
             _ if self.cycling => Some(Ok(ExitOutcome::Cycled)),
-            _ if self.interruption.is_some() => Some(Ok(ExitOutcome::Drained)),
+            _ if self.interruption.notice.is_some() => Some(Ok(ExitOutcome::Drained)),
             _ if self.events_closed => Some(Err(Error::EventsClosed)),
             _ => None,
         }
@@ -415,7 +369,7 @@ impl Loop {
             || self.exiting_on_error
             || self.cycling
             || self.events_closed
-            || self.interruption.is_some()
+            || self.interruption.notice.is_some()
             || self.stages.stage() >= Stage::Draining
     }
 
@@ -431,7 +385,7 @@ impl Loop {
             state,
             runs: self.held.iter().cloned().collect(),
             capacity: self.capacity as u32,
-            interruption: self.interruption.clone(),
+            interruption: self.interruption.notice.clone(),
         };
         self.status.send_if_modified(|s| {
             if *s == next {

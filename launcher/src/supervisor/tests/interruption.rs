@@ -5,7 +5,7 @@ use protocol::messages::InterruptionNotice;
 
 use super::*;
 use crate::interruption::Notice;
-use crate::supervisor::INTERRUPTION_SLACK;
+use crate::supervisor::interruption::INTERRUPTION_SLACK;
 
 const DEADLINE: &str = "2026-11-29T10:02:00Z";
 
