@@ -12,6 +12,7 @@ use super::{
     invalid, vars, ConfigError, EnvSource, LauncherConfig, LogFormat, Overrides, ProxyConfig,
 };
 use crate::credentials::Credentials;
+use crate::interruption::{Cloud, WatchConfig};
 use crate::settings::{MountScope, Settings};
 
 /// Builds the configuration from `env` (no command-line overrides).
@@ -142,6 +143,8 @@ pub fn load_with(
         })?
     };
 
+    let interruption = interruption(&r)?;
+
     let no_proxy = vars::NO_PROXY.name;
     let proxy = ProxyConfig {
         http: r.proxy(&vars::HTTP_PROXY)?,
@@ -168,8 +171,34 @@ pub fn load_with(
         init_policy_path: r
             .get(vars::RUN_INITIALIZATION_POLICY.name)
             .map(PathBuf::from),
+        interruption,
         warnings,
     })
+}
+
+fn interruption(r: &Reader<'_>) -> Result<Option<WatchConfig>, ConfigError> {
+    let word = r.text(&vars::INTERRUPTION_WATCH);
+    let cloud = Cloud::parse(&word).map_err(|expected| {
+        invalid(
+            vars::INTERRUPTION_WATCH.name,
+            format!("expected {expected}, got {word:?}"),
+        )
+    })?;
+    let poll_interval = r.duration(&vars::INTERRUPTION_POLL_INTERVAL)?;
+    let url = r.text(&vars::INTERRUPTION_METADATA_URL);
+    let well_formed = reqwest::Url::parse(&url)
+        .is_ok_and(|u| u.scheme() == "http" && u.has_host() && u.path() == "/");
+    if !well_formed {
+        return Err(invalid(
+            vars::INTERRUPTION_METADATA_URL.name,
+            format!("expected http://host[:port] and nothing more, got {url:?}"),
+        ));
+    }
+    Ok(cloud.map(|cloud| WatchConfig {
+        cloud,
+        poll_interval,
+        metadata_url: url.trim_end_matches('/').to_string(),
+    }))
 }
 
 #[cfg(test)]
@@ -434,5 +463,40 @@ mod tests {
             assert!(dbg.contains("ghe.internal:8443"), "{dbg}");
             assert!(dbg.contains("ghe-pool"), "{dbg}");
         }
+    }
+
+    #[test]
+    fn interruption_watch_is_off_unless_a_cloud_is_named() {
+        assert_eq!(with(&[]).unwrap().interruption, None);
+        let c = with(&[
+            (vars::INTERRUPTION_WATCH.name, "AWS"),
+            (vars::INTERRUPTION_POLL_INTERVAL.name, "2s"),
+            (
+                vars::INTERRUPTION_METADATA_URL.name,
+                "http://127.0.0.1:8099/",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.interruption,
+            Some(WatchConfig {
+                cloud: Cloud::Aws,
+                poll_interval: Duration::from_secs(2),
+                metadata_url: "http://127.0.0.1:8099".into(),
+            })
+        );
+        let gcp = with(&[(vars::INTERRUPTION_WATCH.name, "gcp")]).unwrap();
+        let gcp = gcp.interruption.unwrap();
+        assert_eq!(gcp.metadata_url, "http://169.254.169.254");
+        assert_eq!(gcp.poll_interval, Duration::from_secs(5));
+        assert_eq!(
+            err(&[(vars::INTERRUPTION_WATCH.name, "auto")]),
+            "SPACELIFT_LAUNCHER_INTERRUPTION_WATCH: expected off, aws, gcp or azure, got \"auto\""
+        );
+        assert!(err(&[(
+            vars::INTERRUPTION_METADATA_URL.name,
+            "https://169.254.169.254/latest"
+        )])
+        .contains("expected http://host[:port]"));
     }
 }

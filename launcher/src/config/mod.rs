@@ -178,6 +178,8 @@ pub struct LauncherConfig {
     /// `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`: the policy file
     /// [`LauncherConfig::prepare`] compiles into `settings.init_policy`.
     pub init_policy_path: Option<PathBuf>,
+    /// `SPACELIFT_LAUNCHER_INTERRUPTION_{WATCH,POLL_INTERVAL,METADATA_URL}`; None: off.
+    pub interruption: Option<crate::interruption::WatchConfig>,
     /// Non-fatal findings to log at startup (a whitelisted variable that is unset, ...).
     pub warnings: Vec<String>,
 }
@@ -198,6 +200,7 @@ impl std::fmt::Debug for LauncherConfig {
                 &self.default_ansible_runner_image,
             )
             .field("init_policy_path", &self.init_policy_path)
+            .field("interruption", &self.interruption)
             .field("warnings", &self.warnings)
             .finish()
     }

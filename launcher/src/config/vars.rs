@@ -282,6 +282,27 @@ pub const STOP_GRACE: Var = var(
     Duration,
     "Go duration between SIGTERM and SIGKILL when stopping a run's container.",
 );
+pub const INTERRUPTION_WATCH: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_WATCH",
+    Value("off"),
+    Choice,
+    "off, aws, gcp or azure: poll that cloud's metadata service for a spot / preemptible\n\
+     interruption notice. On one: take no new runs, report it in heartbeats, stop runs\n\
+     still going a stop grace + 10s before the deadline (failed, spot_interruption),\n\
+     exit 0 when idle. No auto-detection: name the cloud the pool's machines run on.",
+);
+pub const INTERRUPTION_POLL_INTERVAL: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_POLL_INTERVAL",
+    Value("5s"),
+    Duration,
+    "Go duration between two reads of the interruption notice.",
+);
+pub const INTERRUPTION_METADATA_URL: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_METADATA_URL",
+    Value("http://169.254.169.254"),
+    Text,
+    "The metadata service's http:// address (tests point it at a fake one).",
+);
 pub const DATA_DIR: Var = var(
     "SPACELIFT_LAUNCHER_DATA_DIR",
     Value("/opt/spacelift"),
@@ -349,6 +370,9 @@ pub const ALL: &[Var] = &[
     ADDITIONAL_ROOT_CAS,
     CAPACITY,
     STOP_GRACE,
+    INTERRUPTION_WATCH,
+    INTERRUPTION_POLL_INTERVAL,
+    INTERRUPTION_METADATA_URL,
     DATA_DIR,
     BINARY_CACHE_KEEP,
     SEED,
