@@ -25,14 +25,21 @@ fn notice(cloud: &str, action: &str, at: SystemTime) -> Notice {
     let remaining = at
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    let utc = OffsetDateTime::from(at)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| OffsetDateTime::from(at));
+    // Whole seconds, converted with a range check: `OffsetDateTime::from(SystemTime)`
+    // panics outside years 1..=9999.
+    let secs = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let deadline = OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{secs}"));
     Notice {
         notice: InterruptionNotice {
             cloud: cloud.into(),
             action: action.into(),
-            deadline: utc.format(&Rfc3339).unwrap_or_else(|_| utc.to_string()),
+            deadline,
         },
         remaining,
     }
@@ -135,6 +142,10 @@ impl NoticeSource for Aws {
                 serde_json::from_str(&body).map_err(|e| malformed(e.to_string()))?;
             let at = OffsetDateTime::parse(&a.time, &Rfc3339)
                 .map_err(|e| malformed(format!("time {:?}: {e}", a.time)))?;
+            // RFC 3339 accepts offsets that put the UTC value outside what a date can hold.
+            let at = at
+                .checked_to_offset(time::UtcOffset::UTC)
+                .ok_or_else(|| malformed(format!("time {:?}: out of range in UTC", a.time)))?;
             return Ok(Some(notice("aws", &a.action, at.into())));
         }
         Err(MetadataError::Status {

@@ -393,3 +393,26 @@ fn cloud_words() {
     assert_eq!(Cloud::parse("azure"), Ok(Some(Cloud::Azure)));
     assert!(Cloud::parse("auto").is_err());
 }
+
+/// A time RFC 3339 accepts whose UTC value is past year 9999 (`-01:00` pushes it over):
+/// a malformed answer, never a panic of the watcher.
+#[tokio::test]
+async fn aws_time_beyond_year_9999_in_utc_is_malformed_not_a_panic() {
+    let server = MockServer::start().await;
+    aws_token(&server, "tok-1", 1).await;
+    Mock::given(method("GET"))
+        .and(path(ACTION_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            r#"{"action": "terminate", "time": "9999-12-31T23:30:00-01:00"}"#,
+        ))
+        .mount(&server)
+        .await;
+    let mut src = source(&config(Cloud::Aws, &server)).unwrap();
+    let polled = tokio::spawn(async move { src.poll().await })
+        .await
+        .expect("the poll must not panic");
+    assert!(
+        matches!(polled, Err(MetadataError::Malformed { .. })),
+        "{polled:?}"
+    );
+}
