@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::ports::RegistryAuth;
 use crate::secret::SecretString;
@@ -113,6 +113,8 @@ pub enum HelperError {
         server: String,
         status: String,
     },
+    #[error("{program} get for {server} answered more than {} MiB; its output is not shown as it may hold secrets", MAX_OUTPUT / (1024 * 1024))]
+    TooLong { program: String, server: String },
     #[error("{program} get for {server} answered something that is not credentials JSON (line {line} column {column})")]
     Malformed {
         program: String,
@@ -164,10 +166,14 @@ pub async fn get(
         // A helper that exits without reading its stdin is not our error.
         let _ = stdin.write_all(server.as_bytes()).await;
         drop(stdin);
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (mut stdout, mut stderr) = (stdout.take(MAX_OUTPUT), stderr.take(MAX_OUTPUT));
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        // Each stream is closed as soon as it is read to its limit: a helper still writing
+        // past it gets EPIPE and ends, instead of blocking on a full pipe until the timeout.
+        async fn read_capped(stream: impl AsyncRead + Unpin) -> Vec<u8> {
+            let mut buf = Vec::new();
+            let _ = stream.take(MAX_OUTPUT).read_to_end(&mut buf).await;
+            buf
+        }
+        let (out, err) = tokio::join!(read_capped(stdout), read_capped(stderr));
         (child.wait().await, out, err)
     };
     let (status, out, err) = match tokio::time::timeout(path.timeout, exchange).await {
@@ -181,6 +187,12 @@ pub async fn get(
             });
         }
     };
+    if out.len() as u64 >= MAX_OUTPUT || err.len() as u64 >= MAX_OUTPUT {
+        return Err(HelperError::TooLong {
+            program,
+            server: server.into(),
+        });
+    }
     let out = SecretString::from(into_text(out));
     let status = status.map_err(|e| HelperError::Spawn {
         program: program.clone(),
@@ -401,6 +413,24 @@ printf '{"ServerURL":"%s","Username":"user@%s","Secret":"s3cret-pw"}' "$server" 
 
     /// A hung helper is killed after the timeout. Real time: the helper is a subprocess,
     /// which tokio's paused clock cannot drive; the test waits 200 ms, not the 30 s sleep.
+    #[tokio::test]
+    async fn a_helper_answering_more_than_the_limit_is_refused_at_once_not_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2 MiB on stdout, then a clean exit: more than the 1 MiB we read.
+        write_test_helper(
+            dir.path(),
+            "flood",
+            "cat >/dev/null; head -c 2097152 /dev/zero | tr '\\0' a; exit 0",
+        );
+        let path = HelperPath::dirs(dir.path()).with_timeout(Duration::from_secs(20));
+        let e = get("flood", "a.example", &path).await.unwrap_err();
+        assert!(matches!(e, HelperError::TooLong { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "docker-credential-flood get for a.example answered more than 1 MiB; its output is not shown as it may hold secrets"
+        );
+    }
+
     #[tokio::test]
     async fn hung_helper_times_out_and_is_killed() {
         let dir = tempfile::tempdir().unwrap();
