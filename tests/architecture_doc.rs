@@ -62,7 +62,12 @@ fn the_code_map_names_every_source_file() {
     }
     let missing: Vec<String> = files
         .iter()
-        .map(|f| f.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+        .map(|f| {
+            f.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|rel| !names.contains(rel))
         .collect();
     assert!(
@@ -83,7 +88,10 @@ fn every_path_the_doc_names_exists() {
         })
         .filter(|s| !root.join(s).exists())
         .collect();
-    assert!(stale.is_empty(), "{DOC} names paths that do not exist: {stale:#?}");
+    assert!(
+        stale.is_empty(),
+        "{DOC} names paths that do not exist: {stale:#?}"
+    );
 }
 
 #[test]

@@ -107,7 +107,7 @@ pub async fn registry_auth_for(
     image: &str,
     helpers: &HelperPath,
 ) -> Result<Option<RegistryAuth>, RuntimeError> {
-    let Some(config) = read_config(dir)? else {
+    let Some(config) = read_config(dir).await? else {
         return Ok(None);
     };
     let Some(want) = registry_host(image) else {
@@ -121,9 +121,9 @@ pub async fn registry_auth_for(
     }
 }
 
-fn read_config(dir: &Path) -> Result<Option<DockerConfigFile>, RuntimeError> {
+async fn read_config(dir: &Path) -> Result<Option<DockerConfigFile>, RuntimeError> {
     let path = dir.join("config.json");
-    let text = match std::fs::read(&path) {
+    let text = match tokio::fs::read(&path).await {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {

@@ -335,7 +335,8 @@ pub const LOG_FORMAT: Var = var(
      otherwise. JSON lines: ts (RFC 3339 UTC), level (debug, info, warn, error), msg,\n\
      caller (file:line), then the event's own fields (run_ulid, ...). In every format\n\
      warn and error go to standard error, info and debug to standard output. Text is\n\
-     coloured only on a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.",
+     coloured only when both standard streams are terminals. RUST_LOG\n\
+     (e.g. launcher::run=trace) overrides levels.",
 );
 
 /// Every variable, in `--help` order.

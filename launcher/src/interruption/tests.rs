@@ -402,9 +402,10 @@ async fn aws_time_beyond_year_9999_in_utc_is_malformed_not_a_panic() {
     aws_token(&server, "tok-1", 1).await;
     Mock::given(method("GET"))
         .and(path(ACTION_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_string(
-            r#"{"action": "terminate", "time": "9999-12-31T23:30:00-01:00"}"#,
-        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"{"action": "terminate", "time": "9999-12-31T23:30:00-01:00"}"#),
+        )
         .mount(&server)
         .await;
     let mut src = source(&config(Cloud::Aws, &server)).unwrap();

@@ -31,8 +31,8 @@ use tokio::time::Instant;
 
 use crate::clock::sleep_until_opt;
 use crate::container_spec::Ids;
-use crate::interruption::Notice;
 use crate::error::{Error, Fatal};
+use crate::interruption::Notice;
 use crate::lifecycle::{ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
