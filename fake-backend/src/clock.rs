@@ -33,17 +33,17 @@ impl Clock {
 /// seed must give the same IDs on every run (scenario traces compare them). IDs still sort
 /// in creation order, which the scheduler's queue relies on.
 #[derive(Debug)]
-pub struct Ids {
+pub struct IdGen {
     rng: ChaCha8Rng,
     epoch_ms: u64,
     issued: u64,
     last: u128,
 }
 
-impl Ids {
+impl IdGen {
     /// `epoch_ms` should grow across backend restarts so later IDs sort after earlier ones.
-    pub fn new(seed: u64, epoch_ms: u64) -> Ids {
-        Ids {
+    pub fn new(seed: u64, epoch_ms: u64) -> IdGen {
+        IdGen {
             rng: ChaCha8Rng::seed_from_u64(seed),
             epoch_ms,
             issued: 0,
@@ -71,8 +71,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_ids_and_monotonic() {
-        let mut a = Ids::new(7, BASE_MS);
-        let mut b = Ids::new(7, BASE_MS);
+        let mut a = IdGen::new(7, BASE_MS);
+        let mut b = IdGen::new(7, BASE_MS);
         let xs: Vec<String> = (0..5).map(|_| a.next()).collect();
         let ys: Vec<String> = (0..5).map(|_| b.next()).collect();
         assert_eq!(xs, ys);

@@ -12,10 +12,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::Core;
 use crate::error::{BackendError, Result};
 use crate::events::{kinds, NewEvent};
 use crate::pki::CertifiedKey;
+use crate::rules::Core;
 
 pub(crate) struct External {
     client: AsyncClient,

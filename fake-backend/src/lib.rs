@@ -12,7 +12,6 @@ mod backend;
 pub mod binaries;
 mod broker;
 mod clock;
-mod core;
 pub mod error;
 pub mod events;
 mod external;
@@ -20,6 +19,7 @@ pub mod faults;
 pub mod mosquitto;
 mod outbox;
 pub mod pki;
+mod rules;
 mod store;
 pub mod tls;
 
@@ -28,17 +28,17 @@ use std::collections::BTreeMap;
 use protocol::api::RunType;
 use serde::{Deserialize, Serialize};
 
-pub use api::MAX_BODY;
+pub use api::{ApiError, MAX_BODY};
 pub use backend::{
     create_pool_offline, reset_pool_offline, BackendConfig, BackendHandle, BrokerMode, FakeBackend,
     PoolCredentials, DEFAULT_HTTPS_BIND, DEFAULT_MQTT_BIND,
 };
 pub use binaries::BinaryContent;
-pub use core::{ApiError, RunView, WorkerView};
 pub use error::BackendError;
 pub use events::{kinds, Event};
 pub use faults::Fault;
 pub use pki::CertifiedKey;
+pub use rules::{RunView, WorkerView};
 
 /// A run to schedule. The env is how a test picks the run's behaviour in its container
 /// (e.g. `SPACELIFT_TEST_EXIT_CODE` for the shell worker); the backend never reads it.

@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::core::{Core, Outbound};
 use crate::events::{kinds, NewEvent};
 use crate::external::External;
 use crate::faults::MessageFault;
+use crate::rules::{Core, Outbound};
 
 #[derive(Clone)]
 pub(crate) enum Bus {

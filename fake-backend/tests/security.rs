@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use fake_backend::{CertifiedKey, ScheduleRun};
-use protocol::api::error_codes;
+use protocol::api::{error_codes, paths};
 use rumqttc::QoS;
 
 /// A certificate from a CA the backend never heard of.
@@ -179,7 +179,7 @@ async fn bad_input_gets_clear_errors_and_is_survived() {
 
     let garbage = api
         .client
-        .post(format!("{base}/v1/workers/register"))
+        .post(format!("{base}{}", paths::REGISTER))
         .body("\x00\x01 not json")
         .send()
         .await
@@ -191,7 +191,7 @@ async fn bad_input_gets_clear_errors_and_is_survived() {
     let huge = vec![b'x'; fake_backend::MAX_BODY + 10];
     let resp = api
         .client
-        .post(format!("{base}/v1/runs/R/logs"))
+        .post(format!("{base}{}", paths::logs("R")))
         .body(huge)
         .send()
         .await

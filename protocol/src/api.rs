@@ -11,6 +11,8 @@ use crate::run_state::RunState;
 /// Request paths, relative to the token's `.api.endpoint`.
 pub mod paths {
     pub const REGISTER: &str = "/v1/workers/register";
+    /// Where worker binaries live: [`binary`] and [`LATEST_BINARY`] are under it.
+    pub const BINARIES: &str = "/v1/worker-binaries";
     pub const LATEST_BINARY: &str = "/v1/worker-binaries/latest";
 
     pub fn claim(run: &str) -> String {
@@ -30,7 +32,7 @@ pub mod paths {
         format!("{LATEST_BINARY}?arch={arch}")
     }
     pub fn binary(version: &str, arch: super::Arch) -> String {
-        format!("/v1/worker-binaries/{version}/{arch}")
+        format!("{BINARIES}/{version}/{arch}")
     }
 }
 

@@ -2,27 +2,13 @@
 //! get 400, and every error is a `protocol::api::ErrorBody`.
 
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
 use protocol::api::error_codes;
 use serde::de::DeserializeOwned;
 
-use crate::core::ApiError;
+use super::ApiError;
 
 pub const MAX_BODY: usize = 1 << 20;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, axum::Json(self.body)).into_response();
-        if let Some(s) = self.retry_after_s {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
-    }
-}
 
 /// A JSON body of type `T`, or a protocol error.
 pub struct ApiJson<T>(pub T);

@@ -11,13 +11,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
-use protocol::api::error_codes;
+use protocol::api::{error_codes, paths};
 use serde_json::json;
 
-use super::{caller, parse_arch, Peer};
-use crate::core::{ApiError, Core};
+use super::{caller, parse_arch, ApiError, Peer};
 use crate::events::{kinds, NewEvent};
 use crate::faults::DownloadFault;
+use crate::rules::Core;
 
 enum RangeSpec {
     Full,
@@ -69,7 +69,7 @@ pub(super) async fn download(
     Path((version, arch)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let c = caller(&core, &peer, "/v1/worker-binaries")?;
+    let c = caller(&core, &peer, paths::BINARIES)?;
     let arch = parse_arch(&arch)?;
     let rec = core.find_binary(&version, arch).ok_or_else(|| {
         ApiError::new(

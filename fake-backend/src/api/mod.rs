@@ -4,6 +4,7 @@
 
 mod body;
 mod download;
+mod error;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use body::ApiJson;
 pub use body::MAX_BODY;
+pub use error::ApiError;
 
-use crate::core::{ApiError, Core};
 use crate::events::{kinds, NewEvent};
+use crate::rules::Core;
 
 /// Who is calling: from the TLS session.
 #[derive(Debug, Clone)]
@@ -53,16 +55,21 @@ fn caller(core: &Core, peer: &Peer, path: &str) -> Result<Caller, ApiError> {
         })
 }
 
+/// An axum route pattern from a protocol path function: `{run}` becomes a path parameter.
+fn run_route(path: fn(&str) -> String) -> String {
+    path("{run}")
+}
+
 pub(crate) fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route(paths::REGISTER, post(register))
-        .route("/v1/runs/{run}/claim", post(claim))
-        .route("/v1/runs/{run}/lease", post(lease))
-        .route("/v1/runs/{run}/state", post(transition))
-        .route("/v1/runs/{run}/logs", post(logs))
+        .route(&run_route(paths::claim), post(claim))
+        .route(&run_route(paths::lease), post(lease))
+        .route(&run_route(paths::state), post(transition))
+        .route(&run_route(paths::logs), post(logs))
         .route(paths::LATEST_BINARY, get(latest_binary))
         .route(
-            "/v1/worker-binaries/{version}/{arch}",
+            &format!("{}/{{version}}/{{arch}}", paths::BINARIES),
             get(download::download),
         )
         .fallback(not_found)
@@ -111,7 +118,9 @@ async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<protocol::api::RegisterResponse>, ApiError> {
     let c = caller(&core, &peer, paths::REGISTER)?;
-    core.register(&c.pool, req).map(Json)
+    core.register(&c.pool, req)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn claim(
@@ -121,7 +130,9 @@ async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<protocol::api::ClaimResponse>, ApiError> {
     let c = caller(&core, &peer, &paths::claim(&run))?;
-    core.claim(&c.pool, &run, &req.worker_ulid).map(Json)
+    core.claim(&c.pool, &run, &req.worker_ulid)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn lease(
@@ -131,7 +142,9 @@ async fn lease(
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<protocol::api::Lease>, ApiError> {
     let c = caller(&core, &peer, &paths::lease(&run))?;
-    core.renew(&c.pool, &run, &req.worker_ulid).map(Json)
+    core.renew(&c.pool, &run, &req.worker_ulid)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn transition(
@@ -141,7 +154,9 @@ async fn transition(
     ApiJson(req): ApiJson<TransitionRequest>,
 ) -> Result<Json<protocol::api::TransitionResponse>, ApiError> {
     let c = caller(&core, &peer, &paths::state(&run))?;
-    core.transition(&c.pool, &run, req).map(Json)
+    core.transition(&c.pool, &run, req)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 async fn logs(
@@ -151,7 +166,9 @@ async fn logs(
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<Json<protocol::api::LogAck>, ApiError> {
     let c = caller(&core, &peer, &paths::logs(&run))?;
-    core.logs(&c.pool, &run, batch).map(Json)
+    core.logs(&c.pool, &run, batch)
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 pub(crate) fn parse_arch(s: &str) -> Result<Arch, ApiError> {

@@ -2,8 +2,10 @@
 //! present a live pool's certificate; the topic ACL confines each to its own topics.
 //! Publishes from workers go to the backend in-process; the backend publishes to
 //! subscribers directly. It can drop one client or go down entirely, for fault tests.
+//! `inbound` turns any broker's worker publishes into calls to the rules.
 
 mod acl;
+mod inbound;
 mod session;
 
 use std::collections::HashMap;
@@ -18,8 +20,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::Core;
 use crate::events::{kinds, NewEvent};
+use crate::rules::Core;
+
+pub(crate) use inbound::on_worker_publish;
 
 pub(crate) enum SessionCmd {
     Publish { topic: String, payload: Bytes },

@@ -1,0 +1,232 @@
+//! Workers: registration, admin commands (drain, undrain, cycle), and what their MQTT
+//! messages (heartbeats, `worker.gone`) change.
+
+use protocol::api::{RegisterRequest, RegisterResponse};
+use protocol::messages::{ServerMessage, WorkerMessage};
+use protocol::{RunState, PROTOCOL_VERSION};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{Core, RuleError, Tx};
+use crate::error::{BackendError, Result};
+use crate::events::{kinds, NewEvent};
+use crate::store::Worker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCommand {
+    Drain,
+    Undrain,
+    Cycle,
+}
+
+impl Core {
+    pub(crate) fn register(
+        &self,
+        pool: &str,
+        req: RegisterRequest,
+    ) -> std::result::Result<RegisterResponse, RuleError> {
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(RuleError::Invalid(format!(
+                "protocol_version {} is not supported (this backend speaks {PROTOCOL_VERSION})",
+                req.protocol_version
+            )));
+        }
+        if req.capacity == 0 || req.capacity > 1024 {
+            return Err(RuleError::Invalid(format!(
+                "capacity {} is out of range (1..=1024)",
+                req.capacity
+            )));
+        }
+        let interval_ms = self.timing.heartbeat_interval.as_millis() as u64;
+        Ok(self.mutate(|tx| {
+            let reuse = req.previous_worker_ulid.as_ref().filter(|id| {
+                tx.st
+                    .state
+                    .workers
+                    .get(*id)
+                    .is_some_and(|w| w.pool == pool && !w.online)
+            });
+            let reused = reuse.is_some();
+            let id = match reuse {
+                Some(id) => id.clone(),
+                None => tx.new_id(),
+            };
+            let now_ms = tx.now_ms();
+            let drained = tx.st.state.workers.get(&id).is_some_and(|w| w.drained);
+            tx.st.state.workers.insert(
+                id.clone(),
+                Worker {
+                    ulid: id.clone(),
+                    pool: pool.to_string(),
+                    arch: req.arch,
+                    capacity: req.capacity,
+                    launcher_version: req.launcher_version.clone(),
+                    metadata: req.metadata.clone(),
+                    registered_at_ms: now_ms,
+                    online: false,
+                    drained,
+                    reported_state: None,
+                    last_heartbeat_seq: None,
+                    gone_crashed: None,
+                },
+            );
+            let held_runs: Vec<String> = tx
+                .st
+                .state
+                .runs
+                .iter()
+                .filter(|(_, r)| {
+                    r.worker.as_deref() == Some(id.as_str())
+                        && !r.state.is_terminal()
+                        && r.state != RunState::Scheduled
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            tx.event(
+                NewEvent::new(kinds::WORKER_REGISTERED)
+                    .pool(pool)
+                    .worker(&id)
+                    .data(json!({
+                        "reused": reused,
+                        "previous_worker_ulid": req.previous_worker_ulid,
+                        "arch": req.arch,
+                        "capacity": req.capacity,
+                        "launcher_version": req.launcher_version,
+                        "metadata": req.metadata,
+                        "held_runs": held_runs,
+                    })),
+            );
+            RegisterResponse {
+                worker_ulid: id,
+                pool_ulid: pool.to_string(),
+                heartbeat_interval_ms: interval_ms,
+                held_runs,
+            }
+        }))
+    }
+
+    pub(crate) fn worker_command(&self, worker: &str, command: WorkerCommand) -> Result<()> {
+        self.mutate(|tx| {
+            let w = tx
+                .st
+                .state
+                .workers
+                .get_mut(worker)
+                .ok_or_else(|| BackendError::NotFound(format!("worker {worker}")))?;
+            let pool = w.pool.clone();
+            let (kind, drained) = match command {
+                WorkerCommand::Drain => (kinds::WORKER_DRAIN, true),
+                WorkerCommand::Undrain => (kinds::WORKER_UNDRAIN, false),
+                WorkerCommand::Cycle => (kinds::WORKER_CYCLE, true),
+            };
+            w.drained = drained;
+            let message_id = tx.message_id();
+            let msg = match command {
+                WorkerCommand::Drain => ServerMessage::Drain { message_id },
+                WorkerCommand::Undrain => ServerMessage::Undrain { message_id },
+                WorkerCommand::Cycle => ServerMessage::Cycle { message_id },
+            };
+            tx.event(NewEvent::new(kind).pool(&pool).worker(worker));
+            if drained {
+                tx.withdraw_offers(worker);
+            }
+            tx.send(&pool, worker, msg);
+            tx.dispatch();
+            Ok(())
+        })
+    }
+
+    /// A parsed message a worker published on its writeonly topic (or its Last Will);
+    /// `topic` is only recorded. Messages that do not fit the worker's state are recorded
+    /// as ignored, never fatal.
+    pub(crate) fn on_worker_message(
+        &self,
+        pool: String,
+        worker: String,
+        topic: &str,
+        msg: WorkerMessage,
+    ) {
+        let (kind, claimed_worker) = match &msg {
+            WorkerMessage::Heartbeat(h) => ("worker.heartbeat", h.worker_ulid.clone()),
+            WorkerMessage::Gone { worker_ulid, .. } => ("worker.gone", worker_ulid.clone()),
+        };
+        let interval = self.timing.heartbeat_interval;
+        self.mutate(|tx| {
+            tx.dirty = false;
+            tx.event(
+                NewEvent::new(kinds::MESSAGE_RECEIVED)
+                    .pool(&pool)
+                    .worker(&worker)
+                    .data(json!({ "topic": topic, "type": kind, "message": msg })),
+            );
+            let ignore = |tx: &mut Tx<'_>, reason: &str| {
+                tx.event(
+                    NewEvent::new(kinds::MESSAGE_IGNORED)
+                        .pool(&pool)
+                        .worker(&worker)
+                        .data(json!({ "topic": topic, "type": kind, "reason": reason })),
+                );
+            };
+            if claimed_worker != worker {
+                return ignore(tx, "worker_ulid differs from the topic's worker");
+            }
+            let Some(w) = tx
+                .st
+                .state
+                .workers
+                .get_mut(&worker)
+                .filter(|w| w.pool == pool)
+            else {
+                return ignore(tx, "unknown worker");
+            };
+            match msg {
+                WorkerMessage::Heartbeat(hb) => {
+                    if w.last_heartbeat_seq.is_some_and(|last| hb.seq <= last) {
+                        return ignore(tx, "stale or repeated heartbeat seq");
+                    }
+                    w.last_heartbeat_seq = Some(hb.seq);
+                    let was_online = w.online;
+                    let old_state = w.reported_state;
+                    w.online = true;
+                    w.gone_crashed = None;
+                    w.reported_state = Some(hb.state);
+                    tx.st
+                        .heartbeats
+                        .insert(worker.clone(), Instant::now() + interval * 3);
+                    if !was_online {
+                        tx.dirty = true;
+                        tx.event(
+                            NewEvent::new(kinds::WORKER_ONLINE)
+                                .pool(&pool)
+                                .worker(&worker),
+                        );
+                    }
+                    if old_state != Some(hb.state) {
+                        tx.dirty = true;
+                        tx.event(
+                            NewEvent::new(kinds::WORKER_STATE)
+                                .pool(&pool)
+                                .worker(&worker)
+                                .data(json!({ "from": old_state, "to": hb.state })),
+                        );
+                    }
+                    tx.dispatch();
+                }
+                WorkerMessage::Gone { crashed, .. } => {
+                    w.online = false;
+                    w.gone_crashed = Some(crashed);
+                    tx.st.heartbeats.remove(&worker);
+                    tx.dirty = true;
+                    tx.event(
+                        NewEvent::new(kinds::WORKER_GONE)
+                            .pool(&pool)
+                            .worker(&worker)
+                            .data(json!({ "crashed": crashed })),
+                    );
+                    tx.withdraw_offers(&worker);
+                    tx.dispatch();
+                }
+            }
+        });
+    }
+}
