@@ -68,6 +68,7 @@ async fn debug_logging_never_prints_env_or_registry_credentials() {
         run_type: RunType::Tracked,
         image: Some("busybox".into()),
         env: BTreeMap::from([("TF_VAR_password".to_string(), STACK_SECRET.to_string())]),
+        vendor: None,
     };
     let binary = CachedBinary {
         version: "1.0.0".into(),

@@ -208,6 +208,7 @@ pub fn spec(run: &str) -> RunSpec {
         run_type: RunType::Tracked,
         image: None,
         env: BTreeMap::new(),
+        vendor: None,
     }
 }
 

@@ -583,6 +583,7 @@ mod tests {
                 run_type: RunType::Tracked,
                 image: None,
                 env: Default::default(),
+                vendor: None,
             },
             lease: Lease { ttl_ms: 30_000 },
         }
