@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::api::{
-    ClaimResponse, Lease, LogLine, LogStream, RunSpec, RunType, TransitionRequest, WorkerBinary,
+    ClaimResponse, Lease, LogLine, LogStream, PolicySample, RunSpec, RunType, TransitionRequest,
+    WorkerBinary,
 };
 use protocol::messages::ServerMessage;
 use protocol::{Arch, RunState};
@@ -78,6 +79,8 @@ pub struct BackendState {
     pub transitions: Vec<(String, TransitionRequest)>,
     /// Delivered log lines per run, in arrival order.
     pub logs: BTreeMap<String, Vec<LogLine>>,
+    /// Delivered policy samples per run, in arrival order (repeats kept, to see them).
+    pub policy_samples: BTreeMap<String, Vec<PolicySample>>,
     pub renewals: Vec<String>,
     /// Report calls (transitions + logs) that failed.
     pub failed_reports: u32,
@@ -180,6 +183,10 @@ impl MemBackend {
 
     pub fn claims(&self) -> Vec<String> {
         lock(&self.state).claims.clone()
+    }
+
+    pub fn policy_samples(&self, run: &str) -> Vec<PolicySample> {
+        self.peek(|s| s.policy_samples.get(run).cloned().unwrap_or_default())
     }
 
     fn report_fault(&self) -> Result<(), BackendError> {
@@ -327,6 +334,30 @@ impl Backend for MemBackend {
                 }
             }
             Ok(l.len() as u64)
+        });
+        self.world.bump();
+        r
+    }
+
+    /// Like the fake backend: a body over the limit is refused (413).
+    async fn policy_sample(
+        &self,
+        run_ulid: &str,
+        sample: &PolicySample,
+    ) -> Result<(), BackendError> {
+        let body = serde_json::to_vec(sample).expect("a PolicySample serialises");
+        let r = self.report_fault().and_then(|()| {
+            let mut s = lock(&self.state);
+            if body.len() > s.body_limit {
+                return Err(BackendError::TooLarge {
+                    message: format!("POST /v1/runs/{run_ulid}/policy-samples: HTTP 413"),
+                });
+            }
+            s.policy_samples
+                .entry(run_ulid.to_string())
+                .or_default()
+                .push(sample.clone());
+            Ok(())
         });
         self.world.bump();
         r

@@ -212,7 +212,8 @@ pub const DEFAULT_ANSIBLE_RUNNER_IMAGE: Var = var(
     "SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE",
     Value(super::DEFAULT_ANSIBLE_RUNNER_IMAGE),
     Text,
-    "Accepted for compatibility; protocol v1 has no Ansible run kind.",
+    "Runner image for Ansible stacks that set none (the backend says a run's stack is \
+     Ansible with the run spec's vendor).",
 );
 pub const METADATA: Var = Var {
     suffix: "<key>=<value>",
