@@ -219,6 +219,16 @@ impl InitPolicy {
         &self.path
     }
 
+    /// Whether it has a `deny` rule (without one, every run is allowed).
+    pub fn can_deny(&self) -> bool {
+        self.has_deny
+    }
+
+    /// Whether it has a `sample` rule.
+    pub fn can_sample(&self) -> bool {
+        self.has_sample
+    }
+
     /// Evaluates `data.spacelift.deny` and `data.spacelift.sample` for one run (each when
     /// the policy has it). Synchronous and CPU-bound (bounded by [`EVAL_LIMIT`] per rule);
     /// the error is regorus's, or says what is wrong with a rule's value.
@@ -472,6 +482,7 @@ deny contains msg if {
             "package spacelift\n\nsample if { true }\n",
         ] {
             let p = policy(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+            assert_eq!((p.can_deny(), p.can_sample()), (false, true));
             let i = input("img", RunType::Destroy);
             let e = p.evaluate(&i).unwrap();
             assert_eq!(e.decision, Decision::Allow, "{src}");
