@@ -1,6 +1,7 @@
 //! `SPACELIFT_DEBUG=true` must not print secrets: the launcher's logging, installed as the
 //! binary installs it, while a run container carrying a whitelisted secret is created and
-//! an image is pulled with registry credentials, through bollard against fake-docker.
+//! an image is pulled with registry credentials (given, and from credential helpers that
+//! answer or fail), through bollard against fake-docker.
 //!
 //! One test per process: it installs the process-wide subscriber.
 
@@ -33,6 +34,37 @@ impl std::io::Write for Capture {
 const PASSED_SECRET: &str = "whitelisted-and-masked-s3cret";
 const STACK_SECRET: &str = "stack-env-s3cret";
 const REGISTRY_PASSWORD: &str = "registry-pa55word";
+const HELPER_SECRET: &str = "helper-answered-s3cret";
+const FAILING_HELPER_SECRET: &str = "failing-helper-echoed-s3cret";
+
+/// A config.json whose credHelpers send two registries to our own helper scripts: one
+/// answers credentials, one fails echoing a secret on both its streams.
+fn helper_config() -> (tempfile::TempDir, launcher::cred_helper::HelperPath) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = [
+        (
+            "good",
+            format!(r#"cat >/dev/null; echo '{{"Username":"robot","Secret":"{HELPER_SECRET}"}}'"#),
+        ),
+        (
+            "bad",
+            format!("echo {FAILING_HELPER_SECRET}; echo {FAILING_HELPER_SECRET} >&2; exit 1"),
+        ),
+    ];
+    for (name, body) in scripts {
+        let path = dir.path().join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"credHelpers":{"good.example.com":"good","bad.example.com":"bad"}}"#,
+    )
+    .unwrap();
+    let helpers = launcher::cred_helper::HelperPath::dirs(dir.path());
+    (dir, helpers)
+}
 
 #[tokio::test]
 async fn debug_logging_never_prints_env_or_registry_credentials() {
@@ -94,14 +126,35 @@ async fn debug_logging_never_prints_env_or_registry_credentials() {
     let _ = rt
         .pull_image("registry.example.com/team/img:1", "linux/amd64", Some(auth))
         .await;
+    let (config_dir, helpers) = helper_config();
+    let rt = rt
+        .with_docker_config_dir(Some(config_dir.path().to_path_buf()))
+        .with_credential_helpers(helpers);
+    let _ = rt
+        .pull_image("good.example.com/team/img:1", "linux/amd64", None)
+        .await;
+    let failed = rt
+        .pull_image("bad.example.com/team/img:1", "linux/amd64", None)
+        .await
+        .expect_err("the failing helper fails the pull");
+    // What the run would log and report for it.
+    let failed = format!("{failed} / {failed:?}");
+    assert!(failed.contains("docker-credential-bad"), "{failed}");
     let _ = rt.remove(&id).await;
 
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     // The launcher's own debug events are there (the filter is open for us)...
     assert!(text.contains("DEBUG"), "no debug line at all:\n{text}");
     // ...but no secret, in the request bodies (Env) or the auth header.
-    for secret in [PASSED_SECRET, STACK_SECRET, REGISTRY_PASSWORD] {
+    for secret in [
+        PASSED_SECRET,
+        STACK_SECRET,
+        REGISTRY_PASSWORD,
+        HELPER_SECRET,
+        FAILING_HELPER_SECRET,
+    ] {
         assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        assert!(!failed.contains(secret), "{secret} leaked: {failed}");
     }
     fd.shutdown().await;
 }

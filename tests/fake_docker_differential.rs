@@ -31,16 +31,6 @@ const DOCUMENTED_DIFFERENCES: &[(&str, &str, &str)] = &[
         "255",
         "runc >= 1.2 exits 255 on exec format error (what current Docker ships); Debian's 20.10 uses runc 1.1, which exits 1",
     ),
-    (
-        "arm64.inspect_arch",
-        r#""arm64""#,
-        "`docker import` on 20.10 ignores --platform, so the real busybox-arm64 claims amd64; fake-docker reports the platform its registry gave the image",
-    ),
-    (
-        "arm64.create_warnings",
-        "1",
-        "follows from arm64.inspect_arch: the real daemon sees an amd64 image, so it cannot warn about a platform mismatch",
-    ),
 ];
 
 type Obs = BTreeMap<String, String>;

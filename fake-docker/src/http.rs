@@ -1,18 +1,18 @@
-//! HTTP helpers: bodies, Docker-style JSON replies and errors, query parsing.
+//! HTTP helpers: request bodies, Docker-style JSON replies and errors, query parsing.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 pub type Reply = Response<Body>;
@@ -45,6 +45,19 @@ pub fn status_only(status: StatusCode) -> Reply {
 
 pub fn error(e: &ApiError) -> Reply {
     json(e.status, &serde_json::json!({ "message": e.message }))
+}
+
+/// Reads a request body of at most `limit` bytes (the daemon's `max_body_bytes`).
+pub async fn read_body(limit: usize, body: Incoming) -> ApiResult<Bytes> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::bad_request(
+            format!("request body too large: more than {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
+    }
 }
 
 /// A streaming body fed by a channel; the sender's task ends when the client goes away.

@@ -4,7 +4,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-pub struct Ids {
+/// Generates container IDs and names from the daemon's seed, and image IDs from content.
+pub struct IdGen {
     rng: ChaCha8Rng,
     seed: u64,
 }
@@ -58,7 +59,7 @@ const NAMES: &[&str] = &[
     "wozniak",
 ];
 
-impl Ids {
+impl IdGen {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),

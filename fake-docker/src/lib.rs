@@ -6,6 +6,7 @@
 //! [`FakeDockerHandle::admin`] (or HTTP under `/_fake/`). See README.md.
 
 mod admin;
+mod admin_routes;
 mod behaviour;
 mod clock;
 mod config;
@@ -14,12 +15,12 @@ mod events;
 mod faults;
 mod http;
 mod ids;
-mod mux;
 mod registry;
 mod routes;
 mod runner;
 mod server;
 mod state;
+mod stream_frames;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,28 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Go's GOOS values: dockerd accepts any of them in `platform` (and then finds no image).
+const GO_OSES: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
 /// `os/arch[/variant]`, as in `linux/arm64/v8`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
@@ -34,8 +56,13 @@ impl Platform {
             return Ok(None);
         }
         let parts: Vec<&str> = s.split('/').collect();
+        if parts.len() > 3 {
+            return Err(format!(
+                "\"{s}\": cannot parse platform specifier: invalid argument"
+            ));
+        }
         let os = parts[0].to_ascii_lowercase();
-        if os != "linux" && os != "windows" && os != "darwin" {
+        if !GO_OSES.contains(&os.as_str()) {
             return Err(format!(
                 "\"{s}\": unknown operating system or architecture: invalid argument"
             ));
@@ -52,6 +79,16 @@ impl Platform {
             p.variant = Some((*v).to_string());
         }
         Ok(Some(p))
+    }
+
+    /// containerd's normalised form, as dockerd 20.10 prints it: `arm64`'s `v8` is implied.
+    pub fn normalized(&self) -> String {
+        match self.variant.as_deref() {
+            Some(v) if !(self.architecture == "arm64" && v == "v8") => {
+                format!("{}/{}/{v}", self.os, self.architecture)
+            }
+            _ => format!("{}/{}", self.os, self.architecture),
+        }
     }
 
     /// Platforms are compatible when OS and architecture agree (variants are advisory).
@@ -181,6 +218,9 @@ pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     pub working_dir: String,
     pub labels: BTreeMap<String, String>,
+    /// The image's executables (absolute paths). Empty: every command exists. Otherwise
+    /// starting a command that is neither listed nor bind-mounted fails as runc does.
+    pub files: Vec<String>,
 }
 
 /// The fake registry: every name pulls (host platform) unless configured otherwise.

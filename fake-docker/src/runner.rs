@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::behaviour::{elf_arch, exec_format_error_line, Behaviour};
 use crate::error::{ApiError, ApiResult};
-use crate::state::{Daemon, Runner, Status};
+use crate::state::{Container, Daemon, Runner, State, Status};
 
 /// Starts a container. `Ok(false)` means it was already running (HTTP 304).
 pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
@@ -65,7 +65,13 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
         }
         b
     };
-    if let Some(msg) = behaviour.start_error.clone() {
+    let refusal = st
+        .containers
+        .get(&id)
+        .and_then(|c| runtime_refusal(&st, c, daemon.config.legacy_messages()))
+        .or_else(|| behaviour.start_error.clone().map(ApiError::bad_request));
+    if let Some(refused) = refusal {
+        let msg = refused.message.clone();
         let code = if msg.contains("executable file not found")
             || msg.contains("no such file or directory")
         {
@@ -89,7 +95,7 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
             daemon.remove_locked(&mut st, &id);
         }
         daemon.notify();
-        return Err(ApiError::bad_request(msg));
+        return Err(refused);
     }
 
     let now = daemon.clock.now();
@@ -114,6 +120,51 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
     });
     daemon.container_event(&mut st, &id, "start", &[]);
     Ok(true)
+}
+
+/// What the daemon or runc refuses at start, before the process runs: a network that does
+/// not exist, or a command the image lacks (only when the image lists its `files`).
+fn runtime_refusal(st: &State, c: &Container, legacy: bool) -> Option<ApiError> {
+    let mode = c.network_mode.as_str();
+    let builtin = ["default", "bridge", "host", "none"].contains(&mode);
+    if !builtin && !mode.starts_with("container:") && Daemon::find_network(st, mode).is_none() {
+        return Some(ApiError::not_found(format!("network {mode} not found")));
+    }
+    let files = &st.images.iter().find(|i| i.id == c.image_id)?.config.files;
+    let path = c.path.as_str();
+    let mounted = |p: &str| {
+        c.mounts
+            .iter()
+            .any(|m| p == m.target || p.starts_with(&format!("{}/", m.target)))
+    };
+    if files.is_empty() || mounted(path) {
+        return None;
+    }
+    let problem = if path.contains('/') {
+        let found = files.iter().any(|f| f == path);
+        (!found).then(|| format!("stat {path}: no such file or directory"))
+    } else {
+        let search = c
+            .env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("");
+        let found = search.split(':').any(|dir| {
+            let candidate = format!("{}/{path}", dir.trim_end_matches('/'));
+            files.contains(&candidate) || mounted(&candidate)
+        });
+        (!found).then(|| "executable file not found in $PATH".to_string())
+    }?;
+    // runc 1.1 under containerd 1.6 (dockerd 20.10) vs. runc 1.2 under Docker 28.
+    let context = if legacy {
+        "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process"
+    } else {
+        "failed to create task for container: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init"
+    };
+    Some(ApiError::bad_request(format!(
+        "{context}: exec: \"{path}\": {problem}: unknown"
+    )))
 }
 
 async fn read_elf_arch(path: &str) -> Option<&'static str> {
@@ -146,32 +197,75 @@ async fn play(daemon: Arc<Daemon>, id: String, gen: u64, b: Behaviour) {
     daemon.exit(&id, gen, code, b.oom_killed);
 }
 
-/// Signal numbers dockerd accepts by name or number.
+/// Linux signal names as moby's `signal.SignalMap` spells them (`RTMIN+n`/`RTMAX-n` aside).
+const SIGNALS: &[(&str, i64)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("IOT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("POLL", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+    ("RTMIN", 34),
+    ("RTMAX", 64),
+];
+
+/// A signal as dockerd parses it: a name, or any non-zero number (whether Linux has that
+/// signal is checked later, see [`linux_signal`]). Empty means SIGKILL.
 pub fn parse_signal(s: &str) -> Option<i64> {
     if s.is_empty() {
         return Some(9);
     }
     if let Ok(n) = s.parse::<i64>() {
-        return (1..=64).contains(&n).then_some(n);
+        return (n != 0).then_some(n);
     }
     let name = s.to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ABRT" => 6,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        "CONT" => 18,
-        "STOP" => 19,
-        "WINCH" => 28,
-        _ => return None,
-    })
+    if let Some(n) = name
+        .strip_prefix("RTMIN+")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return (1..=15).contains(&n).then_some(34 + n);
+    }
+    if let Some(n) = name
+        .strip_prefix("RTMAX-")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return (1..=14).contains(&n).then_some(64 - n);
+    }
+    SIGNALS.iter().find(|(k, _)| *k == name).map(|(_, n)| *n)
+}
+
+/// Whether Linux has signal `n` (32 and 33 belong to the C library, so dockerd refuses them).
+pub fn linux_signal(n: i64) -> bool {
+    (1..=31).contains(&n) || (34..=64).contains(&n)
 }
 
 /// Stops a container: SIGTERM, then SIGKILL after `t` seconds. `Ok(false)` = already stopped.

@@ -1,4 +1,5 @@
-//! Accept loop and per-connection tasks. Every connection (and every upgraded attach
+//! Accept loop and per-connection tasks; each request goes to the instrument's `/_fake/`
+//! routes or to the Docker API. Every connection (and every upgraded attach
 //! stream) watches the daemon's epoch, so a restart can drop them all at once.
 
 use std::convert::Infallible;
@@ -11,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::admin_routes;
 use crate::state::Daemon;
 
 /// Where the daemon listens.
@@ -80,6 +82,9 @@ where
         let svc = service_fn(move |req| {
             let d = d.clone();
             async move {
+                if admin_routes::is_admin_path(req.uri().path()) {
+                    return Ok::<_, Infallible>(admin_routes::handle(d, req).await);
+                }
                 Ok::<_, Infallible>(
                     crate::routes::handle(d, req)
                         .await

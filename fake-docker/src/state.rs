@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::events::EventLog;
 use crate::faults::Faults;
-use crate::ids::Ids;
+use crate::ids::IdGen;
 use crate::registry::{ImageConfig, Platform, Reference, Registry};
 
 /// One line of container output as stored for logs and attach.
@@ -131,7 +131,7 @@ pub struct Network {
 }
 
 pub struct State {
-    pub ids: Ids,
+    pub ids: IdGen,
     pub next_seq: u64,
     pub next_pid: u32,
     pub next_port: u16,
@@ -168,7 +168,7 @@ impl Daemon {
                 .set(name, img.clone())
                 .map_err(|e| crate::Error::Config(format!("image {name:?}: {e}")))?;
         }
-        let ids = Ids::new(config.seed);
+        let ids = IdGen::new(config.seed);
         let now = clock.now();
         let net = |name: &str, driver: &str, subnet: Option<&str>| Network {
             id: ids.content_hash(&format!("network:{name}")),

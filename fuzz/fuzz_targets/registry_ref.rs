@@ -7,7 +7,8 @@
 //! adds `:latest` only to names with neither a tag nor a digest, and is idempotent.
 #![no_main]
 
-use launcher::docker::{registry_host, with_default_tag};
+use launcher::docker::with_default_tag;
+use launcher::registry_auth::registry_host;
 use libfuzzer_sys::fuzz_target;
 
 const HUB: &[&str] = &[

@@ -27,7 +27,8 @@ use crate::config::LauncherConfig;
 use crate::container_spec::Ids;
 use crate::data_dir::{DataDirError, DataDirLock};
 use crate::docker::BollardRuntime;
-use crate::lifecycle::{Error, ExitOutcome, Signal};
+use crate::error::{Error, Fatal};
+use crate::lifecycle::{ExitOutcome, Signal};
 use crate::metrics::Metrics;
 use crate::ports::{ContainerRuntime, RuntimeError};
 use crate::supervisor::{status_channel, Ports, Supervisor};
@@ -163,7 +164,7 @@ pub async fn run(
         r = &mut serving => r,
         e = mqtt_fatal.wait_for(Option::is_some) => {
             let e = e.ok().and_then(|e| e.clone());
-            let _ = fatal_tx.send(e.map(mqtt_error).unwrap_or(Error::EventsClosed));
+            let _ = fatal_tx.send(e.map(Fatal::from).unwrap_or(Fatal::EventsClosed));
             serving.await
         }
     };
@@ -211,10 +212,7 @@ where
 }
 
 fn mqtt_error(e: MqttError) -> Error {
-    match e {
-        MqttError::Unauthorized(m) => Error::Unauthorized(m),
-        other => Error::Mqtt(other.to_string()),
-    }
+    Fatal::from(e).into()
 }
 
 async fn connect_docker(host: Option<&str>, seed: u64) -> Result<BollardRuntime, Error> {

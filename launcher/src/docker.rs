@@ -11,15 +11,15 @@
 //! prove both paths against a stub daemon on a unix socket.
 //!
 //! Registry credentials: the core may pass them to `pull_image`; when it passes `None` and
-//! the runtime knows `SPACELIFT_DOCKER_CONFIG_DIR`, the entry of that dir's `config.json`
-//! matching the image's registry is used ([`registry_auth_for`]).
+//! the runtime knows `SPACELIFT_DOCKER_CONFIG_DIR`, that dir's `config.json` gives them for
+//! the image's registry: from its credential helper (`credHelpers`, `credsStore`) or its
+//! `auths` entry ([`crate::registry_auth`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig};
@@ -33,13 +33,13 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use protocol::api::LogStream;
 use protocol::Arch;
-use serde::Deserialize;
 
+use crate::cred_helper::HelperPath;
 use crate::ports::{
     ContainerRuntime, ContainerSpec, ContainerSummary, ExitStatus, ImageInfo, OutputLine,
     OutputStream, RegistryAuth, RuntimeError,
 };
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::ExposeSecret;
 
 /// The daemon every Docker CLI assumes.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -65,6 +65,7 @@ pub struct BollardRuntime {
     host: String,
     api_version: String,
     docker_config_dir: Option<PathBuf>,
+    cred_helpers: HelperPath,
 }
 
 impl BollardRuntime {
@@ -119,12 +120,19 @@ impl BollardRuntime {
             host,
             api_version,
             docker_config_dir: None,
+            cred_helpers: HelperPath::default(),
         })
     }
 
     /// Registry credentials for pulls that come without any (`SPACELIFT_DOCKER_CONFIG_DIR`).
     pub fn with_docker_config_dir(mut self, dir: Option<PathBuf>) -> BollardRuntime {
         self.docker_config_dir = dir;
+        self
+    }
+
+    /// Where `credsStore`/`credHelpers` helpers are found (default: the launcher's `PATH`).
+    pub fn with_credential_helpers(mut self, helpers: HelperPath) -> BollardRuntime {
+        self.cred_helpers = helpers;
         self
     }
 
@@ -232,7 +240,9 @@ impl ContainerRuntime for BollardRuntime {
         let auth = match auth {
             Some(a) => Some(a),
             None => match &self.docker_config_dir {
-                Some(dir) => registry_auth_for(dir, image)?,
+                Some(dir) => {
+                    crate::registry_auth::registry_auth_for(dir, image, &self.cred_helpers).await?
+                }
                 None => None,
             },
         };
@@ -609,128 +619,10 @@ pub fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// The registry host of an image reference, as Docker normalises it ([`crate::image_ref`]:
-/// `docker.io` for Docker Hub names such as `alpine` or `library/alpine`, and `Foo` in
-/// `Foo/bar` is a host). `None` when Docker would refuse the reference: no credentials go
-/// with a pull the daemon will refuse anyway.
-pub fn registry_host(image: &str) -> Option<String> {
-    crate::image_ref::parse(image)
-        .ok()
-        .map(|r| r.registry_host())
-        // `a_b.c/x`: the first component names a registry but is no valid host name, so
-        // Docker parses the whole as a path with no domain; no registry is ours to name.
-        .filter(|host| !host.is_empty())
-}
-
-fn normalize_registry(server: &str) -> String {
-    let s = server
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    let host = s.split('/').next().unwrap_or(s).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" | "docker.io" => {
-            "docker.io".to_string()
-        }
-        _ => host,
-    }
-}
-
-// No `Debug` on these two: they hold registry passwords and tokens as read.
-#[derive(Deserialize, Default)]
-struct DockerConfigFile {
-    #[serde(default)]
-    auths: BTreeMap<String, DockerAuthEntry>,
-}
-
-#[derive(Deserialize, Default)]
-struct DockerAuthEntry {
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    identitytoken: Option<String>,
-}
-
-/// The credentials in `<dir>/config.json` for `image`'s registry: `auths[server].auth`
-/// (base64 `user:password`), `username`/`password`, or `identitytoken`. Server keys match
-/// by host (`https://index.docker.io/v1/`, `docker.io` and friends are one registry).
-/// A missing file or entry is `Ok(None)`; an unreadable or malformed file is an error
-/// (it never quotes the file's contents).
-pub fn registry_auth_for(dir: &Path, image: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
-    let path = dir.join("config.json");
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(RuntimeError::Api(format!(
-                "SPACELIFT_DOCKER_CONFIG_DIR: cannot read {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let config: DockerConfigFile = serde_json::from_slice(&text).map_err(|e| {
-        RuntimeError::Api(format!(
-            "SPACELIFT_DOCKER_CONFIG_DIR: {} is not a Docker config.json (line {} column {})",
-            path.display(),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let Some(want) = registry_host(image) else {
-        return Ok(None);
-    };
-    let Some((server, entry)) = config
-        .auths
-        .iter()
-        .find(|(server, _)| normalize_registry(server) == want)
-    else {
-        return Ok(None);
-    };
-    let mut auth = RegistryAuth {
-        username: entry.username.clone().filter(|s| !s.is_empty()),
-        password: entry
-            .password
-            .clone()
-            .filter(|s| !s.is_empty())
-            .map(SecretString::from),
-        identity_token: entry
-            .identitytoken
-            .clone()
-            .filter(|s| !s.is_empty())
-            .map(SecretString::from),
-        server: Some(server.clone()),
-    };
-    if let Some(encoded) = entry.auth.as_deref().filter(|s| !s.is_empty()) {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                RuntimeError::Api(format!(
-                    "SPACELIFT_DOCKER_CONFIG_DIR: auths[{server:?}].auth is not base64 of user:password"
-                ))
-            })?;
-        let (user, pass) = decoded.split_once(':').ok_or_else(|| {
-            RuntimeError::Api(format!(
-                "SPACELIFT_DOCKER_CONFIG_DIR: auths[{server:?}].auth is not base64 of user:password"
-            ))
-        })?;
-        auth.username = Some(user.to_string());
-        auth.password = Some(pass.into());
-    }
-    if auth.username.is_none() && auth.password.is_none() && auth.identity_token.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(auth))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -1094,6 +986,58 @@ mod tests {
         assert_eq!(v["password"], "s3cret");
     }
 
+    /// The credentials a `credHelpers` helper answers reach the daemon in X-Registry-Auth;
+    /// a missing helper fails the pull, naming it, before the daemon is asked.
+    #[tokio::test]
+    async fn pull_uses_credential_helper_credentials() {
+        let (stub, rt) = runtime().await;
+        let helpers = tempfile::tempdir().unwrap();
+        crate::cred_helper::write_test_helper(
+            helpers.path(),
+            "acme",
+            r#"[ "$(cat)" = registry.example.com ] || exit 3
+echo '{"ServerURL":"registry.example.com","Username":"robot","Secret":"helper-s3cret"}'"#,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credHelpers":{"registry.example.com":"acme","ghcr.io":"absent"}}"#,
+        )
+        .unwrap();
+        let rt = rt
+            .with_docker_config_dir(Some(dir.path().to_path_buf()))
+            .with_credential_helpers(HelperPath::dirs(helpers.path()));
+        rt.pull_image("registry.example.com/team/app:1", "linux/amd64", None)
+            .await
+            .unwrap();
+        let header = stub.seen().into_iter().find_map(|s| s.auth_header).unwrap();
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(v["username"], "robot");
+        assert_eq!(v["password"], "helper-s3cret");
+        assert_eq!(v["serveraddress"], "registry.example.com");
+
+        let pulls = || {
+            stub.seen()
+                .iter()
+                .filter(|s| s.uri.contains("/images/create"))
+                .count()
+        };
+        let before = pulls();
+        let e = rt
+            .pull_image("ghcr.io/o/i:1", "linux/amd64", None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("docker-credential-absent not found on PATH (needed for ghcr.io)"),
+            "{e}"
+        );
+        assert_eq!(pulls(), before);
+    }
+
     #[tokio::test]
     async fn container_lifecycle() {
         let (stub, rt) = runtime().await;
@@ -1400,65 +1344,6 @@ mod tests {
             "localhost:5000/x:latest"
         );
         assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
-        let host = |s| registry_host(s).unwrap();
-        assert_eq!(host("alpine"), "docker.io");
-        assert_eq!(host("library/alpine"), "docker.io");
-        assert_eq!(host("docker.io/library/alpine"), "docker.io");
-        assert_eq!(
-            host("public.ecr.aws/spacelift/runner-terraform"),
-            "public.ecr.aws"
-        );
-        assert_eq!(host("localhost:5000/x"), "localhost:5000");
-        assert_eq!(host("localhost/x"), "localhost");
-    }
-
-    /// Cases from distribution/reference's grammar: the first component names a registry
-    /// iff it holds '.' or ':', is `localhost`, or has upper case; anything Docker would
-    /// refuse to parse gets no credentials at all.
-    #[test]
-    fn registry_host_follows_docker_reference_grammar() {
-        let digest = format!("sha256:{}", "ab".repeat(32));
-        let host = |s: &str| registry_host(s);
-        let cases: Vec<(String, Option<&str>)> = vec![
-            ("localhost:5000/x".into(), Some("localhost:5000")),
-            ("localhost/x".into(), Some("localhost")),
-            ("localhost:5000/x:tag".into(), Some("localhost:5000")),
-            ("Foo/bar".into(), Some("foo")),
-            (
-                "FOO.example.com:5000/a/b:TAG".into(),
-                Some("foo.example.com:5000"),
-            ),
-            ("foo.com/bar".into(), Some("foo.com")),
-            ("foo:5000/bar".into(), Some("foo:5000")),
-            ("bar".into(), Some("docker.io")),
-            ("bar:5000".into(), Some("docker.io")),
-            ("localhost".into(), Some("docker.io")),
-            ("library/bar".into(), Some("docker.io")),
-            ("docker.io/bar".into(), Some("docker.io")),
-            ("index.docker.io/bar".into(), Some("docker.io")),
-            ("registry-1.docker.io/library/bar".into(), Some("docker.io")),
-            ("[::1]:5000/x".into(), Some("[::1]:5000")),
-            ("[::1]/x".into(), Some("[::1]")),
-            (format!("bar@{digest}"), Some("docker.io")),
-            (format!("foo.com/bar:1.0@{digest}"), Some("foo.com")),
-            (format!("localhost/x@{digest}"), Some("localhost")),
-            // Not references Docker accepts: no credentials for any host.
-            ("Foo".into(), None),
-            ("foo/Bar".into(), None),
-            ("".into(), None),
-            ("a//b".into(), None),
-            ("foo.com/".into(), None),
-            ("foo.com:port/x".into(), None),
-            ("-a/b".into(), None),
-            ("bar@sha256:short".into(), None),
-            ("ab".repeat(32), None),
-            // Found by fuzz/registry_ref: a registry-like first component that is not a
-            // valid host name (underscores) leaves Docker with no domain at all.
-            ("a.b.c__e/f:v1".into(), None),
-        ];
-        for (image, want) in cases {
-            assert_eq!(host(&image).as_deref(), want, "{image:?}");
-        }
     }
 
     /// Found by fuzz/ (docker_logs): a line longer than MAX_LINE that arrived whole, with
@@ -1477,59 +1362,5 @@ mod tests {
         // The first piece is continued by the next, so masking keeps a window across it.
         assert_eq!(pieces, vec![(MAX_LINE, true), (10, false), (3, false)]);
         assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn docker_config_json_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(registry_auth_for(dir.path(), "alpine").unwrap(), None);
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        std::fs::write(
-            dir.path().join("config.json"),
-            format!(
-                r#"{{"auths":{{
-                    "https://index.docker.io/v1/":{{"auth":"{}"}},
-                    "registry.example.com:5000":{{"identitytoken":"tok"}},
-                    "https://ghcr.io":{{"username":"u","password":"p"}},
-                    "broken.example":{{"auth":"{}"}}
-                }},"credsStore":"desktop"}}"#,
-                b64("alice:pw:with:colons"),
-                b64("nocolon")
-            ),
-        )
-        .unwrap();
-        let hub = registry_auth_for(dir.path(), "alpine:3").unwrap().unwrap();
-        assert_eq!(hub.username.as_deref(), Some("alice"));
-        assert_eq!(
-            hub.password.as_ref().map(|p| p.expose_secret()),
-            Some("pw:with:colons")
-        );
-        assert_eq!(hub.server.as_deref(), Some("https://index.docker.io/v1/"));
-        let r = registry_auth_for(dir.path(), "registry.example.com:5000/team/img")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            r.identity_token.as_ref().map(|t| t.expose_secret()),
-            Some("tok")
-        );
-        assert_eq!(r.username, None);
-        let g = registry_auth_for(dir.path(), "ghcr.io/o/i")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                g.username.as_deref(),
-                g.password.as_ref().map(|p| p.expose_secret())
-            ),
-            (Some("u"), Some("p"))
-        );
-        assert_eq!(registry_auth_for(dir.path(), "quay.io/x/y").unwrap(), None);
-        let e = registry_auth_for(dir.path(), "broken.example/x").unwrap_err();
-        assert!(
-            e.to_string().contains("is not base64 of user:password"),
-            "{e}"
-        );
-        std::fs::write(dir.path().join("config.json"), "{ nope").unwrap();
-        assert!(registry_auth_for(dir.path(), "alpine").is_err());
     }
 }

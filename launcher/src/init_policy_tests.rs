@@ -15,7 +15,7 @@ fn policy(src: &str) -> Option<std::sync::Arc<InitPolicy>> {
 
 async fn until_terminal(h: &Harness, run: &str) {
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until(&format!("{run} reported terminal"), || b.is_terminal(run))
         .await;
 }

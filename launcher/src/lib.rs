@@ -1,27 +1,20 @@
-//! The Spacelift-compatible launcher.
-//!
-//! Code map:
-//! - [`settings`]: the validated configuration every other module reads.
-//! - [`ports`]: the traits the core talks to (`Backend`, `ContainerRuntime`, `BinaryStore`).
-//! - The core, on those traits: [`supervisor`] (the event loop: dedupe, slots, drain,
-//!   signals, status for heartbeats), [`run`] (one run from claim to removed container,
-//!   with its lease and log batching), [`outbox`] (ordered, retrying delivery of a run's
-//!   reports), [`container_spec`] (the run container as a pure function), [`masking`],
-//!   [`reaper`] (leftovers of an earlier launcher), [`lifecycle`] (signal stages, exit
-//!   outcome, the library's `Error`), [`metrics`].
-//! - [`app`]: wires the production adapters to the core (`app::run`); `main.rs` is the CLI.
-//!
-//! See `docs/ARCHITECTURE.md` for the whole picture and the invariants.
+//! The Spacelift-compatible launcher: registers one worker with a Spacelift worker pool,
+//! takes its runs over MQTT and HTTPS, and runs each in a Docker container, with the core
+//! (supervisor, runs, outbox) on the traits of [`ports`] and the production adapters wired
+//! by [`app::run`]. The code map, boundaries and invariants are in `docs/ARCHITECTURE.md`.
 
 pub mod app;
 pub mod backend;
 pub mod backoff;
 pub mod binaries;
+pub mod cache_counters;
 pub mod config;
 pub mod container_spec;
+pub mod cred_helper;
 pub mod credentials;
 pub mod data_dir;
 pub mod docker;
+pub mod error;
 pub mod image_ref;
 pub mod init_policy;
 pub mod lifecycle;
@@ -31,16 +24,19 @@ pub mod metrics;
 pub mod outbox;
 pub mod ports;
 pub mod reaper;
+pub mod registry_auth;
 pub mod run;
 pub mod secret;
 pub mod settings;
 pub mod supervisor;
 pub mod tls;
 
+mod clock;
 #[cfg(test)]
 mod testing;
 
-pub use lifecycle::{Error, ExitOutcome, Signal};
+pub use error::{Error, Fatal};
+pub use lifecycle::{ExitOutcome, Signal};
 pub use supervisor::{status_channel, Ports, Supervisor};
 
 /// Spacelift's documented default runner image.

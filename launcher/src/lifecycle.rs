@@ -1,15 +1,11 @@
-//! How the launcher process ends: operator signals as a small state machine, the outcome
-//! the process exits with, and the one error type the library returns.
+//! How the launcher process ends: operator signals as a small state machine and the
+//! outcome the process exits with (its error type is [`crate::error::Error`]).
 //!
 //! Signals follow Buildkite's agent, which is what operators of CI agents expect (and what
 //! systemd's `TimeoutStopSec` and Kubernetes' grace periods are sized for):
 //! 1st SIGTERM/SIGINT drains (no new runs, runs in flight finish, heartbeats go on),
 //! 2nd cancels the runs in flight and reports them `canceled` (`launcher_shutdown`),
 //! 3rd exits at once. Tests feed [`Signal`]s through a channel instead of real signals.
-
-use thiserror::Error;
-
-use crate::ports::{BackendError, RuntimeError};
 
 /// An operator's request to stop, as `main.rs` maps it from SIGTERM / SIGINT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,43 +81,6 @@ impl ExitOutcome {
     }
 }
 
-/// The launcher library's error. Messages say what to check; none carries a secret.
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error(
-        "the Spacelift backend refused this worker pool's credentials ({0}); check that \
-         SPACELIFT_TOKEN and SPACELIFT_POOL_PRIVATE_KEY belong to the same worker pool, that \
-         the pool still exists, and that its certificate has not been reset"
-    )]
-    Unauthorized(String),
-    #[error("Docker daemon: {0} (check DOCKER_HOST and that the daemon is running)")]
-    Docker(#[from] RuntimeError),
-    #[error("Spacelift backend: {0}")]
-    Backend(BackendError),
-    #[error("the backend's message channel (MQTT) closed and will not reconnect")]
-    EventsClosed,
-    /// The MQTT session stopped for good (its message says what to check).
-    #[error("{0}")]
-    Mqtt(String),
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl From<BackendError> for Error {
-    fn from(e: BackendError) -> Error {
-        match e {
-            BackendError::Unauthorized { message } => Error::Unauthorized(message),
-            other => Error::Backend(other),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,15 +101,5 @@ mod tests {
         assert_eq!(ExitOutcome::Cycled.exit_code(), 0);
         assert_eq!(ExitOutcome::Canceled.exit_code(), 1);
         assert!(!ExitOutcome::Immediate.graceful());
-    }
-
-    #[test]
-    fn unauthorized_says_what_to_check() {
-        let e: Error = BackendError::Unauthorized {
-            message: "401".into(),
-        }
-        .into();
-        let msg = e.to_string();
-        assert!(msg.contains("SPACELIFT_TOKEN") && msg.contains("SPACELIFT_POOL_PRIVATE_KEY"));
     }
 }

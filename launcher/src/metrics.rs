@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::binaries::{CacheCounters, CacheCountersSnapshot};
-use crate::lifecycle::Error;
+use crate::cache_counters::{CacheCounters, CacheCountersSnapshot};
+use crate::error::Error;
 use crate::ports::WorkerStatus;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

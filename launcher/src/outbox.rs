@@ -25,6 +25,7 @@ use protocol::api::{LogLine, PolicySample, TransitionRequest};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::backoff::Backoff;
+use crate::error::Fatal;
 use crate::metrics::Metrics;
 use crate::ports::{Backend, BackendError};
 
@@ -51,16 +52,16 @@ pub enum Report {
 
 /// Where fatal backend answers (Unauthorized) go: the supervisor stops the process.
 #[derive(Debug, Clone)]
-pub struct FatalTx(mpsc::UnboundedSender<String>);
+pub struct FatalTx(mpsc::UnboundedSender<Fatal>);
 
 impl FatalTx {
-    pub fn channel() -> (FatalTx, mpsc::UnboundedReceiver<String>) {
+    pub fn channel() -> (FatalTx, mpsc::UnboundedReceiver<Fatal>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (FatalTx(tx), rx)
     }
 
-    pub fn send(&self, message: impl Into<String>) {
-        let _ = self.0.send(message.into());
+    pub fn send(&self, fatal: Fatal) {
+        let _ = self.0.send(fatal);
     }
 }
 
@@ -458,7 +459,7 @@ impl Outbox {
                     }
                 }
                 Err(BackendError::Unauthorized { message }) => {
-                    self.deps.fatal.send(message);
+                    self.deps.fatal.send(Fatal::Unauthorized(message));
                     return Attempt::Fatal;
                 }
                 Err(BackendError::TooLarge { .. }) => return Attempt::TooLarge,

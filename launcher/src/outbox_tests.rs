@@ -11,7 +11,7 @@ use crate::testing::*;
 
 async fn until_terminal(h: &Harness, run: &str) {
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until(&format!("{run} reported terminal"), || b.is_terminal(run))
         .await;
 }

@@ -141,6 +141,27 @@ pub fn rejects_client_certificate(alert: rustls::AlertDescription) -> bool {
     )
 }
 
+/// Finds a rustls error in an error's source chain, looking inside `io::Error`s (whose
+/// `source()` skips the wrapped error itself).
+pub(crate) fn find_rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

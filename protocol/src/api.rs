@@ -127,6 +127,14 @@ pub enum RunType {
 }
 
 impl RunType {
+    pub const ALL: [RunType; 5] = [
+        RunType::Proposed,
+        RunType::Tracked,
+        RunType::Task,
+        RunType::Destroy,
+        RunType::Module,
+    ];
+
     pub fn is_read_only(self) -> bool {
         matches!(self, RunType::Proposed | RunType::Module)
     }

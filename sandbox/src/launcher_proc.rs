@@ -20,6 +20,10 @@ pub fn workspace_root() -> PathBuf {
 /// `spacelift-launcher` next to our own executable (`target/debug/`; one level up when
 /// run from `target/debug/deps/`), built with cargo when missing or older than the
 /// launcher's sources.
+///
+/// The build selects the sandbox package too: cargo unifies features over the selected
+/// packages, so this build then reuses every dependency `cargo run -p sandbox` compiled
+/// (the sandbox depends on the launcher's library for that) and compiles only the binary.
 pub fn locate_or_build(ui: &Ui) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the sandbox executable")?;
     let dir = exe
@@ -44,14 +48,32 @@ pub fn locate_or_build(ui: &Ui) -> Result<PathBuf> {
         None => format!("{BIN} not found next to {}; building it", exe.display()),
     };
     ui.line(format!(
-        "{why}: cargo build -p spacelift-launcher --bin {BIN}"
+        "{why}: cargo build -p sandbox -p spacelift-launcher --bin {BIN}"
     ));
     let cargo = std::env::var_os("CARGO")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("cargo"));
-    let status = std::process::Command::new(&cargo)
-        .args(["build", "-p", "spacelift-launcher", "--bin", BIN])
+    let mut build = std::process::Command::new(&cargo);
+    // Under `cargo run` we inherit the sandbox package's CARGO_MANIFEST_DIR, CARGO_PKG_*...;
+    // some build scripts (ring's) rerun when those change, so this build and the next
+    // `cargo run` would recompile each other's crates.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if set_by_cargo_run(&k) {
+            build.env_remove(k.as_ref());
+        }
+    }
+    let status = build
+        .args([
+            "build",
+            "-p",
+            "sandbox",
+            "-p",
+            "spacelift-launcher",
+            "--bin",
+            BIN,
+        ])
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .status()
@@ -69,6 +91,17 @@ pub fn locate_or_build(ui: &Ui) -> Result<PathBuf> {
                 exe.display()
             )
         })
+}
+
+/// The variables `cargo run` sets for the program it runs, as opposed to cargo's own
+/// configuration (CARGO_TARGET_DIR, CARGO_HOME, CARGO_BUILD_*...), which must pass through.
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+        )
 }
 
 /// A launcher (or protocol) source file newer than the binary, if any.
@@ -176,5 +209,35 @@ fn send_signal(pid: u32, signal: libc::c_int) {
     // only waited on after this call), so it cannot name a recycled process.
     unsafe {
         libc::kill(pid, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_run;
+
+    #[test]
+    fn only_the_run_package_variables_are_dropped_from_the_build() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_DEV_OPT_LEVEL",
+            "RUSTFLAGS",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
     }
 }

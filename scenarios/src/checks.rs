@@ -4,15 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fake_backend::{kinds, Event};
+use launcher::container_spec::labels;
 use protocol::RunState;
 
-use crate::engine::describe;
+use crate::launcher_node::NodeExit;
 use crate::model::{Scenario, Step};
 use crate::secrets::Secrets;
 use crate::world::World;
-
-const RUN_LABEL: &str = "workers.spacelift.io/run-id";
-const WORKER_LABEL: &str = "workers.spacelift.io/worker";
 
 /// Checks the invariants; returns one message per violation.
 pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
@@ -65,7 +63,7 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         let Some(fake) = &d.fake else { continue };
         for e in fake.admin().events() {
             if e.kind == "container" && e.action == "start" {
-                if let Some(run) = e.attributes.get(RUN_LABEL) {
+                if let Some(run) = e.attributes.get(labels::RUN_ID) {
                     *creates.entry(run.to_ascii_uppercase()).or_default() += 1;
                 }
             }
@@ -85,7 +83,7 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     for (dname, d) in &world.dockers {
         let Some(fake) = &d.fake else { continue };
         for c in fake.admin().containers() {
-            if c.labels.contains_key(RUN_LABEL) {
+            if c.labels.contains_key(labels::RUN_ID) {
                 out.push(format!(
                     "docker {dname}: container {} ({}) left behind",
                     c.name, c.status
@@ -115,7 +113,7 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
             if e.kind != "container" {
                 continue;
             }
-            let Some(worker) = e.attributes.get(WORKER_LABEL) else {
+            let Some(worker) = e.attributes.get(labels::WORKER) else {
                 continue;
             };
             let set = running.entry(worker.clone()).or_default();
@@ -267,7 +265,7 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
             continue;
         };
         if let Some(state) = &exp.state {
-            if run.state.as_str() != state {
+            if run.state != *state {
                 out.push(format!(
                     "run {name}: expected state {state}, got {} (reason {:?})",
                     run.state,
@@ -328,7 +326,9 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
                 Some(crate::launcher_node::NodeExit::Exited { code: got, .. }) if *got == code => {}
                 other => out.push(format!(
                     "launcher {name}: expected exit code {code}, got {}",
-                    other.map(describe).unwrap_or_else(|| "no exit".into())
+                    other
+                        .map(NodeExit::describe)
+                        .unwrap_or_else(|| "no exit".into())
                 )),
             }
         }
@@ -339,7 +339,7 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
             if !ok {
                 out.push(format!(
                     "launcher {name}: expected an error containing {text:?}, got {:?}",
-                    exits.iter().map(describe).collect::<Vec<_>>()
+                    exits.iter().map(NodeExit::describe).collect::<Vec<_>>()
                 ));
             }
         }
@@ -382,7 +382,7 @@ pub fn canonical(scenario: &Scenario, world: &World) -> Vec<String> {
         ));
     }
     for (name, l) in &world.launchers {
-        let exits: Vec<String> = l.exits.iter().map(describe).collect();
+        let exits: Vec<String> = l.exits.iter().map(NodeExit::describe).collect();
         lines.push(format!("launcher {name}: {}", exits.join(", ")));
     }
     lines

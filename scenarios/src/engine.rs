@@ -4,12 +4,10 @@
 use std::time::Duration;
 
 use fake_backend::{Fault as BackendFault, ScheduleRun};
-use protocol::api::RunType;
-use protocol::RunState;
+use launcher::container_spec::labels;
 
 use crate::checks;
 use crate::error::ScenarioError;
-use crate::launcher_node::NodeExit;
 use crate::model::{Behaviour, DockerKind, Fault, Scenario, ScheduleStep, Step};
 use crate::report::{Report, Trace};
 use crate::world::World;
@@ -98,7 +96,7 @@ async fn real_leftovers(world: &World) -> Vec<String> {
             };
             let filters = std::collections::HashMap::from([(
                 "label".to_string(),
-                vec![format!("workers.spacelift.io/worker={worker}")],
+                vec![format!("{}={worker}", labels::WORKER)],
             )]);
             let opts = bollard::query_parameters::ListContainersOptions {
                 all: true,
@@ -178,8 +176,7 @@ async fn step_once(
         }
         Step::WaitRun { run, state, within } => {
             let ulid = world.run_ulid(run).expect("validated").to_string();
-            let want: RunState = serde_json::from_value(serde_json::Value::String(state.clone()))
-                .map_err(|e| ScenarioError::Harness(e.to_string()))?;
+            let want = *state;
             let backend = world.backend();
             let deadline = tokio::time::Instant::now() + *within;
             let reached = wait_until(world, deadline, || {
@@ -276,7 +273,7 @@ async fn step_once(
             };
             match tokio::time::timeout(*within, node.wait()).await {
                 Ok(exit) => {
-                    trace.note(format!("launcher {launcher} exited: {}", describe(&exit)));
+                    trace.note(format!("launcher {launcher} exited: {}", exit.describe()));
                     l.exits.push(exit);
                     l.node = None;
                 }
@@ -417,15 +414,8 @@ fn fake_of<'w>(
 }
 
 fn schedule_request(world: &World, s: &ScheduleStep) -> ScheduleRun {
-    let run_type = match s.run_type.as_str() {
-        "proposed" => RunType::Proposed,
-        "task" => RunType::Task,
-        "destroy" => RunType::Destroy,
-        "module" => RunType::Module,
-        _ => RunType::Tracked,
-    };
     let mut req = ScheduleRun::new(world.pool.clone())
-        .run_type(run_type)
+        .run_type(s.run_type)
         .stack(format!("stack-{}", s.run));
     if let Some(image) = &s.image {
         req = req.image(image.clone());
@@ -484,15 +474,4 @@ fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
         fake_docker::BEHAVIOUR_ENV.to_string(),
         serde_json::to_string(&fb).expect("behaviour serializes"),
     )]
-}
-
-pub fn describe(exit: &NodeExit) -> String {
-    match exit {
-        NodeExit::Crashed => "crashed".into(),
-        NodeExit::Exited { code, error: None } => format!("exit {code}"),
-        NodeExit::Exited {
-            code,
-            error: Some(e),
-        } => format!("exit {code}: {e}"),
-    }
 }

@@ -62,6 +62,20 @@ pub enum NodeExit {
     Crashed,
 }
 
+impl NodeExit {
+    /// `exit 1: <error>`, `exit 0` or `crashed`, for traces and check failures.
+    pub fn describe(&self) -> String {
+        match self {
+            NodeExit::Crashed => "crashed".into(),
+            NodeExit::Exited { code, error: None } => format!("exit {code}"),
+            NodeExit::Exited {
+                code,
+                error: Some(e),
+            } => format!("exit {code}: {e}"),
+        }
+    }
+}
+
 pub struct LauncherNode {
     signals: mpsc::Sender<Signal>,
     crash: Option<oneshot::Sender<()>>,

@@ -113,7 +113,7 @@ pub fn on_real_docker(scenario: &Scenario) -> Option<Scenario> {
             .topology
             .dockers
             .iter()
-            .any(|d| !d.images.is_empty() || d.arch != "amd64");
+            .any(|d| !d.images.is_empty() || d.arch != protocol::Arch::Amd64);
     if fake_only {
         return None;
     }

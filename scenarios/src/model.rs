@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use protocol::api::RunType;
+use protocol::{Arch, RunState};
 use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -68,8 +70,8 @@ fn default_heartbeat() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct DockerTopology {
     pub name: String,
-    #[serde(default = "default_arch")]
-    pub arch: String,
+    #[serde(default = "default_arch", deserialize_with = "wire_name::arch")]
+    pub arch: Arch,
     /// Maximum API version the daemon speaks (Debian's dockerd 20.10: `1.41`).
     #[serde(default)]
     pub api_version: Option<String>,
@@ -81,8 +83,8 @@ pub struct DockerTopology {
     pub kind: DockerKind,
 }
 
-fn default_arch() -> String {
-    "amd64".into()
+fn default_arch() -> Arch {
+    Arch::Amd64
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -129,7 +131,8 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct WorkerVersion {
     pub version: String,
-    pub arch: String,
+    #[serde(deserialize_with = "wire_name::arch")]
+    pub arch: Arch,
     /// `elf` (a stub with the right ELF header; default) or `shell` (a busybox script).
     #[serde(default)]
     pub kind: BinaryKind,
@@ -176,7 +179,8 @@ pub enum Step {
     /// Wait until a run reaches a state.
     WaitRun {
         run: String,
-        state: String,
+        #[serde(deserialize_with = "wire_name::run_state")]
+        state: RunState,
         #[serde(default = "default_wait", with = "duration")]
         within: Duration,
     },
@@ -252,8 +256,8 @@ pub struct ScheduleStep {
     pub run: String,
     #[serde(default)]
     pub image: Option<String>,
-    #[serde(default = "default_run_type")]
-    pub run_type: String,
+    #[serde(default = "default_run_type", deserialize_with = "wire_name::run_type")]
+    pub run_type: RunType,
     #[serde(default)]
     pub behaviour: Behaviour,
     #[serde(default)]
@@ -263,8 +267,8 @@ pub struct ScheduleStep {
     pub vendor: Option<String>,
 }
 
-fn default_run_type() -> String {
-    "tracked".into()
+fn default_run_type() -> RunType {
+    RunType::Tracked
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -340,8 +344,8 @@ pub struct Expectations {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunExpectation {
-    #[serde(default)]
-    pub state: Option<String>,
+    #[serde(default, deserialize_with = "wire_name::opt_run_state")]
+    pub state: Option<RunState>,
     #[serde(default)]
     pub exit_code: Option<i64>,
     #[serde(default)]
@@ -361,6 +365,50 @@ pub struct LauncherExpectation {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub error_contains: Option<String>,
+}
+
+/// Run states, run types and architectures by the names `protocol` gives them (its serde
+/// names, the only definition); a wrong name is an error at its line listing the valid ones.
+mod wire_name {
+    use serde::de::DeserializeOwned;
+    use serde::de::{self, value, IntoDeserializer};
+
+    use super::*;
+
+    fn parse<T, E>(what: &str, text: &str, all: &[T]) -> Result<T, E>
+    where
+        T: DeserializeOwned + Serialize,
+        E: de::Error,
+    {
+        T::deserialize(IntoDeserializer::<value::Error>::into_deserializer(text)).map_err(|_| {
+            let names: Vec<String> = all
+                .iter()
+                .filter_map(|v| serde_json::to_value(v).ok()?.as_str().map(String::from))
+                .collect();
+            E::custom(format!(
+                "{what} {text:?} is not one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    pub fn run_state<'de, D: Deserializer<'de>>(d: D) -> Result<RunState, D::Error> {
+        parse("state", &String::deserialize(d)?, &RunState::ALL)
+    }
+
+    pub fn opt_run_state<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RunState>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| parse("state", &text, &RunState::ALL))
+            .transpose()
+    }
+
+    pub fn run_type<'de, D: Deserializer<'de>>(d: D) -> Result<RunType, D::Error> {
+        parse("run_type", &String::deserialize(d)?, &RunType::ALL)
+    }
+
+    pub fn arch<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        parse("arch", &String::deserialize(d)?, &Arch::ALL)
+    }
 }
 
 /// Go durations (`protocol::duration`): `500ms`, `2s`, `7m`, `1h30m`.

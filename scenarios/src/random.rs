@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use protocol::api::RunType;
+use protocol::{Arch, RunState};
+
 use crate::model::{
     BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault,
     LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology, WorkerVersion,
@@ -60,14 +63,11 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 expect.runs.insert(
                     format!("r{runs}"),
                     RunExpectation {
-                        state: Some(
-                            if *exit_code == 0 {
-                                "finished"
-                            } else {
-                                "failed"
-                            }
-                            .into(),
-                        ),
+                        state: Some(if *exit_code == 0 {
+                            RunState::Finished
+                        } else {
+                            RunState::Failed
+                        }),
                         exit_code: Some(*exit_code),
                         ..RunExpectation::default()
                     },
@@ -75,7 +75,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 steps.push(Step::Schedule(ScheduleStep {
                     run: format!("r{runs}"),
                     image: None,
-                    run_type: "tracked".into(),
+                    run_type: RunType::Tracked,
                     behaviour: Behaviour {
                         stdout: vec![format!("output of r{runs}")],
                         exit_code: *exit_code,
@@ -124,7 +124,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 versions += 1;
                 steps.push(Step::PublishVersion(WorkerVersion {
                     version: format!("v{versions}"),
-                    arch: "amd64".into(),
+                    arch: Arch::Amd64,
                     kind: BinaryKind::Elf,
                 }));
             }
@@ -147,7 +147,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             },
             dockers: vec![DockerTopology {
                 name: "d1".into(),
-                arch: "amd64".into(),
+                arch: Arch::Amd64,
                 api_version: None,
                 images: Vec::new(),
                 kind: DockerKind::Fake,
@@ -163,7 +163,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 .collect(),
             worker_versions: vec![WorkerVersion {
                 version: "v1".into(),
-                arch: "amd64".into(),
+                arch: Arch::Amd64,
                 kind: BinaryKind::Elf,
             }],
         },

@@ -8,7 +8,6 @@ use std::time::Duration;
 use fake_backend::{BackendConfig, BackendHandle, BinaryContent, FakeBackend};
 use fake_docker::{FakeDocker, FakeDockerHandle};
 use launcher::config::MapEnv;
-use protocol::Arch;
 
 use crate::error::ScenarioError;
 use crate::launcher_node::{Captured, LauncherNode, NodeExit};
@@ -58,10 +57,6 @@ pub struct World {
 
 fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
     ScenarioError::Harness(format!("{what}: {e}"))
-}
-
-pub fn arch(name: &str) -> Arch {
-    name.parse().unwrap_or(Arch::Amd64)
 }
 
 impl World {
@@ -139,7 +134,7 @@ impl World {
             BinaryKind::Shell => BinaryContent::ShellWorker,
         };
         self.backend()
-            .publish_version(arch(&v.arch), Some(&v.version), content)
+            .publish_version(v.arch, Some(&v.version), content)
             .map_err(|e| harness("publishing a worker version", e))?;
         Ok(())
     }
@@ -336,7 +331,7 @@ async fn start_docker(d: &DockerTopology, seed: u64) -> Result<Docker, ScenarioE
         }
         DockerKind::Fake => {
             let mut config = fake_docker::Config {
-                arch: d.arch.clone(),
+                arch: d.arch.to_string(),
                 seed,
                 ..fake_docker::Config::default()
             };

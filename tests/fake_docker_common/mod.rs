@@ -225,3 +225,67 @@ impl PendingWait {
         v["StatusCode"].as_i64().expect("StatusCode")
     }
 }
+
+/// Like [`raw_request`] but byte-exact: the body de-chunked, for multiplexed log frames.
+pub async fn raw_bytes(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let rest = out.get(split + 4..).unwrap_or(&[]).to_vec();
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, rest);
+    }
+    let (mut body, mut i) = (Vec::new(), 0);
+    while let Some(nl) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[i..i + nl])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        i += nl + 2;
+        if size == 0 || i + size > rest.len() {
+            break;
+        }
+        body.extend_from_slice(&rest[i..i + size]);
+        i += size + 2;
+    }
+    (status, body)
+}
+
+/// Splits a multiplexed stream into `(stream, text)` frames; a raw stream is one stdout frame.
+pub fn demux(mut b: &[u8]) -> Vec<(u8, String)> {
+    let mut out = Vec::new();
+    while b.len() >= 8 && b[0] <= 2 && b[1..4] == [0, 0, 0] {
+        let n = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        let end = (8 + n).min(b.len());
+        out.push((b[0], String::from_utf8_lossy(&b[8..end]).into_owned()));
+        b = &b[end..];
+    }
+    if !b.is_empty() {
+        out.push((1, String::from_utf8_lossy(b).into_owned()));
+    }
+    out
+}

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
-use super::{parse_json, Ctx};
+use super::decode::{string_map, strings};
+use super::Ctx;
 use crate::clock::{human_duration, rfc3339_nano, ZERO_TIME};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{json, status_only, Reply};
@@ -22,58 +23,18 @@ fn is_valid_name(name: &str) -> bool {
     n.len() >= 2 && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// A JSON field that must be absent/null or of the given shape (Go's unmarshal errors are 400).
-fn strings(v: &Value, field: &str) -> ApiResult<Vec<String>> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "json: cannot unmarshal {x} into Go struct field .{field} of type string"
-                    ))
-                })
-            })
-            .collect(),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "json: cannot unmarshal {} into Go struct field .{field} of type []string",
-            type_name(other)
-        ))),
+/// dockerd refuses a malformed image reference before looking it up.
+fn check_reference(image_ref: &str) -> ApiResult<()> {
+    let hex = image_ref.strip_prefix("sha256:").unwrap_or(image_ref);
+    if Reference::parse(image_ref).is_ok() || hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(());
     }
-}
-
-fn string_map(v: &Value, field: &str) -> ApiResult<BTreeMap<String, String>> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(BTreeMap::new()),
-        Some(Value::Object(m)) => Ok(m
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()),
-                )
-            })
-            .collect()),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "json: cannot unmarshal {} into Go struct field .{field} of type map[string]string",
-            type_name(other)
-        ))),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
+    let lower_ok = Reference::parse(&image_ref.to_ascii_lowercase()).is_ok();
+    Err(ApiError::bad_request(if lower_ok {
+        "invalid reference format: repository name must be lowercase"
+    } else {
+        "invalid reference format"
+    }))
 }
 
 fn flag(v: &Value, field: &str) -> bool {
@@ -86,17 +47,7 @@ fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 
 pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     let d = &ctx.daemon;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "config cannot be empty in order to create a container",
-        ));
-    }
-    let v = parse_json(ctx, body)?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request(
-            "json: cannot unmarshal into Go value of type container.Config",
-        ));
-    }
+    let v = super::decode::create_body(ctx, body)?;
     let empty = Value::Object(Map::new());
     let hc = v
         .get("HostConfig")
@@ -115,6 +66,7 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     if image_ref.is_empty() {
         return Err(ApiError::bad_request("no command specified"));
     }
+    check_reference(&image_ref)?;
     let mut cmd = strings(&v, "Cmd")?;
     let entrypoint = strings(&v, "Entrypoint")?;
     let env = strings(&v, "Env")?;
@@ -181,6 +133,13 @@ pub fn create(ctx: &Ctx, body: &[u8]) -> ApiResult<Reply> {
     };
     let mut warnings: Vec<String> = Vec::new();
     match &requested_platform {
+        Some(p) if !p.matches(&img.platform) && ctx.legacy() => {
+            return Err(ApiError::not_found(format!(
+                "image with reference {image_ref} was found but does not match the specified platform: wanted {}, actual: {}",
+                p.normalized(),
+                img.platform.normalized()
+            )));
+        }
         Some(p) if !p.matches(&img.platform) => {
             return Err(ApiError::not_found(format!(
                 "image with reference {image_ref} was found but its platform ({}) does not match the specified platform ({p})",
@@ -575,6 +534,11 @@ pub fn kill(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let mut st = d.lock();
     let id = Daemon::resolve_container(&st, given)
         .map_err(|e| ApiError::new(e.status, format!("{prefix}: {given}: {}", e.message)))?;
+    if !crate::runner::linux_signal(sig) {
+        return Err(ApiError::internal(format!(
+            "{prefix}: {given}: The linux daemon does not support signal {sig}"
+        )));
+    }
     let running = st.containers.get(&id).is_some_and(Container::running);
     if !running {
         let who = if ctx.legacy() {
@@ -591,11 +555,19 @@ pub fn kill(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
 }
 
 pub async fn stop(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
-    let t = ctx
-        .query
-        .get("t")
-        .or_else(|| ctx.query.get("timeout"))
-        .and_then(|t| t.parse::<i64>().ok());
+    // Go's strconv.Atoi; dockerd returns its error unwrapped, hence 500, before any lookup.
+    let t = match ctx.query.get("t").or_else(|| ctx.query.get("timeout")) {
+        None | Some("") => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|e| {
+            let why = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "value out of range"
+                }
+                _ => "invalid syntax",
+            };
+            ApiError::internal(format!("strconv.Atoi: parsing \"{t}\": {why}"))
+        })?),
+    };
     match crate::runner::stop(&ctx.daemon, given, t).await? {
         true => Ok(status_only(StatusCode::NO_CONTENT)),
         false => Ok(status_only(StatusCode::NOT_MODIFIED)),
@@ -610,6 +582,12 @@ pub fn delete(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
     let Some(c) = st.containers.get(&id) else {
         return Err(ApiError::no_such_container(given));
     };
+    if ctx.query.bool("link") {
+        // `link=1` removes a legacy link `/parent/name`; a plain name is nobody's link.
+        return Err(ApiError::internal(
+            "Conflict, cannot remove the default link name of the container",
+        ));
+    }
     if c.running() {
         if !force {
             return Err(ApiError::conflict(if ctx.legacy() {

@@ -5,6 +5,7 @@
 //! without `/vX.YY`, and attach needs the raw hyper request for its 101 upgrade.
 
 mod containers;
+mod decode;
 mod images;
 mod networks;
 mod streams;
@@ -13,98 +14,62 @@ mod system;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::config::parse_version;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{error, Query, Reply};
+use crate::http::{error, read_body, Query, Reply};
 use crate::state::Daemon;
 
-/// A matched route. `key()` names it for fault injection and the request log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    Ping,
-    Version,
-    Info,
-    Events,
-    ImagesCreate,
-    ImagesList,
-    ImageInspect(String),
-    ImageDelete(String),
-    ContainersCreate,
-    ContainersList,
-    ContainerInspect(String),
-    ContainerStart(String),
-    ContainerWait(String),
-    ContainerLogs(String),
-    ContainerAttach(String),
-    ContainerKill(String),
-    ContainerStop(String),
-    ContainerDelete(String),
-    NetworksList,
-    NetworkInspect(String),
-    NetworkCreate,
-    NetworkDelete(String),
-}
-
-impl Route {
-    pub fn key(&self) -> &'static str {
-        match self {
-            Route::Ping => "ping",
-            Route::Version => "version",
-            Route::Info => "info",
-            Route::Events => "events",
-            Route::ImagesCreate => "images.create",
-            Route::ImagesList => "images.list",
-            Route::ImageInspect(_) => "images.inspect",
-            Route::ImageDelete(_) => "images.delete",
-            Route::ContainersCreate => "containers.create",
-            Route::ContainersList => "containers.list",
-            Route::ContainerInspect(_) => "containers.inspect",
-            Route::ContainerStart(_) => "containers.start",
-            Route::ContainerWait(_) => "containers.wait",
-            Route::ContainerLogs(_) => "containers.logs",
-            Route::ContainerAttach(_) => "containers.attach",
-            Route::ContainerKill(_) => "containers.kill",
-            Route::ContainerStop(_) => "containers.stop",
-            Route::ContainerDelete(_) => "containers.delete",
-            Route::NetworksList => "networks.list",
-            Route::NetworkInspect(_) => "networks.inspect",
-            Route::NetworkCreate => "networks.create",
-            Route::NetworkDelete(_) => "networks.delete",
+/// Declares [`Route`], its [`Route::key`] and [`ROUTE_KEYS`] from one list, so a route
+/// cannot have a key that fault validation does not know (or the reverse).
+macro_rules! routes {
+    ($($variant:ident $(($arg:ty))? => $key:literal,)*) => {
+        /// A matched route. `key()` names it for fault injection and the request log.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Route {
+            $($variant $(($arg))?,)*
         }
-    }
+
+        impl Route {
+            pub fn key(&self) -> &'static str {
+                match self {
+                    $(Route::$variant { .. } => $key,)*
+                }
+            }
+        }
+
+        /// Every route key, for documentation and validation of fault requests.
+        pub const ROUTE_KEYS: &[&str] = &[$($key,)*];
+    };
 }
 
-/// Every route key, for documentation and validation of fault requests.
-pub const ROUTE_KEYS: &[&str] = &[
-    "ping",
-    "version",
-    "info",
-    "events",
-    "images.create",
-    "images.list",
-    "images.inspect",
-    "images.delete",
-    "containers.create",
-    "containers.list",
-    "containers.inspect",
-    "containers.start",
-    "containers.wait",
-    "containers.logs",
-    "containers.attach",
-    "containers.kill",
-    "containers.stop",
-    "containers.delete",
-    "networks.list",
-    "networks.inspect",
-    "networks.create",
-    "networks.delete",
-];
+routes! {
+    Ping => "ping",
+    Version => "version",
+    Info => "info",
+    Events => "events",
+    ImagesCreate => "images.create",
+    ImagesList => "images.list",
+    ImageInspect(String) => "images.inspect",
+    ImageDelete(String) => "images.delete",
+    ContainersCreate => "containers.create",
+    ContainersList => "containers.list",
+    ContainerInspect(String) => "containers.inspect",
+    ContainerStart(String) => "containers.start",
+    ContainerWait(String) => "containers.wait",
+    ContainerLogs(String) => "containers.logs",
+    ContainerAttach(String) => "containers.attach",
+    ContainerKill(String) => "containers.kill",
+    ContainerStop(String) => "containers.stop",
+    ContainerDelete(String) => "containers.delete",
+    NetworksList => "networks.list",
+    NetworkInspect(String) => "networks.inspect",
+    NetworkCreate => "networks.create",
+    NetworkDelete(String) => "networks.delete",
+}
 
 fn decode(s: &str) -> String {
     percent_decode(s)
@@ -190,28 +155,9 @@ impl Ctx {
     }
 }
 
-pub async fn read_body(daemon: &Daemon, body: Incoming) -> ApiResult<Bytes> {
-    let limit = daemon.config.max_body_bytes;
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::bad_request(
-            format!("request body too large: more than {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "error reading request body: {e}"
-        ))),
-    }
-}
-
 /// Parses a JSON body the way dockerd reports failures (20.10: 500; later: 400 "invalid JSON").
 pub fn parse_json(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| {
-        if ctx.legacy() {
-            ApiError::internal(e.to_string())
-        } else {
-            ApiError::bad_request(format!("invalid JSON: {e}"))
-        }
-    })
+    decode::first_value(body).map_err(|m| decode::decode_error(ctx, m))
 }
 
 fn add_headers(daemon: &Daemon, r: &mut Reply) {
@@ -229,9 +175,6 @@ fn add_headers(daemon: &Daemon, r: &mut Reply) {
 pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = req.method().clone();
     let full_path = req.uri().path().to_string();
-    if full_path.starts_with("/_fake/") || full_path == "/_fake" {
-        return Ok(crate::admin::handle(daemon, req).await);
-    }
     let (version, path) = split_version(&full_path);
     let max = parse_version(&daemon.config.api_version).unwrap_or((1, 41));
     let min = parse_version(&daemon.config.min_api_version).unwrap_or((1, 12));
@@ -317,16 +260,20 @@ async fn dispatch(
         Route::ImagesList => images::list(&ctx),
         Route::ImageInspect(name) => images::inspect(&ctx, &name),
         Route::ImageDelete(name) => images::delete(&ctx, &name),
-        Route::ContainersCreate => match read_body(daemon, req.into_body()).await {
-            Ok(body) => containers::create(&ctx, &body),
-            Err(e) => Err(e),
-        },
+        Route::ContainersCreate => {
+            match read_body(daemon.config.max_body_bytes, req.into_body()).await {
+                Ok(body) => containers::create(&ctx, &body),
+                Err(e) => Err(e),
+            }
+        }
         Route::ContainersList => containers::list(&ctx),
         Route::ContainerInspect(id) => containers::inspect(&ctx, &id),
-        Route::ContainerStart(id) => match read_body(daemon, req.into_body()).await {
-            Ok(body) => containers::start(&ctx, &id, &body).await,
-            Err(e) => Err(e),
-        },
+        Route::ContainerStart(id) => {
+            match read_body(daemon.config.max_body_bytes, req.into_body()).await {
+                Ok(body) => containers::start(&ctx, &id, &body).await,
+                Err(e) => Err(e),
+            }
+        }
         Route::ContainerWait(id) => streams::wait(&ctx, &id),
         Route::ContainerLogs(id) => streams::logs(&ctx, &id),
         Route::ContainerAttach(id) => streams::attach(&ctx, &id, req),
@@ -335,10 +282,12 @@ async fn dispatch(
         Route::ContainerDelete(id) => containers::delete(&ctx, &id),
         Route::NetworksList => networks::list(&ctx),
         Route::NetworkInspect(id) => networks::inspect(&ctx, &id),
-        Route::NetworkCreate => match read_body(daemon, req.into_body()).await {
-            Ok(body) => networks::create(&ctx, &body),
-            Err(e) => Err(e),
-        },
+        Route::NetworkCreate => {
+            match read_body(daemon.config.max_body_bytes, req.into_body()).await {
+                Ok(body) => networks::create(&ctx, &body),
+                Err(e) => Err(e),
+            }
+        }
         Route::NetworkDelete(id) => networks::delete(&ctx, &id),
     };
     result.unwrap_or_else(|e| error(&e))

@@ -108,7 +108,7 @@ impl Framing {
         if self.tty {
             payload.freeze()
         } else {
-            crate::mux::frame(e.stream.fd(), &payload)
+            crate::stream_frames::frame(e.stream.fd(), &payload)
         }
     }
 }
@@ -121,15 +121,12 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
             "Bad parameters: you must choose at least one stream",
         ));
     }
-    let since = parse_unix_ts(q.str("since"));
-    let until = parse_unix_ts(q.str("until"));
-    let tail: Option<usize> = match q.str("tail") {
-        "" | "all" => None,
-        n => n
-            .parse::<i64>()
-            .ok()
-            .map(|n| usize::try_from(n).unwrap_or(0)),
-    };
+    // dockerd: a tail that is not a number, or is negative, means all lines.
+    let tail: Option<usize> = q
+        .str("tail")
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| usize::try_from(n).ok());
     let d = ctx.daemon.clone();
     let mut changes = d.changes.subscribe();
     let (output, follow, tty) = {
@@ -140,6 +137,8 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         };
         (c.output.clone(), q.bool("follow") && c.running(), c.tty)
     };
+    let since = go_timestamp(q.str("since"))?.and_then(|_| parse_unix_ts(q.str("since")));
+    let until = go_timestamp(q.str("until"))?.and_then(|_| parse_unix_ts(q.str("until")));
     let framing = Framing {
         stdout,
         stderr,
@@ -192,6 +191,23 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         }
     });
     Ok(reply)
+}
+
+/// Checks `since`/`until` as Go's `timetypes.ParseTimestamps` does (`seconds[.nanos]`,
+/// each part a strconv.ParseInt); its error is returned unwrapped, hence 500.
+fn go_timestamp(s: &str) -> ApiResult<Option<()>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
+    for part in [secs, nanos] {
+        if part.parse::<i64>().is_err() {
+            return Err(ApiError::internal(format!(
+                "strconv.ParseInt: parsing \"{part}\": invalid syntax"
+            )));
+        }
+    }
+    Ok(Some(()))
 }
 
 fn take_new(

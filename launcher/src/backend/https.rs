@@ -40,6 +40,7 @@ use serde::Serialize;
 use crate::backoff::Backoff;
 use crate::config::{LauncherConfig, ProxyConfig};
 use crate::ports::{Backend, BackendError, ByteStream, ClaimOutcome};
+use crate::tls::find_rustls_error;
 
 /// The largest JSON answer read (a claim's run spec with its env is the largest expected).
 pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
@@ -517,25 +518,6 @@ fn map_tls(e: &rustls::Error) -> BackendError {
             retry_after: None,
         },
     }
-}
-
-/// Finds a rustls error in an error's source chain, looking inside `io::Error`s (whose
-/// `source()` skips the wrapped error itself).
-pub(crate) fn find_rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn StdError + 'static));
-                continue;
-            }
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// "outer: inner: innermost", for messages.

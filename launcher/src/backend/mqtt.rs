@@ -8,16 +8,17 @@
 //! - Heartbeats (`WorkerMessage::Heartbeat`, `seq` increasing from 0) every
 //!   `heartbeat_interval` from the status watch's current value, and at once when it changes.
 //! - Server messages become [`BackendEvent::Message`]; malformed payloads and unknown types
-//!   are logged and counted ([`MqttCounters`]), never fatal.
+//!   are logged and counted ([`MqttCounters`], read through [`MqttSession::counters`]; they
+//!   are not exported to `/metrics`), never fatal.
 //! - Reconnects: we drive them ourselves (never rumqttc's immediate re-poll), with
 //!   full-jitter backoff from 1 s doubling to 64 s ([`Backoff`], seeded), on tokio time.
 //!   A lost connection emits one [`BackendEvent::Disconnected`].
 //! - Fatal errors (CONNACK "not authorized"/"bad user name or password", a TLS alert about
 //!   our certificate, a broker certificate we do not trust, a refused subscription): the
-//!   session emits `Disconnected("fatal: ...")`, records the error (readable with
-//!   [`MqttSession::fatal_error`] / [`MqttSession::fatal`]) and stops, which closes the
-//!   event channel. A core that sees the channel close checks `fatal_error()` and exits
-//!   non-zero with its message. (`ports::BackendEvent` is left unchanged.)
+//!   session emits `Disconnected("fatal: ...")`, records the error (watched with
+//!   [`MqttSession::fatal`]) and stops, which closes the event channel. `app` watches it
+//!   and hands it to the supervisor as a [`Fatal`], which stops the runs and exits non-zero
+//!   with its message. (`ports::BackendEvent` is left unchanged.)
 //! - [`MqttSession::shutdown`] publishes `Gone { crashed: false }`, waits for its PUBACK
 //!   (bounded), then sends DISCONNECT so the broker drops the Last Will.
 //!   [`MqttSession::abort`] drops the connection without DISCONNECT (crash simulation): the
@@ -36,10 +37,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::backend::https::find_rustls_error;
 use crate::backoff::Backoff;
 use crate::config::LauncherConfig;
+use crate::error::Fatal;
 use crate::ports::{BackendEvent, WorkerStatus};
+use crate::tls::find_rustls_error;
 
 /// Why the MQTT session cannot (or can no longer) work. Retrying cannot help.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -57,6 +59,17 @@ pub enum MqttError {
          and ADDITIONAL_ROOT_CAS"
     )]
     UntrustedBroker(String),
+}
+
+/// Refused credentials keep their own kind (the operator is told what to check); anything
+/// else ends the session with its message.
+impl From<MqttError> for Fatal {
+    fn from(e: MqttError) -> Fatal {
+        match e {
+            MqttError::Unauthorized(m) => Fatal::Unauthorized(m),
+            other => Fatal::Mqtt(other.to_string()),
+        }
+    }
 }
 
 /// Connection parameters (from the token, or set by tests).
@@ -126,7 +139,8 @@ impl MqttConfig {
     }
 }
 
-/// Counters for metrics (monotonic).
+/// The session's own counters (monotonic), for tests and diagnostics: `/metrics` does not
+/// export them.
 #[derive(Debug, Default)]
 pub struct MqttCounters {
     pub messages: AtomicU64,
@@ -249,11 +263,6 @@ impl MqttSession {
             },
             events_rx,
         ))
-    }
-
-    /// The fatal error that stopped the session, if any.
-    pub fn fatal_error(&self) -> Option<MqttError> {
-        self.fatal.borrow().clone()
     }
 
     /// Watch for the fatal error (changes once, from None to Some).
@@ -904,7 +913,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(events.recv().await, None);
-        let e = session.fatal_error().unwrap();
+        let e = session.fatal().borrow().clone().unwrap();
         assert!(matches!(e, MqttError::Unauthorized(_)), "{e:?}");
         assert!(e.to_string().contains("SPACELIFT_POOL_PRIVATE_KEY"), "{e}");
     }
@@ -921,7 +930,7 @@ mod tests {
         assert!(
             matches!(events.recv().await.unwrap(), BackendEvent::Disconnected(m) if m.starts_with("fatal: "))
         );
-        let e = session.fatal_error();
+        let e = session.fatal().borrow().clone();
         assert!(matches!(e, Some(MqttError::UntrustedBroker(_))), "{e:?}");
     }
 
@@ -967,7 +976,7 @@ mod tests {
             events.recv().await.unwrap(),
             BackendEvent::Disconnected(_)
         ));
-        assert!(session.fatal_error().is_none());
+        assert!(session.fatal().borrow().is_none());
         session.shutdown().await;
         assert_eq!(events.recv().await, None);
     }

@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::ports::{ByteStream, ClaimOutcome};
+use futures_util::StreamExt;
 use protocol::api::{Lease, LogLine, TransitionRequest};
 use protocol::Arch;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::AtomicUsize;
 use tokio::sync::Semaphore;
 

@@ -169,7 +169,10 @@ pub const DOCKER_CONFIG_DIR: Var = var(
     "SPACELIFT_DOCKER_CONFIG_DIR",
     Nothing,
     Path,
-    "Directory holding a Docker config.json (from docker login) with registry credentials.",
+    "Directory holding a Docker config.json (from docker login) with registry credentials.\n\
+     As the docker CLI: credHelpers[registry], else credsStore, names a helper\n\
+     docker-credential-<name> run from the launcher's PATH (30s limit, output never\n\
+     logged); else the auths entry. A missing or failing helper fails the pull.",
 );
 pub const WHITELIST_ENVS: Var = var(
     "SPACELIFT_WHITELIST_ENVS",

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::error::Fatal;
 use crate::outbox::FatalTx;
 use crate::ports::{Backend, BackendError};
 
@@ -52,7 +53,7 @@ pub(crate) async fn keep(
                     return;
                 }
                 Err(BackendError::Unauthorized { message }) => {
-                    fatal.send(message);
+                    fatal.send(Fatal::Unauthorized(message));
                     return;
                 }
                 Err(e) => {

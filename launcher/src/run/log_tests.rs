@@ -20,7 +20,7 @@ async fn run_printing(h: &Harness, lines: &[String]) -> Vec<String> {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world.until("R1 ended", || b.is_terminal("R1")).await;
+    h.changes.until("R1 ended", || b.is_terminal("R1")).await;
     h.backend.log_texts("R1")
 }
 

@@ -18,7 +18,7 @@
 //! the next run a moment before this side has removed the finished container; if the
 //! backend gives the run to another worker meanwhile, the claim here is refused (409).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
+use crate::clock::sleep_until_opt;
 use crate::container_spec::Ids;
-use crate::lifecycle::{Error, ExitOutcome, Signal, SignalStages, Stage};
+use crate::error::{Error, Fatal};
+use crate::lifecycle::{ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
 use crate::outbox::{self, FatalTx, OutboxDeps, OutboxHandle, Report};
@@ -38,8 +40,12 @@ use crate::ports::{Backend, BackendEvent, BinaryStore, ContainerRuntime, WorkerS
 use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
+mod fatal_exit;
 mod prefetch;
+mod seen_runs;
+use fatal_exit::recv_opt;
 use prefetch::Prefetcher;
+use seen_runs::SeenRuns;
 
 /// Offers kept while every slot is busy (beyond this, offers are turned down).
 const MAX_DEFERRED: usize = 64;
@@ -72,7 +78,7 @@ pub struct Supervisor {
     held_at_start: Vec<String>,
     metrics: Metrics,
     stdout: Option<StdoutLogs>,
-    outside_fatal: Option<oneshot::Receiver<Error>>,
+    outside_fatal: Option<oneshot::Receiver<Fatal>>,
 }
 
 impl Supervisor {
@@ -124,7 +130,7 @@ impl Supervisor {
 
     /// A fatal error found outside the supervisor (the MQTT session stopping for good). The
     /// supervisor stops and removes its runs' containers, then returns that error.
-    pub fn with_fatal(mut self, fatal: oneshot::Receiver<Error>) -> Supervisor {
+    pub fn with_fatal(mut self, fatal: oneshot::Receiver<Fatal>) -> Supervisor {
         self.outside_fatal = Some(fatal);
         self
     }
@@ -141,7 +147,7 @@ impl Supervisor {
     pub async fn run(self, signals: mpsc::Receiver<Signal>) -> Result<ExitOutcome, Error> {
         let (fatal, fatal_rx) = FatalTx::channel();
         let (connected, _) = watch::channel(0u64);
-        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        let (claim_notices_tx, claim_notices_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
             masker: Masker::new(
                 self.settings
@@ -166,7 +172,7 @@ impl Supervisor {
             status: self.status,
             connected,
             connected_once: false,
-            notes_tx,
+            claim_notices_tx,
             seen: SeenRuns::new(SEEN_RUNS),
             deferred: VecDeque::new(),
             active: HashMap::new(),
@@ -184,8 +190,14 @@ impl Supervisor {
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
-        lp.serve(self.events, signals, fatal_rx, notes_rx, self.outside_fatal)
-            .await
+        lp.serve(
+            self.events,
+            signals,
+            fatal_rx,
+            claim_notices_rx,
+            self.outside_fatal,
+        )
+        .await
     }
 }
 
@@ -201,44 +213,6 @@ pub fn status_channel(
     })
 }
 
-/// Bounded memory of run ULIDs: the oldest are forgotten first.
-struct SeenRuns {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-    limit: usize,
-}
-
-impl SeenRuns {
-    fn new(limit: usize) -> SeenRuns {
-        SeenRuns {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            limit,
-        }
-    }
-
-    fn contains(&self, run: &str) -> bool {
-        self.set.contains(run)
-    }
-
-    fn forget(&mut self, run: &str) {
-        if self.set.remove(run) {
-            self.order.retain(|r| r != run);
-        }
-    }
-
-    fn insert(&mut self, run: &str) {
-        if self.set.insert(run.to_string()) {
-            self.order.push_back(run.to_string());
-            while self.order.len() > self.limit {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 struct Loop {
     ctx: Arc<RunContext>,
     capacity: usize,
@@ -246,7 +220,8 @@ struct Loop {
     /// Bumped on every (re)connection; outboxes retry at once when it moves.
     connected: watch::Sender<u64>,
     connected_once: bool,
-    notes_tx: mpsc::UnboundedSender<String>,
+    /// The ULID of each run whose claim the backend granted (it is then held).
+    claim_notices_tx: mpsc::UnboundedSender<String>,
     seen: SeenRuns,
     /// Runs offered while every slot was busy, claimed in order as slots free. The backend
     /// frees a slot when it records a terminal state and may offer the next run before this
@@ -277,9 +252,9 @@ impl Loop {
         &mut self,
         mut events: mpsc::Receiver<BackendEvent>,
         mut signals: mpsc::Receiver<Signal>,
-        mut fatal: mpsc::UnboundedReceiver<String>,
-        mut notes: mpsc::UnboundedReceiver<String>,
-        mut outside_fatal: Option<oneshot::Receiver<Error>>,
+        mut fatal: mpsc::UnboundedReceiver<Fatal>,
+        mut claim_notices: mpsc::UnboundedReceiver<String>,
+        mut outside_fatal: Option<oneshot::Receiver<Fatal>>,
     ) -> Result<ExitOutcome, Error> {
         let mut signals_open = true;
         loop {
@@ -288,18 +263,24 @@ impl Loop {
                 return done;
             }
             tokio::select! {
-                // Order matters: a claim note is always handled before its run's end.
+                // Order matters: a claim notice is always handled before its run's end.
                 biased;
-                Some(message) = fatal.recv() => {
-                    tracing::error!(%message, "the backend refused this worker's credentials; \
-                        stopping the runs in flight, then exiting");
-                    return Err(self.stop_runs_before_exit(Error::Unauthorized(message)).await);
+                Some(fatal) = fatal.recv() => {
+                    let e = Error::from(fatal);
+                    match &e {
+                        Error::Unauthorized(message) => tracing::error!(%message,
+                            "the backend refused this worker's credentials; \
+                            stopping the runs in flight, then exiting"),
+                        other => tracing::error!(error = %other, "stopping the runs in flight, then exiting"),
+                    }
+                    return Err(self.stop_runs_before_exit(e).await);
                 }
                 Some(e) = recv_opt(&mut outside_fatal) => {
+                    let e = Error::from(e);
                     tracing::error!(error = %e, "stopping the runs in flight, then exiting");
                     return Err(self.stop_runs_before_exit(e).await);
                 }
-                Some(run) = notes.recv() => {
+                Some(run) = claim_notices.recv() => {
                     if self.active.contains_key(&run) {
                         self.held.insert(run);
                         self.publish();
@@ -326,43 +307,6 @@ impl Loop {
                 },
             }
         }
-    }
-
-    /// Before a fatal exit, stops every run (SIGTERM, SIGKILL after the stop grace) and
-    /// removes its container, waiting at most the grace plus [`CANCEL_SLACK`] (also for the
-    /// runs' last reports, which a backend that still answers can take); what is still
-    /// there then is removed by label, for at most [`SWEEP_LIMIT`]. Dropping the run tasks instead would leave their
-    /// containers running, with no timeout, until some later start reaps them.
-    async fn stop_runs_before_exit(&mut self, error: Error) -> Error {
-        self.exiting_on_error = true;
-        self.deferred.clear();
-        self.publish();
-        for stop in self.active.values() {
-            stop.send_replace(Some(StopRequest::Fatal));
-        }
-        let deadline = Instant::now() + self.ctx.settings.stop_grace + CANCEL_SLACK;
-        while !(self.active.is_empty() && self.outboxes.is_empty()) {
-            tokio::select! {
-                Some(ended) = self.runs.join_next_with_id() => self.on_run_end(ended),
-                Some(ended) = self.outboxes.join_next_with_id() => self.on_outbox_end(ended),
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        if !self.active.is_empty() {
-            tracing::error!(runs = ?self.active.keys().collect::<Vec<_>>(),
-                "runs not stopped in time; removing their containers");
-            self.runs.abort_all();
-        }
-        // Always: a run that ended may still have failed to remove its container.
-        let sweep =
-            crate::reaper::remove_launcher_containers(self.ctx.runtime.as_ref(), &self.ctx.ids);
-        if tokio::time::timeout(SWEEP_LIMIT, sweep).await.is_err() {
-            tracing::error!(
-                "the Docker daemon did not answer; the next start removes what is left"
-            );
-        }
-        self.prefetch.abort();
-        error
     }
 
     /// Whether the loop is done, and how.
@@ -539,10 +483,10 @@ impl Loop {
         tracing::info!(%run_ulid, "run scheduled; claiming it");
         let (stop_tx, stop_rx) = watch::channel(None);
         let outbox = self.outbox(&run_ulid);
-        let notes = self.notes_tx.clone();
+        let claim_notices = self.claim_notices_tx.clone();
         let claimed = run_ulid.clone();
         let on_claimed: run::OnClaimed = Box::new(move || {
-            let _ = notes.send(claimed);
+            let _ = claim_notices.send(claimed);
         });
         let id = self
             .runs
@@ -640,26 +584,6 @@ impl Loop {
             Stage::Exiting => tracing::warn!(?signal, "exiting at once"),
         }
         self.publish();
-    }
-}
-
-/// The error, once; pending forever if there is no channel or its sender went away.
-async fn recv_opt(rx: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
-    let got = match rx {
-        Some(r) => r.await.ok(),
-        None => None,
-    };
-    *rx = None;
-    match got {
-        Some(e) => Some(e),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,8 @@ use protocol::RunState::{self, *};
 use tokio::time::Instant;
 
 use crate::container_spec::labels;
-use crate::lifecycle::{Error, ExitOutcome};
+use crate::error::Error;
+use crate::lifecycle::ExitOutcome;
 use crate::ports::{BackendEvent, ContainerSpec};
 use crate::testing::*;
 
@@ -28,14 +29,14 @@ fn steady(n: usize, every: Duration, code: i64) -> Behaviour {
 
 async fn until_terminal(h: &Harness, run: &str) {
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until(&format!("{run} reported terminal"), || b.is_terminal(run))
         .await;
 }
 
 async fn until_no_containers(h: &Harness) {
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("every container removed", || rt.live_containers() == 0)
         .await;
 }
@@ -67,7 +68,7 @@ async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
 
     // While the container runs, the binary is pinned and the heartbeat holds the run.
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("first line printed", || {
             rt.peek(|s| s.containers.values().any(|c| !c.output.is_empty()))
         })
@@ -91,7 +92,7 @@ async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
 
     until_no_containers(&h).await;
     let store = h.store.clone();
-    h.world
+    h.changes
         .until("binary unpinned", || store.pinned_now() == 0)
         .await;
     let calls = h.runtime.calls();
@@ -113,7 +114,7 @@ async fn container_carries_labels_entrypoint_and_env() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("container running", || {
             rt.peek(|s| s.containers.values().any(|c| c.running))
         })
@@ -179,7 +180,7 @@ async fn a_refused_claim_starts_nothing() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("claim attempted", || !b.claims().is_empty())
         .await;
     r.status_until("slot free again", |s| {
@@ -266,7 +267,7 @@ async fn results_are_kept_while_disconnected_and_sent_on_reconnect() {
     r.schedule("R1").await;
     // The run goes on while the backend is unreachable.
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("container removed", || rt.peek(|s| s.removed.len() == 1))
         .await;
     tokio::time::sleep(secs(600)).await;
@@ -351,7 +352,7 @@ async fn cancel_stops_with_grace_then_kills() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("running", || b.states("R1").contains(&Running))
         .await;
     let t0 = Instant::now();
@@ -596,7 +597,7 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("output seen", || {
             rt.peek(|s| s.containers.values().any(|c| !c.output.is_empty()))
         })
@@ -624,7 +625,7 @@ async fn a_vanished_container_fails_the_run_with_container_failed() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("running", || b.states("R1").contains(&Running))
         .await;
     // Someone runs `docker rm -f` behind the launcher's back.
@@ -670,12 +671,12 @@ async fn the_lease_is_renewed_and_its_loss_stops_the_run_silently() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("running", || b.states("R1").contains(&Running))
         .await;
     let t0 = Instant::now();
     // Every 10 s (ttl / 3).
-    h.world
+    h.changes
         .until("three renewals", || b.peek(|s| s.renewals.len()) >= 3)
         .await;
     assert!(t0.elapsed() <= secs(31), "{:?}", t0.elapsed());
@@ -701,7 +702,7 @@ async fn lease_renewals_failing_for_a_whole_ttl_lose_the_lease() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("running", || b.states("R1").contains(&Running))
         .await;
     h.backend.with(|s| s.lease_transient = true);
@@ -725,7 +726,9 @@ async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() 
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world.until("R1 claimed", || !b.claims().is_empty()).await;
+    h.changes
+        .until("R1 claimed", || !b.claims().is_empty())
+        .await;
     r.send(ServerMessage::Drain {
         message_id: "d".into(),
     })
@@ -760,7 +763,9 @@ async fn cycle_drains_then_exits_zero() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world.until("R1 claimed", || !b.claims().is_empty()).await;
+    h.changes
+        .until("R1 claimed", || !b.claims().is_empty())
+        .await;
     r.send(ServerMessage::Cycle {
         message_id: "c".into(),
     })
@@ -782,7 +787,7 @@ async fn first_signal_drains_and_exits_when_runs_are_done() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("R1 running", || b.states("R1").contains(&Running))
         .await;
     r.signal().await;
@@ -805,7 +810,7 @@ async fn drain_waits_for_undelivered_results() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("container removed", || rt.peek(|s| s.removed.len() == 1))
         .await;
     r.signal().await;
@@ -824,7 +829,7 @@ async fn second_signal_cancels_runs_in_flight() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("R1 running", || b.states("R1").contains(&Running))
         .await;
     r.signal().await;
@@ -849,7 +854,7 @@ async fn third_signal_exits_at_once() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("R1 running", || b.states("R1").contains(&Running))
         .await;
     let t0 = Instant::now();
@@ -957,7 +962,7 @@ async fn unauthorized_is_fatal() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("R1 running", || b.states("R1").contains(&Running))
         .await;
     h.backend.with(|s| s.unauthorized = true);
@@ -1019,7 +1024,7 @@ async fn a_published_binary_for_our_arch_is_prefetched() {
     })
     .await;
     let store = h.store.clone();
-    h.world
+    h.changes
         .until("prefetched", || store.state.lock().unwrap().gets == 1)
         .await;
     // Only ours: a second prefetch would have counted too.
@@ -1038,7 +1043,7 @@ async fn a_cancel_during_claim_retries_starts_and_reports_nothing() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("first claim", || !b.claims().is_empty())
         .await;
     r.cancel("R1").await;
@@ -1059,7 +1064,7 @@ async fn second_signal_gives_up_on_an_unreachable_backend_after_the_grace() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("R1 running", || b.states("R1").contains(&Running))
         .await;
     h.backend.with(|s| s.down = true);
@@ -1100,7 +1105,7 @@ async fn an_abandoned_claim_can_be_retried_on_redelivery() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until("claims given up", || b.claims().len() == 8)
         .await;
     r.status_until("slot free", |s| s.state == WorkerState::Idle)

@@ -37,7 +37,7 @@ async fn a_binary_overwritten_during_a_slow_pull_never_reaches_create() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("pulling", || {
             rt.calls().iter().any(|c| c.starts_with("pull "))
         })

@@ -2,11 +2,12 @@
 //! container behind, and takes a bounded time.
 
 use super::*;
+use crate::error::Fatal;
 use crate::supervisor::{CANCEL_SLACK, SWEEP_LIMIT};
 
 async fn until_running(h: &Harness, run: &str) {
     let b = h.backend.clone();
-    h.world
+    h.changes
         .until(&format!("{run} running"), || {
             b.states(run).contains(&Running)
         })
@@ -58,7 +59,7 @@ async fn a_fatal_exit_is_bounded_when_the_daemon_does_not_answer() {
     until_running(&h, "R1").await;
     h.runtime.with(|s| s.unavailable = true);
     let t0 = Instant::now();
-    r.fatal(Error::Unauthorized("401".into()));
+    r.fatal(Fatal::Unauthorized("401".into()));
     match r.exit().await {
         Err(Error::Unauthorized(_)) => {}
         other => panic!("expected Unauthorized, got {other:?}"),
@@ -76,7 +77,7 @@ async fn an_outside_fatal_error_stops_and_removes_the_containers() {
     let mut r = h.start();
     r.schedule("R1").await;
     until_running(&h, "R1").await;
-    r.fatal(Error::Mqtt(
+    r.fatal(Fatal::Mqtt(
         "the broker's certificate is not trusted".into(),
     ));
     match r.exit().await {
@@ -105,14 +106,14 @@ async fn a_fatal_error_while_preparing_creates_no_container() {
     let mut r = h.start();
     r.schedule("R1").await;
     let rt = h.runtime.clone();
-    h.world
+    h.changes
         .until("pulling", || {
             rt.calls()
                 .iter()
                 .any(|c| c.starts_with("pull slow/image:1"))
         })
         .await;
-    r.fatal(Error::Unauthorized("401".into()));
+    r.fatal(Fatal::Unauthorized("401".into()));
     assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
     assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
 }
@@ -127,7 +128,7 @@ async fn a_container_whose_removal_failed_is_swept_before_a_fatal_exit() {
     r.schedule("R1").await;
     until_running(&h, "R1").await;
     h.runtime.with(|s| s.remove_errors = 1);
-    r.fatal(Error::Unauthorized("401".into()));
+    r.fatal(Fatal::Unauthorized("401".into()));
     assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
     let calls = h.runtime.calls();
     assert_eq!(
@@ -149,7 +150,7 @@ async fn a_fatal_exit_is_bounded_when_the_daemon_hangs() {
     until_running(&h, "R1").await;
     h.runtime.with(|s| s.calls_hang = true);
     let t0 = Instant::now();
-    r.fatal(Error::Unauthorized("401".into()));
+    r.fatal(Fatal::Unauthorized("401".into()));
     assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
     let waited = t0.elapsed();
     let bound = h.settings.stop_grace + CANCEL_SLACK + SWEEP_LIMIT;

@@ -29,7 +29,7 @@ async fn a_flood_of_published_binaries_fetches_one_at_a_time_and_only_the_newest
     })
     .await;
     let store = h.store.clone();
-    h.world
+    h.changes
         .until("the newest prefetched", || {
             store
                 .state

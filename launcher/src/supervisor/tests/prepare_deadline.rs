@@ -62,7 +62,7 @@ async fn a_trickling_binary_download_times_the_run_out_after_the_configured_dead
     assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
     // The abandoned download no longer counts as in flight.
     let store = h.store.clone();
-    h.world
+    h.changes
         .until("download dropped", || {
             store.state.lock().unwrap().in_flight == 0
         })
