@@ -299,6 +299,7 @@ async fn world(bin: &Path) -> World {
     // Stop sooner at the end; a plain-text log file.
     env.push(("SPACELIFT_LAUNCHER_STOP_GRACE", "5s".to_string()));
     env.push(("NO_COLOR", "1".to_string()));
+    env.push(("SPACELIFT_LAUNCHER_LOG_FORMAT", "text".to_string()));
     let log = dir.path().join("launcher.log");
     let since = backend.last_seq();
     let launcher = Launcher::spawn(bin, &env, &log);

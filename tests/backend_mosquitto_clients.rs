@@ -120,6 +120,7 @@ async fn mosquitto_clients_use_the_embedded_broker_with_a_pool_certificate() {
         state: WorkerState::Idle,
         runs: vec![],
         capacity: 1,
+        interruption: None,
     });
     let mut publ = Command::new("mosquitto_pub");
     tls_args(&mut publ, port, &files, true);

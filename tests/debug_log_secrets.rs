@@ -3,7 +3,9 @@
 //! an image is pulled with registry credentials (given, and from credential helpers that
 //! answer or fail), through bollard against fake-docker.
 //!
-//! One test per process: it installs the process-wide subscriber.
+//! One test per process: it installs the process-wide subscriber (text), then repeats
+//! the calls under a thread-scoped JSON one (the runtime is single-threaded, and the
+//! `log` bridge forwards to the thread's subscriber).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use fake_docker::{Config, FakeDocker};
 use launcher::config::LogFormat;
 use launcher::container_spec::{self, Ids};
 use launcher::docker::BollardRuntime;
-use launcher::logging::{self, LogOptions};
+use launcher::logging::{self, LogOptions, Terminals};
 use launcher::ports::{CachedBinary, ContainerRuntime, RegistryAuth};
 use launcher::settings::{MountScope, PassedEnv, Settings};
 use protocol::api::{RunSpec, RunType};
@@ -75,8 +77,62 @@ async fn debug_logging_never_prints_env_or_registry_credentials() {
         debug: true,
         directives: None,
     };
-    logging::try_init_with(&opts, move || writer.clone(), false).expect("first subscriber");
+    // Both streams into one capture: the secret must reach neither.
+    let errors = out.clone();
+    logging::try_init_with(
+        &opts,
+        move || writer.clone(),
+        move || errors.clone(),
+        Terminals::default(),
+    )
+    .expect("first subscriber");
+    let failed = create_and_pull().await;
+    assert_no_secret(&failed);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    // The launcher's own debug events are there (the filter is open for us)...
+    assert!(text.contains("DEBUG"), "no debug line at all:\n{text}");
+    assert_no_secret(&text);
 
+    let json = Capture::default();
+    let (info, errors) = (json.clone(), json.clone());
+    let opts = LogOptions {
+        format: LogFormat::Json,
+        ..opts
+    };
+    let scoped = logging::subscriber(
+        &opts,
+        move || info.clone(),
+        move || errors.clone(),
+        Terminals::default(),
+    );
+    let guard = tracing::subscriber::set_default(scoped);
+    let failed = create_and_pull().await;
+    drop(guard);
+    assert_no_secret(&failed);
+    let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("\"level\":\"debug\""),
+        "no debug line at all:\n{text}"
+    );
+    assert_no_secret(&text);
+}
+
+/// No secret, in the request bodies (Env), the auth header or a helper's output.
+fn assert_no_secret(text: &str) {
+    for secret in [
+        PASSED_SECRET,
+        STACK_SECRET,
+        REGISTRY_PASSWORD,
+        HELPER_SECRET,
+        FAILING_HELPER_SECRET,
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+}
+
+/// A run container carrying the secrets created and removed, an image pulled with
+/// registry credentials, against a fresh fake-docker.
+async fn create_and_pull() -> String {
     let fd = FakeDocker::start(Config {
         local_images: vec!["busybox".into()],
         ..Config::default()
@@ -142,19 +198,6 @@ async fn debug_logging_never_prints_env_or_registry_credentials() {
     assert!(failed.contains("docker-credential-bad"), "{failed}");
     let _ = rt.remove(&id).await;
 
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-    // The launcher's own debug events are there (the filter is open for us)...
-    assert!(text.contains("DEBUG"), "no debug line at all:\n{text}");
-    // ...but no secret, in the request bodies (Env) or the auth header.
-    for secret in [
-        PASSED_SECRET,
-        STACK_SECRET,
-        REGISTRY_PASSWORD,
-        HELPER_SECRET,
-        FAILING_HELPER_SECRET,
-    ] {
-        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
-        assert!(!failed.contains(secret), "{secret} leaked: {failed}");
-    }
     fd.shutdown().await;
+    failed
 }

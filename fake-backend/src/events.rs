@@ -63,6 +63,8 @@ pub mod kinds {
     pub const WORKER_DRAIN: &str = "worker.drain";
     pub const WORKER_UNDRAIN: &str = "worker.undrain";
     pub const WORKER_CYCLE: &str = "worker.cycle";
+    /// A heartbeat carried a (new) spot interruption notice.
+    pub const WORKER_INTERRUPTION: &str = "worker.interruption";
     pub const RUN_CREATED: &str = "run.created";
     pub const RUN_QUEUED: &str = "run.queued";
     pub const RUN_OFFERED: &str = "run.offered";

@@ -67,6 +67,9 @@ pub struct Worker {
     /// Set by the last `worker.gone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_crashed: Option<bool>,
+    /// The spot interruption notice the worker's heartbeats carry, once one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<protocol::messages::InterruptionNotice>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -154,6 +154,14 @@ pub async fn run(
     )
     .with_held_runs(reg.held_runs.into_iter().chain(reaped).collect())
     .with_metrics(metrics);
+    let (supervisor, watcher) = match &config.interruption {
+        Some(watch) => {
+            let (notices, task) = crate::interruption::spawn(watch)
+                .map_err(|e| Error::Config(format!("interruption watch: {e}")))?;
+            (supervisor.with_interruptions(notices), Some(task))
+        }
+        None => (supervisor, None),
+    };
 
     // The MQTT session's fatal error goes to the supervisor rather than ending it here, so
     // that it stops and removes the runs' containers before returning the error.
@@ -173,6 +181,9 @@ pub async fn run(
         _ => mqtt.abort().await,
     }
     if let Some(task) = metrics_server {
+        task.abort();
+    }
+    if let Some(task) = watcher {
         task.abort();
     }
     result

@@ -17,6 +17,7 @@ pub mod docker;
 pub mod error;
 pub mod image_ref;
 pub mod init_policy;
+pub mod interruption;
 pub mod lifecycle;
 pub mod logging;
 pub mod masking;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use launcher::config::{self, Overrides, ProcessEnv};
+use launcher::logging::{self, Style, Terminals};
 use launcher::Signal;
 use tokio::sync::mpsc;
 
@@ -36,32 +37,34 @@ fn main() -> ExitCode {
     let config = match config::load_with(&ProcessEnv, &overrides).and_then(|c| c.prepare()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("spacelift-launcher: configuration error: {e}");
+            // In the format the launcher's other lines would have had.
+            let raw = std::env::var(config::vars::LOG_FORMAT.name).ok();
+            let style = Style::before_config(raw.as_deref(), Terminals::of_process());
+            logging::last_word(style, &format!("configuration error: {e}"));
             return ExitCode::from(2);
         }
     };
-    launcher::logging::init(&launcher::logging::LogOptions::from_process(
+    let style = logging::init(&logging::LogOptions::from_process(
         config.log_format,
         config.settings.debug,
     ));
-    match serve(config) {
+    match serve(config, style) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("spacelift-launcher: {e:#}");
+            logging::last_word(style, &format!("{e:#}"));
             ExitCode::from(1)
         }
     }
 }
 
-fn serve(config: config::LauncherConfig) -> anyhow::Result<ExitCode> {
+fn serve(config: config::LauncherConfig, style: Style) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let (tx, rx) = mpsc::channel(8);
-        forward_signals(tx).context("installing signal handlers")?;
+        forward_signals(tx, style).context("installing signal handlers")?;
         let outcome = launcher::app::run(config, rx).await?;
         tracing::info!(?outcome, "launcher stopped");
         Ok(ExitCode::from(outcome.exit_code() as u8))
@@ -70,7 +73,7 @@ fn serve(config: config::LauncherConfig) -> anyhow::Result<ExitCode> {
 
 /// Maps SIGTERM/SIGINT onto the supervisor's signal stages. The third one also exits from
 /// here, so it works even while startup (Docker, registration) is still retrying.
-fn forward_signals(tx: mpsc::Sender<Signal>) -> std::io::Result<()> {
+fn forward_signals(tx: mpsc::Sender<Signal>, style: Style) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -83,7 +86,7 @@ fn forward_signals(tx: mpsc::Sender<Signal>) -> std::io::Result<()> {
             };
             count += 1;
             if count >= 3 {
-                eprintln!("spacelift-launcher: third signal, exiting now");
+                logging::last_word(style, "third signal, exiting now");
                 std::process::exit(1);
             }
             let _ = tx.try_send(s);

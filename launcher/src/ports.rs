@@ -326,6 +326,8 @@ pub struct WorkerStatus {
     /// Runs held: claimed and not yet reported terminal.
     pub runs: Vec<String>,
     pub capacity: u32,
+    /// The cloud's interruption notice, once one came (`crate::interruption`).
+    pub interruption: Option<protocol::messages::InterruptionNotice>,
 }
 
 #[cfg(test)]

@@ -63,3 +63,28 @@ fn capacity_zero_is_refused() {
     let out = launcher().args(["--capacity", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_configuration_error_is_a_json_error_line_off_a_terminal_plain_text_when_asked() {
+    // stderr is a pipe here: auto means JSON, so error.log stays one object a line.
+    let out = launcher().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(err.trim()).expect(&err);
+    assert_eq!(line["level"], "error", "{err}");
+    assert!(line["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("configuration error: SPACELIFT_TOKEN"));
+    assert!(out.stdout.is_empty());
+    // `text` forced: the plain line, as on a terminal.
+    let out = launcher()
+        .env("SPACELIFT_LAUNCHER_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("spacelift-launcher: configuration error: SPACELIFT_TOKEN"),
+        "{err}"
+    );
+}

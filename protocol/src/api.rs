@@ -207,6 +207,9 @@ pub mod reason_codes {
     pub const LAUNCHER_RESTARTED: &str = "launcher_restarted";
     /// The launcher's initialization policy denied the run (or could not be evaluated).
     pub const INITIALIZATION_POLICY_DENIED: &str = "initialization_policy_denied";
+    /// The worker's machine is being reclaimed by its cloud (a spot interruption) and the
+    /// run could not finish before it.
+    pub const SPOT_INTERRUPTION: &str = "spot_interruption";
     /// Set by the backend when a lease expires.
     pub const WORKER_LOST: &str = "worker_lost";
 }

@@ -65,6 +65,24 @@ pub struct Heartbeat {
     #[serde(default)]
     pub runs: Vec<String>,
     pub capacity: u32,
+    /// The cloud's notice that the worker's machine is about to be reclaimed (a spot or
+    /// preemptible instance); absent until one arrives. Older backends ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<InterruptionNotice>,
+}
+
+/// A spot / preemptible instance's interruption notice, as the worker read it from its
+/// cloud's metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptionNotice {
+    /// `aws`, `gcp` or `azure`.
+    pub cloud: String,
+    /// What the cloud will do: EC2's `terminate` / `stop` / `hibernate`, GCP's and
+    /// Azure's `preempt`.
+    pub action: String,
+    /// When the machine goes, RFC 3339 UTC. Runs still going a stop grace before it
+    /// are stopped and reported failed (`spot_interruption`).
+    pub deadline: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -47,6 +47,7 @@ fn every_fixture_round_trips() {
         check::<ServerMessage>(f);
     }
     check::<WorkerMessage>("worker.heartbeat.json");
+    check::<WorkerMessage>("worker.heartbeat_interruption.json");
     check::<WorkerMessage>("worker.gone.json");
     check::<RegisterRequest>("api.register_request.json");
     check::<RegisterResponse>("api.register_response.json");
@@ -70,7 +71,7 @@ fn every_fixture_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let on_disk = std::fs::read_dir(dir).unwrap().count();
     // Keep in step with `every_fixture_round_trips`: a new fixture must be checked there.
-    assert_eq!(on_disk, 24);
+    assert_eq!(on_disk, 25);
 }
 
 /// The vendor is a compatible addition: an old backend's spec (no vendor) is "not

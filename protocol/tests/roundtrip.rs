@@ -94,6 +94,7 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
                     state,
                     runs,
                     capacity,
+                    interruption: None,
                 })
             }),
         (ulid(), any::<bool>()).prop_map(|(worker_ulid, crashed)| WorkerMessage::Gone {

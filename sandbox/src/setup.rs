@@ -191,7 +191,12 @@ async fn with_backend(cli: &Cli, stop: &mut Stop, started: Started) -> Result<bo
             "SPACELIFT_LAUNCHER_STOP_GRACE".to_string(),
             "5s".to_string(),
         ),
-        // A plain-text log file.
+        // A plain-text log file for people to read: off a terminal the launcher would
+        // write JSON lines (`auto`).
+        (
+            "SPACELIFT_LAUNCHER_LOG_FORMAT".to_string(),
+            "text".to_string(),
+        ),
         ("NO_COLOR".to_string(), "1".to_string()),
     ];
     if real_docker {

@@ -258,7 +258,7 @@ mod tests {
     use std::time::Duration;
 
     use protocol::api::RegisterRequest;
-    use protocol::messages::{Heartbeat, WorkerMessage};
+    use protocol::messages::{Heartbeat, InterruptionNotice, WorkerMessage};
     use protocol::{topics, Arch};
     use tokio::sync::mpsc;
 
@@ -334,15 +334,65 @@ mod tests {
     }
 
     fn heartbeat(core: &Core, pool: &str, worker: &str, seq: u64) {
+        heartbeat_with(core, pool, worker, seq, None);
+    }
+
+    fn heartbeat_with(
+        core: &Core,
+        pool: &str,
+        worker: &str,
+        seq: u64,
+        interruption: Option<InterruptionNotice>,
+    ) {
+        let state = if interruption.is_some() {
+            WorkerState::Drained
+        } else {
+            WorkerState::Idle
+        };
         let hb = WorkerMessage::Heartbeat(Heartbeat {
             worker_ulid: worker.into(),
             seq,
-            state: WorkerState::Idle,
+            state,
             runs: vec![],
             capacity: 1,
+            interruption,
         });
         let topic = topics::writeonly("spacelift", pool, worker);
         core.on_worker_message(pool.to_string(), worker.to_string(), &topic, hb);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_notice_is_recorded_once_and_shown_in_the_worker_view() {
+        let mut w = fixture(30);
+        let core = w.core.clone();
+        let p = pool(&core);
+        let worker = register(&core, &p, 1);
+        heartbeat(&core, &p, &worker, 1);
+        assert_eq!(core.worker_view(&worker).unwrap().interruption, None);
+        let notice = InterruptionNotice {
+            cloud: "aws".into(),
+            action: "terminate".into(),
+            deadline: "2026-11-29T10:02:00Z".into(),
+        };
+        // Every heartbeat after the notice carries it; one event, not one per heartbeat.
+        for seq in 2..5 {
+            heartbeat_with(&core, &p, &worker, seq, Some(notice.clone()));
+        }
+        let v = core.worker_view(&worker).unwrap();
+        assert_eq!(v.interruption.as_ref(), Some(&notice));
+        assert_eq!(v.status, "DRAINED");
+        let events: Vec<_> = core
+            .events
+            .since(0)
+            .into_iter()
+            .filter(|e| e.kind == kinds::WORKER_INTERRUPTION)
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data["notice"]["deadline"], "2026-11-29T10:02:00Z");
+        // A drained, interrupted worker is offered nothing.
+        core.schedule_run(ScheduleRun::new(&p)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(w.out.try_recv().is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,6 +70,9 @@ pub struct WorkerView {
     pub status: String,
     pub reported_state: Option<WorkerState>,
     pub gone_crashed: Option<bool>,
+    /// The worker's spot interruption notice, if its heartbeats carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<protocol::messages::InterruptionNotice>,
 }
 
 impl From<&Worker> for WorkerView {
@@ -86,6 +89,7 @@ impl From<&Worker> for WorkerView {
             status: worker_view_state(w).to_string(),
             reported_state: w.reported_state,
             gone_crashed: w.gone_crashed,
+            interruption: w.interruption.clone(),
         }
     }
 }

@@ -68,6 +68,7 @@ impl Core {
                     reported_state: None,
                     last_heartbeat_seq: None,
                     gone_crashed: None,
+                    interruption: None,
                 },
             );
             let held_runs: Vec<String> = tx
@@ -190,6 +191,10 @@ impl Core {
                     w.online = true;
                     w.gone_crashed = None;
                     w.reported_state = Some(hb.state);
+                    let new_notice = hb.interruption.is_some() && w.interruption != hb.interruption;
+                    if new_notice {
+                        w.interruption = hb.interruption.clone();
+                    }
                     tx.st
                         .heartbeats
                         .insert(worker.clone(), Instant::now() + interval * 3);
@@ -208,6 +213,15 @@ impl Core {
                                 .pool(&pool)
                                 .worker(&worker)
                                 .data(json!({ "from": old_state, "to": hb.state })),
+                        );
+                    }
+                    if new_notice {
+                        tx.dirty = true;
+                        tx.event(
+                            NewEvent::new(kinds::WORKER_INTERRUPTION)
+                                .pool(&pool)
+                                .worker(&worker)
+                                .data(json!({ "notice": hb.interruption })),
                         );
                     }
                     tx.dispatch();

@@ -326,6 +326,7 @@ impl Mqtt {
             state,
             runs,
             capacity,
+            interruption: None,
         });
         self.publish_raw(&hb.to_json()).await;
     }

@@ -440,6 +440,7 @@ impl Driver {
             state: status.state,
             runs: status.runs,
             capacity: status.capacity,
+            interruption: status.interruption,
         });
         match self
             .client
@@ -463,6 +464,11 @@ impl Driver {
 
     /// `Gone { crashed: false }`, its PUBACK (bounded wait), then DISCONNECT.
     async fn graceful(&mut self) {
+        // The last status (drained, an interruption notice) may not have gone out yet. Not
+        // `Receiver::has_changed`: the supervisor has returned, so the sender is gone.
+        if self.status.borrow().has_changed() {
+            self.publish_heartbeat();
+        }
         let gone = WorkerMessage::Gone {
             worker_ulid: self.worker_ulid.clone(),
             crashed: false,
@@ -765,6 +771,7 @@ mod tests {
             state,
             runs: runs.iter().map(|s| s.to_string()).collect(),
             capacity: 2,
+            interruption: None,
         }
     }
 
@@ -883,6 +890,7 @@ mod tests {
             state: WorkerState::Idle,
             runs: vec![],
             capacity: 0,
+            interruption: None,
         });
         obs.client
             .publish(

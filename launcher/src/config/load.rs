@@ -12,6 +12,7 @@ use super::{
     invalid, vars, ConfigError, EnvSource, LauncherConfig, LogFormat, Overrides, ProxyConfig,
 };
 use crate::credentials::Credentials;
+use crate::interruption::{Cloud, WatchConfig};
 use crate::settings::{MountScope, Settings};
 
 /// Builds the configuration from `env` (no command-line overrides).
@@ -135,17 +136,15 @@ pub fn load_with(
 
     let log_format = {
         let s = r.text(&vars::LOG_FORMAT);
-        match s.to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                return Err(invalid(
-                    vars::LOG_FORMAT.name,
-                    format!("expected text or json, got {s:?}"),
-                ))
-            }
-        }
+        LogFormat::parse(&s).ok_or_else(|| {
+            invalid(
+                vars::LOG_FORMAT.name,
+                format!("expected auto, text or json, got {s:?}"),
+            )
+        })?
     };
+
+    let interruption = interruption(&r)?;
 
     let no_proxy = vars::NO_PROXY.name;
     let proxy = ProxyConfig {
@@ -172,8 +171,34 @@ pub fn load_with(
         init_policy_path: r
             .get(vars::RUN_INITIALIZATION_POLICY.name)
             .map(PathBuf::from),
+        interruption,
         warnings,
     })
+}
+
+fn interruption(r: &Reader<'_>) -> Result<Option<WatchConfig>, ConfigError> {
+    let word = r.text(&vars::INTERRUPTION_WATCH);
+    let cloud = Cloud::parse(&word).map_err(|expected| {
+        invalid(
+            vars::INTERRUPTION_WATCH.name,
+            format!("expected {expected}, got {word:?}"),
+        )
+    })?;
+    let poll_interval = r.duration(&vars::INTERRUPTION_POLL_INTERVAL)?;
+    let url = r.text(&vars::INTERRUPTION_METADATA_URL);
+    let well_formed = reqwest::Url::parse(&url)
+        .is_ok_and(|u| u.scheme() == "http" && u.has_host() && u.path() == "/");
+    if !well_formed {
+        return Err(invalid(
+            vars::INTERRUPTION_METADATA_URL.name,
+            format!("expected http://host[:port] and nothing more, got {url:?}"),
+        ));
+    }
+    Ok(cloud.map(|cloud| WatchConfig {
+        cloud,
+        poll_interval,
+        metadata_url: url.trim_end_matches('/').to_string(),
+    }))
 }
 
 #[cfg(test)]
@@ -212,7 +237,7 @@ mod tests {
         assert_eq!(s.binary_cache_keep, 3);
         assert_eq!(s.metrics_addr, None);
         assert_eq!(c.docker_host, None);
-        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_format, LogFormat::Auto);
         assert_eq!(c.proxy, ProxyConfig::default());
         assert!(c.additional_root_cas.is_empty());
         assert!(!c.sensitive_output_upload);
@@ -356,7 +381,7 @@ mod tests {
             .starts_with("SPACELIFT_LAUNCHER_METRICS_ADDR: expected host:port"));
         assert_eq!(
             err(&[(vars::LOG_FORMAT.name, "xml")]),
-            "SPACELIFT_LAUNCHER_LOG_FORMAT: expected text or json, got \"xml\""
+            "SPACELIFT_LAUNCHER_LOG_FORMAT: expected auto, text or json, got \"xml\""
         );
         assert_eq!(
             err(&[(vars::DATA_DIR.name, "relative/dir")]),
@@ -438,5 +463,40 @@ mod tests {
             assert!(dbg.contains("ghe.internal:8443"), "{dbg}");
             assert!(dbg.contains("ghe-pool"), "{dbg}");
         }
+    }
+
+    #[test]
+    fn interruption_watch_is_off_unless_a_cloud_is_named() {
+        assert_eq!(with(&[]).unwrap().interruption, None);
+        let c = with(&[
+            (vars::INTERRUPTION_WATCH.name, "AWS"),
+            (vars::INTERRUPTION_POLL_INTERVAL.name, "2s"),
+            (
+                vars::INTERRUPTION_METADATA_URL.name,
+                "http://127.0.0.1:8099/",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.interruption,
+            Some(WatchConfig {
+                cloud: Cloud::Aws,
+                poll_interval: Duration::from_secs(2),
+                metadata_url: "http://127.0.0.1:8099".into(),
+            })
+        );
+        let gcp = with(&[(vars::INTERRUPTION_WATCH.name, "gcp")]).unwrap();
+        let gcp = gcp.interruption.unwrap();
+        assert_eq!(gcp.metadata_url, "http://169.254.169.254");
+        assert_eq!(gcp.poll_interval, Duration::from_secs(5));
+        assert_eq!(
+            err(&[(vars::INTERRUPTION_WATCH.name, "auto")]),
+            "SPACELIFT_LAUNCHER_INTERRUPTION_WATCH: expected off, aws, gcp or azure, got \"auto\""
+        );
+        assert!(err(&[(
+            vars::INTERRUPTION_METADATA_URL.name,
+            "https://169.254.169.254/latest"
+        )])
+        .contains("expected http://host[:port]"));
     }
 }

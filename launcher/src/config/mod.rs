@@ -97,9 +97,23 @@ impl EnvSource for MapEnv {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
+    /// Text when standard error is a terminal, JSON lines otherwise.
     #[default]
+    Auto,
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// `auto`, `text` or `json`, in any case.
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(LogFormat::Auto),
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 /// Proxy settings for the HTTPS client (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`; the
@@ -149,7 +163,7 @@ pub struct LauncherConfig {
     pub credentials: Credentials,
     /// `DOCKER_HOST` (`unix://...`, `tcp://...`, `http://...`); None = `/var/run/docker.sock`.
     pub docker_host: Option<String>,
-    /// `SPACELIFT_LAUNCHER_LOG_FORMAT` (`text` | `json`; default `text`).
+    /// `SPACELIFT_LAUNCHER_LOG_FORMAT` (`auto` | `text` | `json`; default `auto`).
     pub log_format: LogFormat,
     pub proxy: ProxyConfig,
     /// `ADDITIONAL_ROOT_CAS`, parsed: trusted for the backend's HTTPS and MQTT servers, on
@@ -161,6 +175,8 @@ pub struct LauncherConfig {
     /// `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`: the policy file
     /// [`LauncherConfig::prepare`] compiles into `settings.init_policy`.
     pub init_policy_path: Option<PathBuf>,
+    /// `SPACELIFT_LAUNCHER_INTERRUPTION_{WATCH,POLL_INTERVAL,METADATA_URL}`; None: off.
+    pub interruption: Option<crate::interruption::WatchConfig>,
     /// Non-fatal findings to log at startup (a whitelisted variable that is unset, ...).
     pub warnings: Vec<String>,
 }
@@ -177,6 +193,7 @@ impl std::fmt::Debug for LauncherConfig {
             .field("additional_root_cas", &self.additional_root_cas.len())
             .field("sensitive_output_upload", &self.sensitive_output_upload)
             .field("init_policy_path", &self.init_policy_path)
+            .field("interruption", &self.interruption)
             .field("warnings", &self.warnings)
             .finish()
     }

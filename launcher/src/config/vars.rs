@@ -286,6 +286,27 @@ pub const STOP_GRACE: Var = var(
     Duration,
     "Go duration between SIGTERM and SIGKILL when stopping a run's container.",
 );
+pub const INTERRUPTION_WATCH: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_WATCH",
+    Value("off"),
+    Choice,
+    "off, aws, gcp or azure: poll that cloud's metadata service for a spot / preemptible\n\
+     interruption notice. On one: take no new runs, report it in heartbeats, stop runs\n\
+     still going a stop grace + 10s before the deadline (failed, spot_interruption),\n\
+     exit 0 when idle. No auto-detection: name the cloud the pool's machines run on.",
+);
+pub const INTERRUPTION_POLL_INTERVAL: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_POLL_INTERVAL",
+    Value("5s"),
+    Duration,
+    "Go duration between two reads of the interruption notice.",
+);
+pub const INTERRUPTION_METADATA_URL: Var = var(
+    "SPACELIFT_LAUNCHER_INTERRUPTION_METADATA_URL",
+    Value("http://169.254.169.254"),
+    Text,
+    "The metadata service's http:// address (tests point it at a fake one).",
+);
 pub const DATA_DIR: Var = var(
     "SPACELIFT_LAUNCHER_DATA_DIR",
     Value("/opt/spacelift"),
@@ -312,10 +333,13 @@ pub const METRICS_ADDR: Var = var(
 );
 pub const LOG_FORMAT: Var = var(
     "SPACELIFT_LAUNCHER_LOG_FORMAT",
-    Value("text"),
+    Value("auto"),
     Choice,
-    "text or json (one object a line), on standard error. Text is coloured only when\n\
-     standard error is a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.",
+    "auto, text or json. auto: text when standard error is a terminal, JSON lines\n\
+     otherwise. JSON lines: ts (RFC 3339 UTC), level (debug, info, warn, error), msg,\n\
+     caller (file:line), then the event's own fields (run_ulid, ...). In every format\n\
+     warn and error go to standard error, info and debug to standard output. Text is\n\
+     coloured only on a terminal. RUST_LOG (e.g. launcher::run=trace) overrides levels.",
 );
 
 /// Every variable, in `--help` order.
@@ -350,6 +374,9 @@ pub const ALL: &[Var] = &[
     ADDITIONAL_ROOT_CAS,
     CAPACITY,
     STOP_GRACE,
+    INTERRUPTION_WATCH,
+    INTERRUPTION_POLL_INTERVAL,
+    INTERRUPTION_METADATA_URL,
     DATA_DIR,
     BINARY_CACHE_KEEP,
     SEED,

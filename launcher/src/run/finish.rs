@@ -34,26 +34,31 @@ impl Run {
                 RunEnd::LeaseLost
             }
             Abort::Stopped(s) => {
-                let reason = match s {
-                    StopRequest::Cancel(why) => Reason::new(
+                let (state, reason) = match s {
+                    StopRequest::Cancel(why) => (RunState::Canceled, Reason::new(
                         reason_codes::CANCELED,
                         why.unwrap_or_else(|| "canceled by the backend".into()),
-                    ),
-                    StopRequest::Shutdown => Reason::new(
+                    )),
+                    StopRequest::Shutdown => (RunState::Canceled, Reason::new(
                         reason_codes::LAUNCHER_SHUTDOWN,
                         "the launcher was told to stop (second SIGTERM/SIGINT) and canceled the run",
-                    ),
-                    StopRequest::Fatal => Reason::new(
+                    )),
+                    StopRequest::Fatal => (RunState::Canceled, Reason::new(
                         reason_codes::LAUNCHER_SHUTDOWN,
                         "the launcher hit a fatal error (see its log) and canceled the run before exiting",
-                    ),
+                    )),
+                    StopRequest::Interruption { deadline } => (RunState::Failed, Reason::new(
+                        reason_codes::SPOT_INTERRUPTION,
+                        format!("spot interruption at {deadline}: the machine is being reclaimed \
+                            and the run could not finish before it"),
+                    )),
                 };
-                tracing::info!(reason = %reason.message, "run canceled");
+                tracing::info!(%state, reason = %reason.message, "run stopped");
                 self.log
-                    .launcher(&format!("Run canceled: {}", reason.message));
+                    .launcher(&format!("Run {state}: {}", reason.message));
                 self.log.flush();
-                self.report(RunState::Canceled, None, Some(reason));
-                RunEnd::Reported(RunState::Canceled)
+                self.report(state, None, Some(reason));
+                RunEnd::Reported(state)
             }
             Abort::Fail(f) => {
                 tracing::warn!(state = %f.state, reason = f.code, message = %f.message, exit_code = ?f.exit_code, "run did not finish");

@@ -52,6 +52,9 @@ pub enum StopRequest {
     Shutdown,
     /// The launcher is exiting on a fatal error (credentials refused, MQTT stopped).
     Fatal,
+    /// The machine is being reclaimed at `deadline` (RFC 3339) and the run is still going
+    /// a stop grace before it (`crate::interruption`): reported failed.
+    Interruption { deadline: String },
 }
 
 /// How a run task ended, for the supervisor and the metrics.

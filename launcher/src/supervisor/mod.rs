@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::clock::sleep_until_opt;
 use crate::container_spec::Ids;
+use crate::interruption::Notice;
 use crate::error::{Error, Fatal};
 use crate::lifecycle::{ExitOutcome, Signal, SignalStages, Stage};
 use crate::masking::Masker;
@@ -41,6 +42,7 @@ use crate::run::{self, RunContext, RunEnd, StdoutLogs, StopRequest};
 use crate::settings::Settings;
 
 mod fatal_exit;
+mod interruption;
 mod prefetch;
 mod seen_runs;
 use fatal_exit::recv_opt;
@@ -79,6 +81,7 @@ pub struct Supervisor {
     metrics: Metrics,
     stdout: Option<StdoutLogs>,
     outside_fatal: Option<oneshot::Receiver<Fatal>>,
+    interruptions: Option<mpsc::Receiver<Notice>>,
 }
 
 impl Supervisor {
@@ -114,6 +117,7 @@ impl Supervisor {
             metrics: Metrics::new(),
             stdout,
             outside_fatal: None,
+            interruptions: None,
         }
     }
 
@@ -132,6 +136,12 @@ impl Supervisor {
     /// supervisor stops and removes its runs' containers, then returns that error.
     pub fn with_fatal(mut self, fatal: oneshot::Receiver<Fatal>) -> Supervisor {
         self.outside_fatal = Some(fatal);
+        self
+    }
+
+    /// Interruption notices (`crate::interruption::spawn`; see `interruption.rs`).
+    pub fn with_interruptions(mut self, notices: mpsc::Receiver<Notice>) -> Supervisor {
+        self.interruptions = Some(notices);
         self
     }
 
@@ -187,6 +197,7 @@ impl Supervisor {
             cycling: false,
             events_closed: false,
             cancel_deadline: None,
+            interruption: interruption::Interruption::new(self.interruptions),
         };
         lp.reap(&self.held_at_start).await;
         lp.publish();
@@ -210,6 +221,7 @@ pub fn status_channel(
         state: WorkerState::Idle,
         runs: Vec::new(),
         capacity,
+        interruption: None,
     })
 }
 
@@ -245,6 +257,7 @@ struct Loop {
     cycling: bool,
     events_closed: bool,
     cancel_deadline: Option<Instant>,
+    interruption: interruption::Interruption,
 }
 
 impl Loop {
@@ -293,6 +306,8 @@ impl Loop {
                     tracing::warn!(undelivered = ?self.held, "runs canceled but not all reported in time; exiting");
                     return Ok(ExitOutcome::Canceled);
                 }
+                _ = sleep_until_opt(self.interruption.stop_at) => self.stop_for_interruption(),
+                Some(n) = interruption::recv(&mut self.interruption.rx) => self.on_interruption(n),
                 signal = signals.recv(), if signals_open => match signal {
                     Some(s) => self.on_signal(s),
                     None => signals_open = false,
@@ -323,6 +338,7 @@ impl Loop {
             Stage::Canceling => Some(Ok(ExitOutcome::Canceled)),
             Stage::Draining => Some(Ok(ExitOutcome::Drained)),
             _ if self.cycling => Some(Ok(ExitOutcome::Cycled)),
+            _ if self.interruption.notice.is_some() => Some(Ok(ExitOutcome::Drained)),
             _ if self.events_closed => Some(Err(Error::EventsClosed)),
             _ => None,
         }
@@ -333,6 +349,7 @@ impl Loop {
             || self.exiting_on_error
             || self.cycling
             || self.events_closed
+            || self.interruption.notice.is_some()
             || self.stages.stage() >= Stage::Draining
     }
 
@@ -348,6 +365,7 @@ impl Loop {
             state,
             runs: self.held.iter().cloned().collect(),
             capacity: self.capacity as u32,
+            interruption: self.interruption.notice.clone(),
         };
         self.status.send_if_modified(|s| {
             if *s == next {

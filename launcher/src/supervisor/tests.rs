@@ -1259,5 +1259,6 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
 
 mod binary_swap;
 mod fatal_exit;
+mod interruption;
 mod prefetch;
 mod prepare_deadline;

@@ -112,6 +112,7 @@ pub struct Harness {
 pub struct Running {
     pub events: mpsc::Sender<BackendEvent>,
     pub signals: mpsc::Sender<Signal>,
+    pub interruptions: mpsc::Sender<crate::interruption::Notice>,
     pub status: watch::Receiver<WorkerStatus>,
     pub task: JoinHandle<Result<ExitOutcome, Error>>,
     fatal: Option<oneshot::Sender<Fatal>>,
@@ -154,6 +155,7 @@ impl Harness {
         let (signals_tx, signals_rx) = mpsc::channel(8);
         let (status_tx, status_rx) = status_channel(self.settings.capacity);
         let (fatal_tx, fatal_rx) = oneshot::channel();
+        let (notices_tx, notices_rx) = mpsc::channel(4);
         let sup = Supervisor::new(
             self.settings.clone(),
             self.ids.clone(),
@@ -172,6 +174,7 @@ impl Harness {
         .with_held_runs(self.held_runs.clone())
         .with_metrics(metrics)
         .with_fatal(fatal_rx)
+        .with_interruptions(notices_rx)
         .with_stdout_logs(StdoutLogs {
             clock: Arc::new(FixedClock),
             sink: self.stdout.clone(),
@@ -180,6 +183,7 @@ impl Harness {
         Running {
             events: events_tx,
             signals: signals_tx,
+            interruptions: notices_tx,
             status: status_rx,
             task,
             fatal: Some(fatal_tx),
