@@ -156,6 +156,7 @@ async fn create_and_pull() -> String {
         run_type: RunType::Tracked,
         image: Some("busybox".into()),
         env: BTreeMap::from([("TF_VAR_password".to_string(), STACK_SECRET.to_string())]),
+        vendor: None,
     };
     let binary = CachedBinary {
         version: "1.0.0".into(),

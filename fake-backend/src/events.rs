@@ -79,6 +79,7 @@ pub mod kinds {
     pub const LEASE_REFUSED: &str = "lease.refused";
     pub const LEASE_EXPIRED: &str = "lease.expired";
     pub const LOGS_RECEIVED: &str = "logs.received";
+    pub const POLICY_SAMPLED: &str = "policy.sampled";
     pub const BINARY_PUBLISHED: &str = "binary.published";
     pub const BINARY_DOWNLOAD: &str = "binary.download";
     pub const HTTP_REFUSED: &str = "http.refused";

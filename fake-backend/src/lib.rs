@@ -53,6 +53,9 @@ pub struct ScheduleRun {
     pub stack_id: String,
     #[serde(default = "default_run_type")]
     pub run_type: RunType,
+    /// The stack's vendor (`protocol::api::vendors`), sent in the run spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
 }
 
 fn default_stack() -> String {
@@ -71,6 +74,7 @@ impl ScheduleRun {
             env: BTreeMap::new(),
             stack_id: default_stack(),
             run_type: default_run_type(),
+            vendor: None,
         }
     }
     pub fn image(mut self, image: impl Into<String>) -> Self {
@@ -87,6 +91,10 @@ impl ScheduleRun {
     }
     pub fn run_type(mut self, run_type: RunType) -> Self {
         self.run_type = run_type;
+        self
+    }
+    pub fn vendor(mut self, vendor: impl Into<String>) -> Self {
+        self.vendor = Some(vendor.into());
         self
     }
 }

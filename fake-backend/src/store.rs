@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use protocol::api::{LogLine, Reason, RunSpec};
+use protocol::api::{LogLine, PolicySample, Reason, RunSpec};
 use protocol::messages::WorkerState;
 use protocol::{Arch, RunState};
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,9 @@ pub struct Run {
     pub logs: Vec<LogLine>,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Policy samples the holder sent, one per policy kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_samples: Vec<PolicySample>,
 }
 
 impl Run {
@@ -113,6 +116,7 @@ impl Run {
             history: vec![RunState::Scheduled],
             logs: Vec::new(),
             cancel_requested: false,
+            policy_samples: Vec::new(),
         }
     }
 }
@@ -271,6 +275,7 @@ mod tests {
             run_type: RunType::Tracked,
             image: None,
             env: BTreeMap::new(),
+            vendor: None,
         };
         Run::scheduled(spec, "pool".to_string())
     }

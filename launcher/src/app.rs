@@ -59,7 +59,11 @@ pub async fn run(
     // Held until this function returns: one launcher per data directory.
     let _data_dir_lock = DataDirLock::acquire(&settings.data_dir).map_err(data_dir_error)?;
     if let Some(p) = &settings.init_policy {
-        tracing::info!(policy = %p.path().display(), "initialization policy loaded; evaluated before every run");
+        tracing::info!(policy = %p.path().display(), deny_rule = p.can_deny(), sample_rule = p.can_sample(),
+            "initialization policy loaded; evaluated before every run");
+        if !p.can_deny() {
+            tracing::info!("the initialization policy has no deny rule: it allows every run");
+        }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
 

@@ -170,6 +170,7 @@ mod tests {
                 // A run cannot impersonate another run or worker.
                 ("SPACELIFT_RUN_ULID".to_string(), "spoofed".to_string()),
             ]),
+            vendor: None,
         }
     }
 

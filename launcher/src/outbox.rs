@@ -1,5 +1,5 @@
-//! Delivers one run's reports (state transitions and log batches) to the backend in the
-//! order they were made, retrying transient failures for as long as the process lives.
+//! Delivers one run's reports (state transitions, log batches, policy samples) to the
+//! backend in the order they were made, retrying transient failures for as long as the process lives.
 //!
 //! Each run gets its own outbox task, so a slow or failing run cannot hold up another's
 //! reports while order within a run is kept (a `finished` never overtakes its last logs).
@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use protocol::api::{LogLine, TransitionRequest};
+use protocol::api::{LogLine, PolicySample, TransitionRequest};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::backoff::Backoff;
@@ -46,6 +46,8 @@ pub enum Report {
     Transition(TransitionRequest),
     /// Lines in output order; their `seq` is assigned by the outbox.
     Logs(Vec<LogLine>),
+    /// What the initialization policy saw and decided, when it asked for a sample.
+    PolicySample(PolicySample),
 }
 
 /// Where fatal backend answers (Unauthorized) go: the supervisor stops the process.
@@ -118,7 +120,7 @@ impl OutboxHandle {
     pub fn push(&self, report: Report) {
         let bytes = match &report {
             Report::Logs(lines) => text_bytes(lines),
-            Report::Transition(_) => 0,
+            Report::Transition(_) | Report::PolicySample(_) => 0,
         };
         self.budget.add(bytes);
         // The outbox only stops early on a fatal error, when the process is exiting anyway.
@@ -237,6 +239,7 @@ impl Outbox {
             } else {
                 match self.queue.pop_front() {
                     Some(Report::Transition(t)) => self.send_transition(t).await,
+                    Some(Report::PolicySample(s)) => self.send_sample(s).await,
                     Some(Report::Logs(lines)) => {
                         self.number(lines);
                         Flow::Continue
@@ -407,6 +410,25 @@ impl Outbox {
         }
     }
 
+    async fn send_sample(&mut self, sample: PolicySample) -> Flow {
+        let backend = self.deps.backend.clone();
+        let run_ulid = self.run_ulid.clone();
+        match self
+            .attempt("policy sample", || {
+                backend.policy_sample(&run_ulid, &sample)
+            })
+            .await
+        {
+            Attempt::Fatal => Flow::Stop,
+            Attempt::TooLarge => {
+                tracing::error!(run_ulid = %self.run_ulid, policy = %sample.policy,
+                    "backend refused a policy sample as too large; dropping it");
+                Flow::Continue
+            }
+            Attempt::Done(()) | Attempt::Dropped => Flow::Continue,
+        }
+    }
+
     /// Calls `f` until it is delivered, refused for good, or fatal; transient failures
     /// are retried after a backoff (cut short by a reconnection).
     async fn attempt<T, F, Fut>(&mut self, kind: &str, f: F) -> Attempt<T>
@@ -467,7 +489,7 @@ impl Drop for Outbox {
             .iter()
             .map(|r| match r {
                 Report::Logs(lines) => text_bytes(lines),
-                Report::Transition(_) => 0,
+                Report::Transition(_) | Report::PolicySample(_) => 0,
             })
             .sum::<usize>()
             + self.pending.iter().map(|l| l.text.len()).sum::<usize>();

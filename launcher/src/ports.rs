@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::Stream;
-use protocol::api::{ClaimResponse, Lease, LogLine, TransitionRequest, WorkerBinary};
+use protocol::api::{ClaimResponse, Lease, LogLine, PolicySample, TransitionRequest, WorkerBinary};
 use protocol::messages::ServerMessage;
 use protocol::Arch;
 use thiserror::Error;
@@ -79,6 +79,12 @@ pub trait Backend: Send + Sync + 'static {
         -> Result<(), BackendError>;
     /// Uploads log lines; returns the next sequence number the backend expects.
     async fn upload_logs(&self, run_ulid: &str, lines: &[LogLine]) -> Result<u64, BackendError>;
+    /// Sends a policy sample (a repeat replaces the backend's earlier one).
+    async fn policy_sample(
+        &self,
+        run_ulid: &str,
+        sample: &PolicySample,
+    ) -> Result<(), BackendError>;
     async fn latest_binary(&self, arch: Arch) -> Result<WorkerBinary, BackendError>;
     /// Streams the binary's bytes, starting at `offset` (for resumed downloads).
     async fn download_binary(

@@ -51,6 +51,9 @@ pub struct Settings {
     pub capacity: u32,
     /// `SPACELIFT_DEFAULT_RUNNER_IMAGE`.
     pub default_runner_image: String,
+    /// `SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE`: instead, for Ansible stacks (the run
+    /// spec's `vendor`).
+    pub default_ansible_runner_image: String,
     /// `SPACELIFT_WORKER_NETWORK` (default `bridge`).
     pub network: String,
     /// `SPACELIFT_WORKER_RUNTIME` (None: the daemon's default).
@@ -107,6 +110,7 @@ impl Settings {
         Settings {
             capacity: 1,
             default_runner_image: crate::DEFAULT_RUNNER_IMAGE.to_string(),
+            default_ansible_runner_image: crate::config::DEFAULT_ANSIBLE_RUNNER_IMAGE.to_string(),
             network: "none".into(),
             runtime: None,
             extra_mounts: Vec::new(),
@@ -131,9 +135,60 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The image a run uses: the stack's own; else, for an Ansible stack, the Ansible
+    /// default; else the general default. A blank image counts as none.
+    pub fn runner_image(&self, spec: &protocol::api::RunSpec) -> String {
+        match spec.image.as_deref().filter(|i| !i.trim().is_empty()) {
+            Some(image) => image.to_string(),
+            None if spec.is_ansible() => self.default_ansible_runner_image.clone(),
+            None => self.default_runner_image.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::api::{vendors, RunSpec, RunType};
+
+    #[test]
+    fn runner_image_is_the_stacks_else_its_vendors_default() {
+        let mut s = Settings::isolated(PathBuf::from("/data"));
+        s.default_runner_image = "my/terraform:1".into();
+        s.default_ansible_runner_image = "my/ansible:1".into();
+        let spec = |image: Option<&str>, vendor: Option<&str>| RunSpec {
+            run_ulid: "R".into(),
+            stack_id: "s".into(),
+            run_type: RunType::Tracked,
+            image: image.map(str::to_string),
+            env: BTreeMap::new(),
+            vendor: vendor.map(str::to_string),
+        };
+        assert_eq!(s.runner_image(&spec(None, None)), "my/terraform:1");
+        assert_eq!(
+            s.runner_image(&spec(None, Some(vendors::ANSIBLE))),
+            "my/ansible:1"
+        );
+        // A blank image is no image.
+        assert_eq!(
+            s.runner_image(&spec(Some(" "), Some(vendors::ANSIBLE))),
+            "my/ansible:1"
+        );
+        // The stack's own image always wins; other vendors get the general default.
+        assert_eq!(
+            s.runner_image(&spec(Some("own:2"), Some(vendors::ANSIBLE))),
+            "own:2"
+        );
+        assert_eq!(
+            s.runner_image(&spec(None, Some("pulumi"))),
+            "my/terraform:1"
+        );
+        assert_eq!(
+            Settings::isolated(PathBuf::from("/d")).default_ansible_runner_image,
+            crate::config::DEFAULT_ANSIBLE_RUNNER_IMAGE
+        );
+    }
 
     #[test]
     fn debug_never_shows_secret_values() {

@@ -27,6 +27,10 @@ pub mod paths {
     pub fn logs(run: &str) -> String {
         format!("/v1/runs/{run}/logs")
     }
+    /// `POST` [`super::PolicySample`] -> [`super::PolicySampleAck`].
+    pub fn policy_samples(run: &str) -> String {
+        format!("/v1/runs/{run}/policy-samples")
+    }
     /// `GET ?arch=amd64` answers [`super::WorkerBinary`].
     pub fn latest_binary(arch: super::Arch) -> String {
         format!("{LATEST_BINARY}?arch={arch}")
@@ -91,6 +95,23 @@ pub struct RunSpec {
     /// Environment for the worker inside the container.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The stack's vendor (one of [`vendors`]; unknown ones must be tolerated). Absent
+    /// from older backends, and for Terraform and anything without a default image of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+}
+
+impl RunSpec {
+    /// Whether the stack is Ansible (its runs default to the Ansible runner image).
+    pub fn is_ansible(&self) -> bool {
+        self.vendor.as_deref() == Some(vendors::ANSIBLE)
+    }
+}
+
+/// The `vendor` values of a [`RunSpec`] this version acts on.
+pub mod vendors {
+    pub const ANSIBLE: &str = "ansible";
 }
 
 /// Spacelift run types. Proposed runs are read-only; the rest may change infrastructure
@@ -220,6 +241,29 @@ pub enum LogStream {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogAck {
     pub next_seq: u64,
+}
+
+/// `POST /v1/runs/{run}/policy-samples`: a policy evaluation the policy asked to have
+/// sampled (`sample` true), from the run's holder. One per run and policy: a repeat
+/// replaces the earlier one, so a retried upload is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySample {
+    pub worker_ulid: String,
+    /// One of [`policy_kinds`].
+    pub policy: String,
+    /// Exactly the document the policy was evaluated with as `input`.
+    pub input: serde_json::Value,
+    /// The deny messages it produced, sorted; empty when it allowed the run.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySampleAck {}
+
+pub mod policy_kinds {
+    /// The launcher's `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`.
+    pub const INITIALIZATION: &str = "initialization";
 }
 
 /// A published worker binary. Bytes at `GET /v1/worker-binaries/{version}/{arch}`, with

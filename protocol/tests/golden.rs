@@ -53,12 +53,15 @@ fn every_fixture_round_trips() {
     check::<RegisterResponse>("api.register_response.json");
     check::<ClaimRequest>("api.claim_request.json");
     check::<ClaimResponse>("api.claim_response.json");
+    check::<ClaimResponse>("api.claim_response_ansible.json");
     check::<LeaseRequest>("api.lease_request.json");
     check::<Lease>("api.lease.json");
     check::<TransitionRequest>("api.transition_request.json");
     check::<TransitionResponse>("api.transition_response.json");
     check::<LogBatch>("api.log_batch.json");
     check::<LogAck>("api.log_ack.json");
+    check::<PolicySample>("api.policy_sample.json");
+    check::<PolicySampleAck>("api.policy_sample_ack.json");
     check::<WorkerBinary>("api.worker_binary.json");
     check::<ErrorBody>("api.error_body.json");
 }
@@ -68,7 +71,25 @@ fn every_fixture_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let on_disk = std::fs::read_dir(dir).unwrap().count();
     // Keep in step with `every_fixture_round_trips`: a new fixture must be checked there.
-    assert_eq!(on_disk, 22);
+    assert_eq!(on_disk, 25);
+}
+
+/// The vendor is a compatible addition: an old backend's spec (no vendor) is "not
+/// Ansible", and the Ansible spec names no image, so the launcher picks its default.
+#[test]
+fn run_spec_vendor_is_optional() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let read = |name: &str| -> ClaimResponse {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let old = read("api.claim_response.json");
+    assert_eq!(old.run.vendor, None);
+    assert!(!old.run.is_ansible());
+    let ansible = read("api.claim_response_ansible.json");
+    assert_eq!(ansible.run.vendor.as_deref(), Some(vendors::ANSIBLE));
+    assert!(ansible.run.is_ansible());
+    assert_eq!(ansible.run.image, None);
+    assert_eq!(paths::policy_samples("01R"), "/v1/runs/01R/policy-samples");
 }
 
 #[test]

@@ -140,11 +140,12 @@ proptest! {
 
     #[test]
     fn claim(worker in ulid(), run in ulid(), stack in text(), rt in run_type(),
-             image in proptest::option::of(text()), env in env(), ttl in any::<u64>()) {
+             image in proptest::option::of(text()), env in env(), ttl in any::<u64>(),
+             vendor in proptest::option::of(text())) {
         let req = ClaimRequest { worker_ulid: worker.clone() };
         prop_assert_eq!(round_trip(&req), req);
         let resp = ClaimResponse {
-            run: RunSpec { run_ulid: run, stack_id: stack, run_type: rt, image, env },
+            run: RunSpec { run_ulid: run, stack_id: stack, run_type: rt, image, env, vendor },
             lease: Lease { ttl_ms: ttl },
         };
         prop_assert_eq!(round_trip(&resp), resp);

@@ -420,6 +420,9 @@ fn schedule_request(world: &World, s: &ScheduleStep) -> ScheduleRun {
     if let Some(image) = &s.image {
         req = req.image(image.clone());
     }
+    if let Some(vendor) = &s.vendor {
+        req = req.vendor(vendor.clone());
+    }
     let real = world
         .dockers
         .values()

@@ -262,6 +262,9 @@ pub struct ScheduleStep {
     pub behaviour: Behaviour,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The stack's vendor in the run spec (`ansible`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
 }
 
 fn default_run_type() -> RunType {

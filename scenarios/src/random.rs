@@ -83,6 +83,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                         ..Behaviour::default()
                     },
                     env: BTreeMap::new(),
+                    vendor: None,
                 }));
             }
             Op::CancelLast if runs > 0 => {

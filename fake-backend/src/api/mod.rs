@@ -17,8 +17,8 @@ use axum::{Extension, Json, Router};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use protocol::api::{
-    error_codes, paths, ClaimRequest, LeaseRequest, LogBatch, RegisterRequest, TransitionRequest,
-    WorkerBinary,
+    error_codes, paths, ClaimRequest, LeaseRequest, LogBatch, PolicySample, RegisterRequest,
+    TransitionRequest, WorkerBinary,
 };
 use protocol::Arch;
 use serde_json::json;
@@ -67,6 +67,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route(&run_route(paths::lease), post(lease))
         .route(&run_route(paths::state), post(transition))
         .route(&run_route(paths::logs), post(logs))
+        .route(&run_route(paths::policy_samples), post(policy_sample))
         .route(paths::LATEST_BINARY, get(latest_binary))
         .route(
             &format!("{}/{{version}}/{{arch}}", paths::BINARIES),
@@ -167,6 +168,18 @@ async fn logs(
 ) -> Result<Json<protocol::api::LogAck>, ApiError> {
     let c = caller(&core, &peer, &paths::logs(&run))?;
     core.logs(&c.pool, &run, batch)
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+async fn policy_sample(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path(run): Path<String>,
+    ApiJson(sample): ApiJson<PolicySample>,
+) -> Result<Json<protocol::api::PolicySampleAck>, ApiError> {
+    let c = caller(&core, &peer, &paths::policy_samples(&run))?;
+    core.policy_sample(&c.pool, &run, sample)
         .map(Json)
         .map_err(ApiError::from)
 }

@@ -8,6 +8,7 @@
 mod binaries;
 mod pools;
 mod runs;
+mod samples;
 mod scheduling;
 mod views;
 mod workers;

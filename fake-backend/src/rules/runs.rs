@@ -16,7 +16,11 @@ use crate::events::{kinds, NewEvent};
 use crate::store::{Run, State};
 use crate::ScheduleRun;
 
-fn check_worker(s: &State, pool: &str, worker: &str) -> std::result::Result<(), RuleError> {
+pub(super) fn check_worker(
+    s: &State,
+    pool: &str,
+    worker: &str,
+) -> std::result::Result<(), RuleError> {
     match s.workers.get(worker) {
         Some(w) if w.pool == pool => Ok(()),
         _ => Err(RuleError::NotRegistered(format!(
@@ -25,7 +29,7 @@ fn check_worker(s: &State, pool: &str, worker: &str) -> std::result::Result<(), 
     }
 }
 
-fn check_run(s: &State, pool: &str, run: &str) -> std::result::Result<(), RuleError> {
+pub(super) fn check_run(s: &State, pool: &str, run: &str) -> std::result::Result<(), RuleError> {
     match s.runs.get(run) {
         Some(r) if r.pool == pool => Ok(()),
         _ => Err(RuleError::NotFound(format!(
@@ -270,6 +274,7 @@ impl Core {
                 run_type: req.run_type,
                 image: req.image.clone(),
                 env: req.env.clone(),
+                vendor: req.vendor.clone(),
             };
             tx.touched.insert(id.clone());
             tx.st.active.insert(id.clone());
@@ -286,6 +291,7 @@ impl Core {
                         "run_type": req.run_type,
                         "image": req.image,
                         "env": req.env,
+                        "vendor": req.vendor,
                     })),
             );
             tx.dispatch();

@@ -1,6 +1,6 @@
 //! Read-only views of runs and workers, as the handle, the admin API and the CLI show them.
 
-use protocol::api::{Reason, RunSpec};
+use protocol::api::{PolicySample, Reason, RunSpec};
 use protocol::messages::WorkerState;
 use protocol::{Arch, RunState};
 
@@ -32,6 +32,8 @@ pub struct RunView {
     pub log_lines: Vec<protocol::api::LogLine>,
     pub cancel_requested: bool,
     pub spec: RunSpec,
+    #[serde(default)]
+    pub policy_samples: Vec<PolicySample>,
 }
 
 impl From<&Run> for RunView {
@@ -49,6 +51,7 @@ impl From<&Run> for RunView {
             log_lines: r.logs.clone(),
             cancel_requested: r.cancel_requested,
             spec: r.spec.clone(),
+            policy_samples: r.policy_samples.clone(),
         }
     }
 }

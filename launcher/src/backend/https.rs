@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use protocol::api::{
     paths, ClaimRequest, ClaimResponse, ErrorBody, Lease, LeaseRequest, LogAck, LogBatch, LogLine,
-    RegisterRequest, RegisterResponse, TransitionRequest, TransitionResponse, WorkerBinary,
+    PolicySample, PolicySampleAck, RegisterRequest, RegisterResponse, TransitionRequest,
+    TransitionResponse, WorkerBinary,
 };
 use protocol::Arch;
 use reqwest::header::{HeaderMap, DATE, ETAG, RANGE, RETRY_AFTER};
@@ -275,6 +276,17 @@ impl Backend for HttpsBackend {
             .json(Method::POST, &paths::logs(run_ulid), Some(&batch))
             .await?;
         Ok(ack.next_seq)
+    }
+
+    async fn policy_sample(
+        &self,
+        run_ulid: &str,
+        sample: &PolicySample,
+    ) -> Result<(), BackendError> {
+        let _: PolicySampleAck = self
+            .json(Method::POST, &paths::policy_samples(run_ulid), Some(sample))
+            .await?;
+        Ok(())
     }
 
     async fn latest_binary(&self, arch: Arch) -> Result<WorkerBinary, BackendError> {
@@ -565,6 +577,7 @@ mod tests {
                 run_type: RunType::Tracked,
                 image: None,
                 env: Default::default(),
+                vendor: None,
             },
             lease: Lease { ttl_ms: 30_000 },
         }
@@ -624,6 +637,18 @@ mod tests {
             .respond_with(ResponseTemplate::new(200).set_body_json(&wb))
             .mount(&server)
             .await;
+        let sample = PolicySample {
+            worker_ulid: "W1".into(),
+            policy: "initialization".into(),
+            input: serde_json::json!({"docker_image": "img"}),
+            deny: vec!["no".into()],
+        };
+        Mock::given(method("POST"))
+            .and(path("/v1/runs/R1/policy-samples"))
+            .and(body_json(&sample))
+            .respond_with(ResponseTemplate::new(200).set_body_json(PolicySampleAck {}))
+            .mount(&server)
+            .await;
 
         let b = backend(&server);
         assert_eq!(b.register(&register_req()).await.unwrap(), reg);
@@ -651,6 +676,7 @@ mod tests {
         }];
         assert_eq!(b.upload_logs("R1", &lines).await.unwrap(), 2);
         assert_eq!(b.latest_binary(Arch::Arm64).await.unwrap(), wb);
+        b.policy_sample("R1", &sample).await.unwrap();
     }
 
     #[tokio::test]

@@ -52,6 +52,13 @@ impl Backend for MemBackend {
     async fn upload_logs(&self, _: &str, _: &[LogLine]) -> Result<u64, BackendError> {
         unimplemented!()
     }
+    async fn policy_sample(
+        &self,
+        _: &str,
+        _: &protocol::api::PolicySample,
+    ) -> Result<(), BackendError> {
+        unimplemented!()
+    }
     async fn latest_binary(&self, _: Arch) -> Result<WorkerBinary, BackendError> {
         unimplemented!()
     }

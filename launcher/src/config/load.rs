@@ -100,6 +100,7 @@ pub fn load_with(
     let settings = Settings {
         capacity,
         default_runner_image: r.text(&vars::DEFAULT_RUNNER_IMAGE),
+        default_ansible_runner_image: r.text(&vars::DEFAULT_ANSIBLE_RUNNER_IMAGE),
         network: r.text(&vars::NETWORK),
         runtime: r.get(vars::RUNTIME.name),
         extra_mounts,
@@ -167,7 +168,6 @@ pub fn load_with(
         proxy,
         additional_root_cas,
         sensitive_output_upload: r.boolean(&vars::SENSITIVE_OUTPUT_UPLOAD)?,
-        default_ansible_runner_image: r.text(&vars::DEFAULT_ANSIBLE_RUNNER_IMAGE),
         init_policy_path: r
             .get(vars::RUN_INITIALIZATION_POLICY.name)
             .map(PathBuf::from),
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(c.proxy, ProxyConfig::default());
         assert!(c.additional_root_cas.is_empty());
         assert!(!c.sensitive_output_upload);
-        assert_eq!(c.default_ansible_runner_image, DEFAULT_ANSIBLE_RUNNER_IMAGE);
+        assert_eq!(s.default_ansible_runner_image, DEFAULT_ANSIBLE_RUNNER_IMAGE);
         assert_eq!(c.credentials.token.pool_ulid, "01HZY0000000000000000POOL1");
     }
 
@@ -278,7 +278,7 @@ mod tests {
         let s = &c.settings;
         assert_eq!(s.capacity, 4);
         assert_eq!(s.default_runner_image, "my/runner:1");
-        assert_eq!(c.default_ansible_runner_image, "my/ansible:1");
+        assert_eq!(s.default_ansible_runner_image, "my/ansible:1");
         assert_eq!(s.network, "none");
         assert_eq!(s.runtime.as_deref(), Some("runsc"));
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));

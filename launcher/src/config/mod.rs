@@ -172,9 +172,6 @@ pub struct LauncherConfig {
     /// `SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED`: a worker feature; the core passes it to
     /// the worker's environment.
     pub sensitive_output_upload: bool,
-    /// `SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE` (kept for completeness; protocol v1 has no
-    /// Ansible run kind, so the core uses `settings.default_runner_image`).
-    pub default_ansible_runner_image: String,
     /// `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`: the policy file
     /// [`LauncherConfig::prepare`] compiles into `settings.init_policy`.
     pub init_policy_path: Option<PathBuf>,
@@ -195,10 +192,6 @@ impl std::fmt::Debug for LauncherConfig {
             .field("proxy", &self.proxy)
             .field("additional_root_cas", &self.additional_root_cas.len())
             .field("sensitive_output_upload", &self.sensitive_output_upload)
-            .field(
-                "default_ansible_runner_image",
-                &self.default_ansible_runner_image,
-            )
             .field("init_policy_path", &self.init_policy_path)
             .field("interruption", &self.interruption)
             .field("warnings", &self.warnings)

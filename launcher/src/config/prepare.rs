@@ -61,7 +61,7 @@ mod tests {
             "1",
         );
         assert_eq!(
-            p.evaluate(&task),
+            p.evaluate(&task).map(|e| e.decision),
             Ok(crate::init_policy::Decision::Deny(vec!["no tasks".into()]))
         );
         // Unset (or empty): no policy.

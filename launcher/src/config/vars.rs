@@ -127,13 +127,16 @@ pub const RUN_INITIALIZATION_POLICY: Var = var(
     "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
     Nothing,
     Path,
-    "Path of a Rego initialization policy (package spacelift, deny[msg] rules; Rego v0\n\
-     or v1), compiled at startup: an unreadable or invalid policy stops the launcher.\n\
-     Before each run's image is pulled, data.spacelift.deny is evaluated with input\n\
+    "Path of a Rego initialization policy (package spacelift with deny[msg] and/or sample\n\
+     rules; Rego v0 or v1), compiled at startup: an unreadable or invalid policy, or one\n\
+     with neither rule, stops the launcher. Before each run's image is pulled,\n\
+     data.spacelift.deny and data.spacelift.sample are evaluated with input\n\
      {run: {id, type}, static_run_environment: {run_ulid, run_type, stack_slug},\n\
      docker_image, worker_version} (type: PROPOSED, TRACKED, TASK, DESTROY, TESTING).\n\
      Any deny message (or an evaluation error) fails the run, reason\n\
-     initialization_policy_denied; no container is created. exec() is not available.",
+     initialization_policy_denied; no container is created. No deny rule: every run is\n\
+     allowed. sample true: that input and the deny messages are sent to the backend (the\n\
+     input holds no environment values or credentials). exec() is not available.",
 );
 pub const LOGS_TIMEOUT: Var = var(
     "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
@@ -215,7 +218,8 @@ pub const DEFAULT_ANSIBLE_RUNNER_IMAGE: Var = var(
     "SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE",
     Value(super::DEFAULT_ANSIBLE_RUNNER_IMAGE),
     Text,
-    "Accepted for compatibility; protocol v1 has no Ansible run kind.",
+    "Runner image for Ansible stacks that set none (the backend says a run's stack is \
+     Ansible with the run spec's vendor).",
 );
 pub const METADATA: Var = Var {
     suffix: "<key>=<value>",

@@ -105,6 +105,13 @@ impl RunLog {
         }
     }
 
+    /// Queues a report other than output (a policy sample) on the run's outbox, behind
+    /// the output queued so far.
+    pub fn report(&mut self, report: Report) {
+        self.flush();
+        self.outbox.push(report);
+    }
+
     /// A line (or a piece of one) of the container's output.
     pub fn output(&mut self, line: &OutputLine) {
         let held = self

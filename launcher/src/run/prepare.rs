@@ -10,6 +10,7 @@ use protocol::Arch;
 use crate::backoff::Backoff;
 use crate::error::Fatal;
 use crate::init_policy::{Decision, InitPolicy, PolicyInput};
+use crate::outbox::Report;
 use crate::ports::{BackendError, BinaryError, BinaryPin, CachedBinary, RuntimeError};
 
 use super::finish::docker_failure;
@@ -36,16 +37,13 @@ pub(super) async fn prepare(
     phase: &mut String,
 ) -> Result<Prepared, Abort> {
     let (binary, pin) = fetch_binary(ctx, &spec.run_ulid, phase).await?;
-    let image = spec
-        .image
-        .clone()
-        .filter(|i| !i.trim().is_empty())
-        .unwrap_or_else(|| ctx.settings.default_runner_image.clone());
+    let image = ctx.settings.runner_image(spec);
     // The policy needs the worker version, so it runs once the binary is ready; and it
     // runs before the pull, so a denied image is never downloaded.
     if let Some(policy) = &ctx.settings.init_policy {
         *phase = "evaluating the initialization policy".into();
-        check_init_policy(policy, spec, &image, &binary.version, log).await?;
+        let worker = &ctx.ids.worker_ulid;
+        check_init_policy(policy, spec, &image, &binary.version, worker, log).await?;
     }
     ensure_image(ctx, &image, log, phase).await?;
     Ok(Prepared {
@@ -56,12 +54,14 @@ pub(super) async fn prepare(
 }
 
 /// Evaluates the initialization policy (off the async threads: it is CPU work, bounded by
-/// [`crate::init_policy::EVAL_LIMIT`]). A deny or an evaluation error fails the run.
+/// [`crate::init_policy::EVAL_LIMIT`]). A deny or an evaluation error fails the run; a
+/// sample the policy asks for is queued for the backend first.
 pub(super) async fn check_init_policy(
     policy: &Arc<InitPolicy>,
     spec: &RunSpec,
     image: &str,
     worker_version: &str,
+    worker_ulid: &str,
     log: &mut RunLog,
 ) -> Result<(), Abort> {
     let input = PolicyInput::new(
@@ -76,7 +76,11 @@ pub(super) async fn check_init_policy(
         .await
         .unwrap_or_else(|e| Err(format!("the evaluation did not complete: {e}")));
     let path = policy.path().display();
-    match verdict {
+    if let Some(sample) = verdict.as_ref().ok().and_then(|e| e.sample(worker_ulid)) {
+        tracing::info!(policy = %path, "initialization policy asked for a sample; sending it");
+        log.report(Report::PolicySample(sample));
+    }
+    match verdict.map(|e| e.decision) {
         Ok(Decision::Allow) => {
             tracing::info!(policy = %path, "initialization policy allows the run");
             Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::api::{
-    ClaimResponse, Lease, LogLine, RunSpec, RunType, TransitionRequest, WorkerBinary,
+    ClaimResponse, Lease, LogLine, PolicySample, RunSpec, RunType, TransitionRequest, WorkerBinary,
 };
 use protocol::{Arch, RunState};
 
@@ -25,6 +25,8 @@ pub struct BackendState {
     pub transitions: Vec<(String, TransitionRequest)>,
     /// Delivered log lines per run, in arrival order.
     pub logs: BTreeMap<String, Vec<LogLine>>,
+    /// Delivered policy samples per run, in arrival order (repeats kept, to see them).
+    pub policy_samples: BTreeMap<String, Vec<PolicySample>>,
     pub renewals: Vec<String>,
     /// Report calls (transitions + logs) that failed.
     pub failed_reports: u32,
@@ -129,6 +131,10 @@ impl MemBackend {
         lock(&self.state).claims.clone()
     }
 
+    pub fn policy_samples(&self, run: &str) -> Vec<PolicySample> {
+        self.peek(|s| s.policy_samples.get(run).cloned().unwrap_or_default())
+    }
+
     fn report_fault(&self) -> Result<(), BackendError> {
         let mut s = lock(&self.state);
         if s.unauthorized {
@@ -155,6 +161,7 @@ pub fn spec(run: &str) -> RunSpec {
         run_type: RunType::Tracked,
         image: None,
         env: BTreeMap::new(),
+        vendor: None,
     }
 }
 
@@ -273,6 +280,30 @@ impl Backend for MemBackend {
                 }
             }
             Ok(l.len() as u64)
+        });
+        self.changes.bump();
+        r
+    }
+
+    /// Like the fake backend: a body over the limit is refused (413).
+    async fn policy_sample(
+        &self,
+        run_ulid: &str,
+        sample: &PolicySample,
+    ) -> Result<(), BackendError> {
+        let body = serde_json::to_vec(sample).expect("a PolicySample serialises");
+        let r = self.report_fault().and_then(|()| {
+            let mut s = lock(&self.state);
+            if body.len() > s.body_limit {
+                return Err(BackendError::TooLarge {
+                    message: format!("POST /v1/runs/{run_ulid}/policy-samples: HTTP 413"),
+                });
+            }
+            s.policy_samples
+                .entry(run_ulid.to_string())
+                .or_default()
+                .push(sample.clone());
+            Ok(())
         });
         self.changes.bump();
         r
