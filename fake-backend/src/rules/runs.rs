@@ -38,6 +38,26 @@ pub(super) fn check_run(s: &State, pool: &str, run: &str) -> std::result::Result
     }
 }
 
+/// The run `worker` holds, to change: refused unless both are known in `pool` and the
+/// worker is the run's holder (409 with the run's state).
+pub(super) fn held_run_mut<'t>(
+    tx: &'t mut Tx<'_>,
+    pool: &str,
+    run_id: &str,
+    worker: &str,
+) -> std::result::Result<&'t mut Run, RuleError> {
+    check_worker(&tx.st.state, pool, worker)?;
+    check_run(&tx.st.state, pool, run_id)?;
+    let run = tx.run_mut(run_id).expect("checked");
+    if run.worker.as_deref() != Some(worker) {
+        return Err(RuleError::conflict(
+            format!("run {run_id} is not claimed by worker {worker}"),
+            run.state,
+        ));
+    }
+    Ok(run)
+}
+
 impl Core {
     pub(crate) fn claim(
         &self,
@@ -220,16 +240,7 @@ impl Core {
     ) -> std::result::Result<LogAck, RuleError> {
         self.mutate(|tx| {
             let worker = batch.worker_ulid.clone();
-            check_worker(&tx.st.state, pool, &worker)?;
-            check_run(&tx.st.state, pool, run_id)?;
-            let run = tx.run_mut(run_id).expect("checked");
-            if run.worker.as_deref() != Some(worker.as_str()) {
-                let state = run.state;
-                return Err(RuleError::conflict(
-                    format!("run {run_id} is not claimed by worker {worker}"),
-                    state,
-                ));
-            }
+            let run = held_run_mut(tx, pool, run_id, &worker)?;
             batch.lines.sort_by_key(|l| l.seq);
             let mut accepted = Vec::new();
             let mut duplicates = 0;

@@ -6,7 +6,7 @@
 use protocol::api::{PolicySample, PolicySampleAck};
 use serde_json::json;
 
-use super::runs::{check_run, check_worker};
+use super::runs::held_run_mut;
 use super::{Core, RuleError};
 use crate::events::{kinds, NewEvent};
 
@@ -24,16 +24,7 @@ impl Core {
         }
         self.mutate(|tx| {
             let worker = sample.worker_ulid.clone();
-            check_worker(&tx.st.state, pool, &worker)?;
-            check_run(&tx.st.state, pool, run_id)?;
-            let run = tx.run_mut(run_id).expect("checked");
-            if run.worker.as_deref() != Some(worker.as_str()) {
-                let state = run.state;
-                return Err(RuleError::conflict(
-                    format!("run {run_id} is not claimed by worker {worker}"),
-                    state,
-                ));
-            }
+            let run = held_run_mut(tx, pool, run_id, &worker)?;
             let data = json!({
                 "policy": sample.policy,
                 "deny": sample.deny,
