@@ -431,17 +431,9 @@ async fn start_fake(real: &Docker) -> FakeDockerHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_and_real_dockerd_agree() {
-    let host = std::env::var("TEST_DOCKER_HOST").ok();
-    use protocol::test_support::{require_component, START_DOCKERD};
-    if !require_component(
-        host.is_some(),
-        "a real dockerd (TEST_DOCKER_HOST)",
-        START_DOCKERD,
-    ) {
+    let Some((host, real_socket)) = real_dockerd() else {
         return;
-    }
-    let host = host.unwrap_or_default();
-    let real_socket = PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host));
+    };
     let real = connect(&host, bollard::API_DEFAULT_VERSION);
     for image in ["busybox:latest", "busybox-arm64:latest"] {
         if real.inspect_image(image).await.is_err() {

@@ -12,6 +12,23 @@ use bollard::Docker;
 use fake_docker::{Config, FakeDocker, FakeDockerHandle};
 use futures_util::{StreamExt, TryStreamExt};
 
+/// The real dockerd of `TEST_DOCKER_HOST` (its address and its unix socket's path), or
+/// `None` when the test must skip (outside CI; under `CI=true` a missing daemon panics).
+pub fn real_dockerd() -> Option<(String, std::path::PathBuf)> {
+    use protocol::test_support::{require_component, START_DOCKERD};
+    let host = std::env::var("TEST_DOCKER_HOST").ok();
+    if !require_component(
+        host.is_some(),
+        "a real dockerd (TEST_DOCKER_HOST)",
+        START_DOCKERD,
+    ) {
+        return None;
+    }
+    let host = host.unwrap_or_default();
+    let socket = std::path::PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host));
+    Some((host, socket))
+}
+
 pub async fn fake(config: Config) -> (FakeDockerHandle, Docker) {
     let fd = FakeDocker::start(config).await.expect("start fake-docker");
     let docker = connect(&fd.docker_host(), bollard::API_DEFAULT_VERSION);
