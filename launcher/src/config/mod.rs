@@ -155,9 +155,6 @@ pub struct LauncherConfig {
     /// `ADDITIONAL_ROOT_CAS`, parsed: trusted for the backend's HTTPS and MQTT servers, on
     /// top of the system roots and the token's `ca_certificate`.
     pub additional_root_cas: Vec<CertificateDer<'static>>,
-    /// `SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED`: a worker feature; the core passes it to
-    /// the worker's environment.
-    pub sensitive_output_upload: bool,
     /// `SPACELIFT_DEFAULT_ANSIBLE_RUNNER_IMAGE` (kept for completeness; protocol v1 has no
     /// Ansible run kind, so the core uses `settings.default_runner_image`).
     pub default_ansible_runner_image: String,
@@ -178,7 +175,6 @@ impl std::fmt::Debug for LauncherConfig {
             .field("log_format", &self.log_format)
             .field("proxy", &self.proxy)
             .field("additional_root_cas", &self.additional_root_cas.len())
-            .field("sensitive_output_upload", &self.sensitive_output_upload)
             .field(
                 "default_ansible_runner_image",
                 &self.default_ansible_runner_image,

@@ -66,6 +66,7 @@ pub struct Ports {
     pub backend: Arc<dyn Backend>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub store: Arc<dyn BinaryStore>,
+    pub workspaces: Arc<dyn crate::workspace::Workspaces>,
 }
 
 pub struct Supervisor {
@@ -161,6 +162,7 @@ impl Supervisor {
             backend: self.ports.backend,
             runtime: self.ports.runtime,
             store: self.ports.store,
+            workspaces: self.ports.workspaces,
             stdout: self.stdout,
             metrics: self.metrics,
             fatal,
