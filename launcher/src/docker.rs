@@ -623,6 +623,10 @@ pub fn with_default_tag(image: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "docker_run_container_tests.rs"]
+mod run_container_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine;
