@@ -74,14 +74,7 @@ async fn real_dockerd_runs_the_worker_as_the_run_user_under_init() {
         pool_ulid: "P".into(),
         launcher_id: "L".into(),
     };
-    let spec = container_spec::build(
-        &settings,
-        &run,
-        "busybox:latest",
-        &binary,
-        &workspace,
-        &ids,
-    );
+    let spec = container_spec::build(&settings, &run, "busybox:latest", &binary, &workspace, &ids);
     let id = rt.create(&spec).await.unwrap();
     let result = async {
         rt.start(&id).await?;
@@ -101,7 +94,10 @@ async fn real_dockerd_runs_the_worker_as_the_run_user_under_init() {
     let (status, text) = result.unwrap();
     assert_eq!(status.code, 0, "{text:?}");
     let user = settings.run_user;
-    assert!(text.contains(&format!("uid {}:{}", user.uid, user.gid)), "{text:?}");
+    assert!(
+        text.contains(&format!("uid {}:{}", user.uid, user.gid)),
+        "{text:?}"
+    );
     // docker-init is PID 1 and the worker its child.
     assert!(
         text.iter().any(|l| l.starts_with("pid1 ")
@@ -110,7 +106,10 @@ async fn real_dockerd_runs_the_worker_as_the_run_user_under_init() {
         "{text:?}"
     );
     assert!(!text.contains(&"me 1".to_string()), "{text:?}");
-    assert!(text.contains(&"debug=true sensitive=false".to_string()), "{text:?}");
+    assert!(
+        text.contains(&"debug=true sensitive=false".to_string()),
+        "{text:?}"
+    );
     assert!(text.contains(&"pwd /mnt/workspace".to_string()), "{text:?}");
     assert!(text.contains(&"wrote source".to_string()), "{text:?}");
     let written = workspace.join("source/file");
