@@ -171,6 +171,16 @@ impl World {
                 self.seed.wrapping_mul(31).wrapping_add(index).to_string(),
             )
             .set("SPACELIFT_LAUNCHER_STOP_GRACE", "2s");
+        // Only root can give run workspaces to Spacelift's user; otherwise runs are ours.
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(&l.data_dir) {
+            if m.uid() != 0 {
+                env.set(
+                    "SPACELIFT_LAUNCHER_RUN_USER",
+                    format!("{}:{}", m.uid(), m.gid()),
+                );
+            }
+        }
         if docker.fake.is_none() {
             env.set("SPACELIFT_DEFAULT_RUNNER_IMAGE", REAL_AMD64_IMAGE);
         }
