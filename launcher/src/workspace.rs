@@ -289,6 +289,19 @@ mod tests {
         }
     }
 
+    /// Dropped outside a runtime (or with the run task aborted), the guard removes it.
+    #[test]
+    fn a_dropped_guard_removes_the_workspace() {
+        let data = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(data.path()).unwrap().uid();
+        let ws = Arc::new(
+            DirWorkspaces::open(data.path().join("w"), RunUser { uid: me, gid: me }).unwrap(),
+        );
+        let dir = ws.create(RUN).unwrap();
+        drop(WorkspaceGuard::new(ws.clone(), RUN));
+        assert!(!dir.exists());
+    }
+
     #[test]
     fn a_non_root_launcher_refuses_another_run_user() {
         let data = tempfile::tempdir().unwrap();

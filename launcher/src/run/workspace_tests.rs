@@ -117,3 +117,38 @@ async fn a_workspace_that_cannot_be_made_fails_the_run_before_its_container() {
     );
     assert!(!h.runtime.calls().iter().any(|c| c.starts_with("create")));
 }
+
+/// A fatal exit stops the run, which removes its container and then its workspace.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_exit_removes_the_workspace() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.changes
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    r.fatal(crate::error::Fatal::Mqtt("the broker went away".into()));
+    assert!(r.exit().await.is_err());
+    assert_eq!(h.runtime.live_containers(), 0);
+    workspace_went(&h, "R1", &["create", "remove"]).await;
+}
+
+/// When the daemon does not answer, the fatal exit aborts the run task mid-removal: the
+/// workspace still goes (the task's guard, on drop).
+#[tokio::test(start_paused = true)]
+async fn an_aborted_run_task_still_removes_the_workspace() {
+    let h = Harness::new();
+    h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.changes
+        .until("running", || b.states("R1").contains(&Running))
+        .await;
+    h.runtime.with(|s| s.unavailable = true);
+    r.fatal(crate::error::Fatal::Mqtt("the broker went away".into()));
+    assert!(r.exit().await.is_err());
+    workspace_went(&h, "R1", &["create", "remove"]).await;
+}
