@@ -90,7 +90,8 @@ impl Supervisor {
     /// let (status_tx, status_rx) = status_channel(settings.capacity);
     /// let (events_tx, events_rx) = tokio::sync::mpsc::channel(64); // BackendEvent in
     /// let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(8); // Signal in
-    /// let sup = Supervisor::new(settings, ids, Arch::Amd64, Ports { backend, runtime, store },
+    /// let sup = Supervisor::new(settings, ids, Arch::Amd64,
+    ///     Ports { backend, runtime, store, workspaces },
     ///     events_rx, status_tx).with_held_runs(held);
     /// let outcome = tokio::spawn(sup.run(signals_rx)); // Result<ExitOutcome, Error>
     /// signals_tx.send(Signal::Terminate).await?;      // 1st: drain
