@@ -168,7 +168,8 @@ async fn create_and_pull() -> String {
         pool_ulid: "P1".into(),
         launcher_id: "L1".into(),
     };
-    let spec = container_spec::build(&settings, &run, "busybox", &binary, &ids);
+    let workspace = std::path::Path::new("/data/workspaces/spacelift-r1");
+    let spec = container_spec::build(&settings, &run, "busybox", &binary, workspace, &ids);
     let id = rt.create(&spec).await.expect("create");
     assert!(!id.is_empty());
     // The pull may fail (fake-docker knows no such remote image); its request carries the

@@ -404,6 +404,46 @@ async fn run_scenarios(t: &mut Target) {
         .expect("state");
     t.record("arm64.state", (s.status.map(|s| s.to_string()), s.error));
 
+    // The run container as the launcher makes it: a numeric user, docker-init, the
+    // worker binary read-only and a writable workspace, both bind mounts.
+    let ws = tempfile::tempdir().expect("tempdir");
+    let mut b = body("busybox", &["true"]);
+    b.user = Some("1983:1983".into());
+    if let Some(hc) = b.host_config.as_mut() {
+        hc.init = Some(true);
+        hc.binds = Some(vec![
+            "/bin/busybox:/opt/spacelift/binaries/spacelift-worker:ro".into(),
+            format!("{}:/mnt/workspace", ws.path().display()),
+        ]);
+    }
+    let name = t.name("runc");
+    let id = create(&t.docker, Some(&name), b).await.expect("create");
+    t.ids.push(id.clone());
+    t.record(
+        "run_container.start",
+        status_of(&t.docker.start_container(&id, None).await),
+    );
+    let c = t
+        .docker
+        .inspect_container(&id, None)
+        .await
+        .expect("inspect");
+    let user = c.config.and_then(|c| c.user);
+    let init = c.host_config.and_then(|h| h.init);
+    let mut mounts: Vec<_> = c
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            let source = m.source.unwrap_or_default();
+            let source = source.replace(&ws.path().display().to_string(), "<ws>");
+            (m.typ.map(|t| t.to_string()), source, m.destination, m.rw)
+        })
+        .collect();
+    // dockerd lists mounts from a Go map: in no particular order.
+    mounts.sort();
+    t.record("run_container.config", (user, init, mounts));
+
     // Clean up everything this run created.
     for id in t.ids.clone() {
         let _ = force_remove(&t.docker, &id).await;

@@ -111,6 +111,12 @@ const CREATES: &[(&str, &str, &str)] = &[
     ),
     ("tty_string", "", r#"{"Image":"busybox","Tty":"yes"}"#),
     (
+        "init_string",
+        "",
+        r#"{"Image":"busybox","HostConfig":{"Init":"yes"}}"#,
+    ),
+    ("user_number", "", r#"{"Image":"busybox","User":1983}"#),
+    (
         "autoremove_string",
         "",
         r#"{"Image":"busybox","HostConfig":{"AutoRemove":"yes"}}"#,
@@ -182,6 +188,23 @@ const STARTS: &[(&str, &str)] = &[
     (
         "arm64_image",
         r#"{"Image":"busybox-arm64","Cmd":["echo","hi"],"HostConfig":{"NetworkMode":"none"}}"#,
+    ),
+    // The run container's user and init (the launcher's: numeric, docker-init).
+    (
+        "user_numeric_init",
+        r#"{"Image":"busybox","Cmd":["true"],"User":"1983:1983","HostConfig":{"NetworkMode":"none","Init":true}}"#,
+    ),
+    (
+        "user_unknown_name",
+        r#"{"Image":"busybox","Cmd":["true"],"User":"spacelift","HostConfig":{"NetworkMode":"none"}}"#,
+    ),
+    (
+        "user_unknown_group",
+        r#"{"Image":"busybox","Cmd":["true"],"User":"1983:spacelift","HostConfig":{"NetworkMode":"none"}}"#,
+    ),
+    (
+        "user_root_name",
+        r#"{"Image":"busybox","Cmd":["true"],"User":"root","HostConfig":{"NetworkMode":"none"}}"#,
     ),
 ];
 
@@ -333,6 +356,17 @@ async fn run_scenarios(s: &mut Side) {
             let c = format!("/containers/{name}");
             s.record(&format!("{state}.{key}"), method, &format!("{c}{tail}"), "")
                 .await;
+            // Restarted, an exited container's command ends again at once: inspecting it
+            // straight away would race that exit (running or exited, by timing).
+            if *state == "exited" && *key == "start" {
+                s.record(
+                    &format!("{state}.{key}.wait"),
+                    "POST",
+                    &format!("{c}/wait"),
+                    "",
+                )
+                .await;
+            }
             s.record(
                 &format!("{state}.{key}.after"),
                 "GET",

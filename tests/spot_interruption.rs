@@ -53,6 +53,9 @@ async fn gcp_preemption_reaches_the_backend_and_the_idle_launcher_exits_0() {
             "SPACELIFT_LAUNCHER_INTERRUPTION_METADATA_URL",
             metadata.uri(),
         );
+    if let Some(u) = launcher::settings::RunUser::unprivileged_self() {
+        env.set("SPACELIFT_LAUNCHER_RUN_USER", u.to_string());
+    }
     let config = launcher::config::load(&env)
         .and_then(|c| c.prepare())
         .expect("config");

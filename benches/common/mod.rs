@@ -66,6 +66,12 @@ pub fn launcher_env(
         ),
         ("SPACELIFT_LAUNCHER_CAPACITY", capacity.to_string()),
     ]
+    .into_iter()
+    .chain(
+        launcher::settings::RunUser::unprivileged_self()
+            .map(|u| ("SPACELIFT_LAUNCHER_RUN_USER", u.to_string())),
+    )
+    .collect()
 }
 
 pub fn is_start(e: &fake_docker::Event) -> bool {

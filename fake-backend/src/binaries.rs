@@ -67,6 +67,12 @@ pub fn shell_worker(version: &str) -> String {
 # fake Spacelift worker {version} (test double; POSIX sh, busybox-compatible)
 echo "fake-worker {version} starting run ${{SPACELIFT_RUN_ULID:-unknown}}"
 echo "fake-worker pid $$ in $(pwd)"
+# What the launcher gives a run: its user, docker-init as PID 1, the workspace, switches.
+echo "fake-worker uid $(id -u):$(id -g) under $(tr '\0' ' ' < /proc/1/cmdline 2>/dev/null)"
+echo "fake-worker debug=${{SPACELIFT_DEBUG:-unset}} sensitive=${{SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED:-unset}}"
+if {{ echo ok > /mnt/workspace/source/.fake-worker; }} 2>/dev/null; then
+  echo "fake-worker wrote /mnt/workspace/source"
+fi
 # As PID 1 a shell ignores SIGTERM unless it traps it; a real worker stops when asked.
 trap 'echo "fake-worker stopped by SIGTERM"; exit 143' TERM
 if [ -n "${{SPACELIFT_TEST_MESSAGE:-}}" ]; then

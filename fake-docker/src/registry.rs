@@ -221,6 +221,11 @@ pub struct ImageConfig {
     /// The image's executables (absolute paths). Empty: every command exists. Otherwise
     /// starting a command that is neither listed nor bind-mounted fails as runc does.
     pub files: Vec<String>,
+    /// User and group names the image's `/etc/passwd` and `/etc/group` hold besides
+    /// `root`, which every image here has. A container whose `User` names another is
+    /// refused at start, as dockerd does; numeric ids always resolve.
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 /// The fake registry: every name pulls (host platform) unless configured otherwise.

@@ -123,14 +123,19 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
 }
 
 /// What the daemon or runc refuses at start, before the process runs: a network that does
-/// not exist, or a command the image lacks (only when the image lists its `files`).
+/// not exist, a `User` the image does not know, or a command the image lacks (only when
+/// the image lists its `files`).
 fn runtime_refusal(st: &State, c: &Container, legacy: bool) -> Option<ApiError> {
     let mode = c.network_mode.as_str();
     let builtin = ["default", "bridge", "host", "none"].contains(&mode);
     if !builtin && !mode.starts_with("container:") && Daemon::find_network(st, mode).is_none() {
         return Some(ApiError::not_found(format!("network {mode} not found")));
     }
-    let files = &st.images.iter().find(|i| i.id == c.image_id)?.config.files;
+    let config = &st.images.iter().find(|i| i.id == c.image_id)?.config;
+    if let Some(refused) = unknown_user(c, config) {
+        return Some(refused);
+    }
+    let files = &config.files;
     let path = c.path.as_str();
     let mounted = |p: &str| {
         c.mounts
@@ -165,6 +170,30 @@ fn runtime_refusal(st: &State, c: &Container, legacy: bool) -> Option<ApiError> 
     Some(ApiError::bad_request(format!(
         "{context}: exec: \"{path}\": {problem}: unknown"
     )))
+}
+
+/// dockerd resolves `User` (`name|uid[:group|gid]`) in the image's `/etc/passwd` and
+/// `/etc/group` while building the container's spec: an unknown name fails the start.
+fn unknown_user(c: &Container, config: &crate::registry::ImageConfig) -> Option<ApiError> {
+    let user = c.config.get("User").and_then(|u| u.as_str()).unwrap_or("");
+    let (name, group) = match user.split_once(':') {
+        Some((n, g)) => (n, Some(g)),
+        None => (user, None),
+    };
+    let known = |n: &str, list: &[String]| {
+        n.is_empty() || n == "root" || n.parse::<u32>().is_ok() || list.iter().any(|k| k == n)
+    };
+    if !known(name, &config.users) {
+        return Some(ApiError::internal(format!(
+            "unable to find user {name}: no matching entries in passwd file"
+        )));
+    }
+    match group {
+        Some(g) if !known(g, &config.groups) => Some(ApiError::internal(format!(
+            "unable to find group {g}: no matching entries in group file"
+        ))),
+        _ => None,
+    }
 }
 
 async fn read_elf_arch(path: &str) -> Option<&'static str> {

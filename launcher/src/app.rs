@@ -32,6 +32,7 @@ use crate::lifecycle::{ExitOutcome, Signal};
 use crate::metrics::Metrics;
 use crate::ports::{ContainerRuntime, RuntimeError};
 use crate::supervisor::{status_channel, Ports, Supervisor};
+use crate::workspace::DirWorkspaces;
 
 /// Attempts at reaching the Docker daemon at start (a DinD sidecar may still be booting).
 const DOCKER_CONNECT_ATTEMPTS: u32 = 10;
@@ -65,6 +66,9 @@ pub async fn run(
             tracing::info!("the initialization policy has no deny rule: it allows every run");
         }
     }
+    // Before anything else: a launcher that cannot give workspaces to the run user says so.
+    let workspaces = DirWorkspaces::open(settings.data_dir.join("workspaces"), settings.run_user)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
 
     let runtime = connect_docker(config.docker_host.as_deref(), settings.seed).await?;
@@ -93,6 +97,14 @@ pub async fn run(
     })
     .await?;
     backend.set_worker_ulid(&reg.worker_ulid);
+    // The previous process's containers are gone: so can their workspaces be.
+    let reaped_workspaces = workspaces.reap();
+    if reaped_workspaces > 0 {
+        tracing::warn!(
+            count = reaped_workspaces,
+            "removed run workspaces left by an earlier launcher"
+        );
+    }
     tracing::info!(worker_ulid = %reg.worker_ulid, pool_ulid = %reg.pool_ulid,
         held_runs = reg.held_runs.len(), capacity = settings.capacity, "registered");
     write_worker_file(
@@ -148,6 +160,7 @@ pub async fn run(
             backend,
             runtime: Arc::new(runtime),
             store: Arc::new(store),
+            workspaces: Arc::new(workspaces),
         },
         events,
         status_tx,
@@ -335,6 +348,8 @@ mod tests {
             network: "none".into(),
             runtime: None,
             working_dir: "/".into(),
+            user: String::new(),
+            init: false,
         };
         let id = rt.create(&spec).await.unwrap();
         rt.start(&id).await.unwrap();

@@ -2,6 +2,7 @@
 //! binary. Everything the Docker adapter creates comes from here, so one unit test pins it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use protocol::api::RunSpec;
 
@@ -9,9 +10,13 @@ use crate::ports::{CachedBinary, ContainerSpec};
 use crate::secret::ExposeSecret;
 use crate::settings::{MountScope, Settings};
 
-/// Where the worker binary appears inside the container; it is PID 1.
+/// Where the worker binary appears inside the container: the root process under
+/// Docker's init, replacing the image's ENTRYPOINT and CMD.
 pub const WORKER_BINARY_PATH: &str = "/opt/spacelift/binaries/spacelift-worker";
+/// The run's workspace, a fresh host directory per run owned by the run user.
 pub const WORKSPACE: &str = "/mnt/workspace";
+/// Where Spacelift's worker checks the repository out, inside [`WORKSPACE`].
+pub const SOURCE_DIR: &str = "source";
 
 /// `SPACELIFT_PRIVATEVCS_MAPPING_NAME_<n>`: the worker's variable for a VCS-agent pool
 /// name, spelled as the launcher's own (config reads the launcher's under these names).
@@ -60,6 +65,7 @@ pub fn build(
     run: &RunSpec,
     image: &str,
     binary: &CachedBinary,
+    workspace: &Path,
     ids: &Ids,
 ) -> ContainerSpec {
     let read_only = run.run_type.is_read_only();
@@ -88,15 +94,20 @@ pub fn build(
             m.base_endpoint.expose_secret().to_string(),
         );
     }
+    // The operator's worker switches: a stack cannot turn on sensitive output upload.
+    env.insert(
+        "SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED".into(),
+        settings.sensitive_output_upload.to_string(),
+    );
+    env.insert("SPACELIFT_DEBUG".into(), settings.debug.to_string());
     env.insert("SPACELIFT_RUN_ULID".into(), run.run_ulid.clone());
     env.insert("SPACELIFT_WORKER_ULID".into(), ids.worker_ulid.clone());
     env.insert("SPACELIFT_POOL_ULID".into(), ids.pool_ulid.clone());
 
-    let mut binds = vec![format!(
-        "{}:{}:ro",
-        binary.path.display(),
-        WORKER_BINARY_PATH
-    )];
+    let mut binds = vec![
+        format!("{}:{}:ro", binary.path.display(), WORKER_BINARY_PATH),
+        format!("{}:{}", workspace.display(), WORKSPACE),
+    ];
     binds.extend(
         settings
             .extra_mounts
@@ -122,6 +133,8 @@ pub fn build(
         network: settings.network.clone(),
         runtime: settings.runtime.clone(),
         working_dir: WORKSPACE.to_string(),
+        user: settings.run_user.to_string(),
+        init: true,
     }
 }
 
@@ -182,6 +195,8 @@ mod tests {
         }
     }
 
+    const WS: &str = "/data/workspaces/spacelift-01hrunulidabcdef";
+
     fn binary() -> CachedBinary {
         CachedBinary {
             version: "1.2.3".into(),
@@ -197,6 +212,7 @@ mod tests {
             &run(RunType::Tracked),
             "img:1",
             &binary(),
+            Path::new(WS),
             &ids(),
         );
         assert_eq!(spec.name, "spacelift-01hrunulidabcdef");
@@ -209,6 +225,13 @@ mod tests {
             spec.binds[0],
             "/data/binaries/ab/spacelift-worker:/opt/spacelift/binaries/spacelift-worker:ro"
         );
+        assert_eq!(
+            spec.binds[1],
+            "/data/workspaces/spacelift-01hrunulidabcdef:/mnt/workspace"
+        );
+        // Spacelift's user by default, under Docker's init.
+        assert_eq!(spec.user, "1983:1983");
+        assert!(spec.init);
         assert_eq!(
             spec.labels,
             BTreeMap::from([
@@ -234,6 +257,7 @@ mod tests {
             &run(RunType::Tracked),
             "img:1",
             &binary(),
+            Path::new(WS),
             &ids(),
         );
         assert!(spec
@@ -241,19 +265,26 @@ mod tests {
             .contains(&"HTTPS_PROXY=HTTPS_PROXY-value".to_string()));
         assert!(spec.env.contains(&"WO_ONLY=WO_ONLY-value".to_string()));
         assert!(!spec.env.iter().any(|e| e.starts_with("RO_ONLY=")));
-        assert_eq!(spec.binds[1..], ["/all:/mnt/all", "/wo:/mnt/wo"]);
+        assert_eq!(spec.binds[2..], ["/all:/mnt/all", "/wo:/mnt/wo"]);
     }
 
     #[test]
     fn read_only_runs_get_read_only_env_and_mounts_only() {
         for t in [RunType::Proposed, RunType::Module] {
-            let spec = build(&settings(), &run(t), "img:1", &binary(), &ids());
+            let spec = build(
+                &settings(),
+                &run(t),
+                "img:1",
+                &binary(),
+                Path::new(WS),
+                &ids(),
+            );
             assert!(spec.env.contains(&"RO_ONLY=RO_ONLY-value".to_string()));
             assert!(spec
                 .env
                 .contains(&"HTTPS_PROXY=HTTPS_PROXY-value".to_string()));
             assert!(!spec.env.iter().any(|e| e.starts_with("WO_ONLY=")));
-            assert_eq!(spec.binds[1..], ["/all:/mnt/all", "/ro:/mnt/ro"]);
+            assert_eq!(spec.binds[2..], ["/all:/mnt/all", "/ro:/mnt/ro"]);
         }
     }
 
@@ -276,7 +307,7 @@ mod tests {
                 "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0".into(),
                 "http://attacker".into(),
             );
-            let spec = build(&s, &r, "img:1", &binary(), &ids());
+            let spec = build(&s, &r, "img:1", &binary(), Path::new(WS), &ids());
             for want in [
                 "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0=github-pool",
                 "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0=http://ghe.internal",
@@ -297,7 +328,7 @@ mod tests {
             "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0".into(),
             "attacker-pool".into(),
         );
-        let spec = build(&settings(), &r, "img:1", &binary(), &ids());
+        let spec = build(&settings(), &r, "img:1", &binary(), Path::new(WS), &ids());
         assert!(!spec
             .env
             .iter()
@@ -308,6 +339,7 @@ mod tests {
             &run(RunType::Tracked),
             "img:1",
             &binary(),
+            Path::new(WS),
             &ids(),
         );
         assert!(!spec
@@ -327,12 +359,54 @@ mod tests {
         let mut r = run(RunType::Tracked);
         r.env
             .insert("STACK_SECRET".into(), "stack-s3cret-value".into());
-        let spec = build(&s, &r, "img", &binary(), &ids());
+        let spec = build(&s, &r, "img", &binary(), Path::new(WS), &ids());
         for dbg in [format!("{spec:?}"), format!("{spec:#?}")] {
             assert!(!dbg.contains("passed-s3cret-value"), "{dbg}");
             assert!(!dbg.contains("stack-s3cret-value"), "{dbg}");
             // The names help an operator and are not secret.
             assert!(dbg.contains("TF_VAR_db_password"), "{dbg}");
+        }
+    }
+
+    #[test]
+    fn run_user_is_configurable() {
+        let mut s = settings();
+        s.run_user = crate::settings::RunUser { uid: 0, gid: 0 };
+        let spec = build(
+            &s,
+            &run(RunType::Tracked),
+            "img:1",
+            &binary(),
+            Path::new(WS),
+            &ids(),
+        );
+        assert_eq!(spec.user, "0:0");
+    }
+
+    /// The operator's worker switches reach every run, and a stack cannot flip them
+    /// (sensitive output upload is the operator's call).
+    #[test]
+    fn worker_switches_reach_the_worker_and_win_over_the_stack() {
+        let mut s = settings();
+        let mut r = run(RunType::Tracked);
+        r.env.insert(
+            "SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED".into(),
+            "true".into(),
+        );
+        r.env.insert("SPACELIFT_DEBUG".into(), "true".into());
+        let spec = build(&s, &r, "img:1", &binary(), Path::new(WS), &ids());
+        assert!(spec
+            .env
+            .contains(&"SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED=false".to_string()));
+        assert!(spec.env.contains(&"SPACELIFT_DEBUG=false".to_string()));
+        s.sensitive_output_upload = true;
+        s.debug = true;
+        for t in [RunType::Proposed, RunType::Tracked] {
+            let spec = build(&s, &run(t), "img:1", &binary(), Path::new(WS), &ids());
+            assert!(spec
+                .env
+                .contains(&"SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED=true".to_string()));
+            assert!(spec.env.contains(&"SPACELIFT_DEBUG=true".to_string()));
         }
     }
 
@@ -356,7 +430,7 @@ mod tests {
         ] {
             r.env.insert(k.into(), v.into());
         }
-        let spec = build(&s, &r, "img:1", &binary(), &ids());
+        let spec = build(&s, &r, "img:1", &binary(), Path::new(WS), &ids());
         let vcs: Vec<&String> = spec
             .env
             .iter()

@@ -294,6 +294,8 @@ impl ContainerRuntime for BollardRuntime {
                     .collect::<HashMap<_, _>>(),
             ),
             working_dir: Some(spec.working_dir.clone()),
+            // Empty: the image's USER.
+            user: (!spec.user.is_empty()).then(|| spec.user.clone()),
             tty: Some(false),
             attach_stdout: Some(false),
             attach_stderr: Some(false),
@@ -301,6 +303,7 @@ impl ContainerRuntime for BollardRuntime {
                 binds: Some(spec.binds.clone()),
                 network_mode: Some(spec.network.clone()),
                 runtime: spec.runtime.clone(),
+                init: Some(spec.init),
                 ..Default::default()
             }),
             ..Default::default()
@@ -618,6 +621,10 @@ pub fn with_default_tag(image: &str) -> String {
         format!("{image}:latest")
     }
 }
+
+#[cfg(test)]
+#[path = "docker_run_container_tests.rs"]
+mod run_container_tests;
 
 #[cfg(test)]
 mod tests {
@@ -1051,6 +1058,8 @@ echo '{"ServerURL":"registry.example.com","Username":"robot","Secret":"helper-s3
             network: "none".into(),
             runtime: Some("runsc".into()),
             working_dir: "/mnt/workspace".into(),
+            user: "1983:1983".into(),
+            init: true,
         };
         assert_eq!(rt.create(&spec).await.unwrap(), "c0ffee");
         let create = stub
@@ -1074,6 +1083,8 @@ echo '{"ServerURL":"registry.example.com","Username":"robot","Secret":"helper-s3
         );
         assert_eq!(body["HostConfig"]["NetworkMode"], "none");
         assert_eq!(body["HostConfig"]["Runtime"], "runsc");
+        assert_eq!(body["User"], "1983:1983");
+        assert_eq!(body["HostConfig"]["Init"], true);
 
         let mut spec2 = spec.clone();
         spec2.name = "noimage".into();
@@ -1265,6 +1276,8 @@ echo '{"ServerURL":"registry.example.com","Username":"robot","Secret":"helper-s3
             network: "none".into(),
             runtime: None,
             working_dir: "/mnt/workspace".into(),
+            user: String::new(),
+            init: false,
         };
         let id = rt.create(&spec).await.unwrap();
         rt.start(&id).await.unwrap();

@@ -31,6 +31,7 @@ pub mod secret;
 pub mod settings;
 pub mod supervisor;
 pub mod tls;
+pub mod workspace;
 
 mod clock;
 #[cfg(test)]

@@ -139,6 +139,11 @@ pub struct ContainerSpec {
     pub network: String,
     pub runtime: Option<String>,
     pub working_dir: String,
+    /// `uid:gid` the worker runs as.
+    pub user: String,
+    /// Docker's init (`docker-init`) as PID 1, the worker its child: zombies are reaped
+    /// and signals forwarded.
+    pub init: bool,
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -158,6 +163,8 @@ impl std::fmt::Debug for ContainerSpec {
             .field("network", &self.network)
             .field("runtime", &self.runtime)
             .field("working_dir", &self.working_dir)
+            .field("user", &self.user)
+            .field("init", &self.init)
             .finish()
     }
 }

@@ -44,6 +44,62 @@ pub struct PrivateVcsMapping {
     pub base_endpoint: SecretUrl,
 }
 
+/// Who the run container's processes are: `uid:gid`, numeric, so it works in any image (a
+/// name needs the image's `/etc/passwd`) and the run's workspace can be given to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunUser {
+    /// Spacelift's: "runs its Docker workflows as user spacelift with UID 1983".
+    pub const SPACELIFT: RunUser = RunUser {
+        uid: 1983,
+        gid: 1983,
+    };
+
+    /// `uid[:gid]`, both numbers; without a gid, the group is the uid (as Spacelift's
+    /// images have it: user and group `spacelift`, 1983).
+    pub fn parse(s: &str) -> Result<RunUser, String> {
+        let num = |p: &str| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("expected uid[:gid] as numbers, e.g. 1983:1983, got {s:?}"))
+        };
+        match s.split_once(':') {
+            Some((u, g)) => Ok(RunUser {
+                uid: num(u)?,
+                gid: num(g)?,
+            }),
+            None => {
+                let uid = num(s)?;
+                Ok(RunUser { uid, gid: uid })
+            }
+        }
+    }
+
+    /// This process's own user and group when it is not root, else `None`. Only root can
+    /// give run workspaces to another user, so a launcher started without root (the
+    /// sandbox on a laptop, tests, benchmarks) must run its runs as itself: set
+    /// `SPACELIFT_LAUNCHER_RUN_USER` to this.
+    pub fn unprivileged_self() -> Option<RunUser> {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective uid and gid.
+        let m = std::fs::metadata("/proc/self").ok()?;
+        (m.uid() != 0).then(|| RunUser {
+            uid: m.uid(),
+            gid: m.gid(),
+        })
+    }
+}
+
+impl std::fmt::Display for RunUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
 /// Everything the run supervisor needs to know, independent of where it came from.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -58,6 +114,8 @@ pub struct Settings {
     pub network: String,
     /// `SPACELIFT_WORKER_RUNTIME` (None: the daemon's default).
     pub runtime: Option<String>,
+    /// `SPACELIFT_LAUNCHER_RUN_USER` (default `1983:1983`): the worker's user.
+    pub run_user: RunUser,
     /// `SPACELIFT_WORKER_{,RO_,WO_}EXTRA_MOUNTS`.
     pub extra_mounts: Vec<ExtraMount>,
     /// `SPACELIFT_WHITELIST_ENVS`, resolved against the launcher's environment.
@@ -78,8 +136,10 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// `SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED`.
     pub run_logs_on_stdout: bool,
-    /// `SPACELIFT_DEBUG`.
+    /// `SPACELIFT_DEBUG`: the launcher's debug events; also passed to the worker.
     pub debug: bool,
+    /// `SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED`: a worker feature, passed to the worker.
+    pub sensitive_output_upload: bool,
     /// `SPACELIFT_DOCKER_CONFIG_DIR`: where `config.json` with registry credentials lives.
     pub docker_config_dir: Option<PathBuf>,
     /// `SPACELIFT_METADATA_<key>=<value>`.
@@ -113,6 +173,7 @@ impl Settings {
             default_ansible_runner_image: crate::config::DEFAULT_ANSIBLE_RUNNER_IMAGE.to_string(),
             network: "none".into(),
             runtime: None,
+            run_user: RunUser::SPACELIFT,
             extra_mounts: Vec::new(),
             passed_env: Vec::new(),
             masked_values: Vec::new(),
@@ -123,6 +184,7 @@ impl Settings {
             stop_grace: Duration::from_secs(10),
             run_logs_on_stdout: false,
             debug: false,
+            sensitive_output_upload: false,
             docker_config_dir: None,
             metadata: BTreeMap::new(),
             data_dir,

@@ -49,6 +49,11 @@ fn first_lines(extra: &[(&str, &str)]) -> (String, String) {
         .env("SPACELIFT_TOKEN", token)
         .env("SPACELIFT_POOL_PRIVATE_KEY", key)
         .env("SPACELIFT_LAUNCHER_DATA_DIR", data.path())
+        // Without root, runs must be the test user's own (see SPACELIFT_LAUNCHER_RUN_USER).
+        .envs(
+            launcher::settings::RunUser::unprivileged_self()
+                .map(|u| ("SPACELIFT_LAUNCHER_RUN_USER", u.to_string())),
+        )
         .env("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY", &policy)
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .env("SPACELIFT_WHITELIST_ENVS", "NOT_SET_ANYWHERE")

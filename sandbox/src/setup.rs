@@ -199,6 +199,11 @@ async fn with_backend(cli: &Cli, stop: &mut Stop, started: Started) -> Result<bo
         ),
         ("NO_COLOR".to_string(), "1".to_string()),
     ];
+    // Only root can give run workspaces to Spacelift's user (1983); without root the
+    // demo runs are the sandbox user's own.
+    if let Some(u) = launcher::settings::RunUser::unprivileged_self() {
+        vars.push(("SPACELIFT_LAUNCHER_RUN_USER".to_string(), u.to_string()));
+    }
     if real_docker {
         vars.push((
             "SPACELIFT_DEFAULT_RUNNER_IMAGE".to_string(),

@@ -171,6 +171,10 @@ impl World {
                 self.seed.wrapping_mul(31).wrapping_add(index).to_string(),
             )
             .set("SPACELIFT_LAUNCHER_STOP_GRACE", "2s");
+        // Only root can give run workspaces to Spacelift's user; otherwise runs are ours.
+        if let Some(u) = launcher::settings::RunUser::unprivileged_self() {
+            env.set("SPACELIFT_LAUNCHER_RUN_USER", u.to_string());
+        }
         if docker.fake.is_none() {
             env.set("SPACELIFT_DEFAULT_RUNNER_IMAGE", REAL_AMD64_IMAGE);
         }

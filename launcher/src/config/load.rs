@@ -13,7 +13,7 @@ use super::{
 };
 use crate::credentials::Credentials;
 use crate::interruption::{Cloud, WatchConfig};
-use crate::settings::{MountScope, Settings};
+use crate::settings::{MountScope, RunUser, Settings};
 
 /// Builds the configuration from `env` (no command-line overrides).
 pub fn load(env: &dyn EnvSource) -> Result<LauncherConfig, ConfigError> {
@@ -103,6 +103,8 @@ pub fn load_with(
         default_ansible_runner_image: r.text(&vars::DEFAULT_ANSIBLE_RUNNER_IMAGE),
         network: r.text(&vars::NETWORK),
         runtime: r.get(vars::RUNTIME.name),
+        run_user: RunUser::parse(&r.text(&vars::RUN_USER))
+            .map_err(|m| invalid(vars::RUN_USER.name, m))?,
         extra_mounts,
         passed_env,
         masked_values,
@@ -115,6 +117,7 @@ pub fn load_with(
         stop_grace: r.duration(&vars::STOP_GRACE)?,
         run_logs_on_stdout: r.boolean(&vars::RUN_LOGS_ON_STDOUT)?,
         debug: r.boolean(&vars::DEBUG)?,
+        sensitive_output_upload: r.boolean(&vars::SENSITIVE_OUTPUT_UPLOAD)?,
         docker_config_dir,
         metadata: metadata(env),
         data_dir,
@@ -167,7 +170,6 @@ pub fn load_with(
         log_format,
         proxy,
         additional_root_cas,
-        sensitive_output_upload: r.boolean(&vars::SENSITIVE_OUTPUT_UPLOAD)?,
         init_policy_path: r
             .get(vars::RUN_INITIALIZATION_POLICY.name)
             .map(PathBuf::from),
@@ -231,6 +233,7 @@ mod tests {
         assert_eq!(s.stop_grace, Duration::from_secs(10));
         assert!(!s.run_logs_on_stdout);
         assert!(!s.debug);
+        assert_eq!(s.run_user, RunUser::SPACELIFT);
         assert_eq!(s.docker_config_dir, None);
         assert!(s.metadata.is_empty());
         assert_eq!(s.data_dir, PathBuf::from("/opt/spacelift"));
@@ -240,7 +243,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Auto);
         assert_eq!(c.proxy, ProxyConfig::default());
         assert!(c.additional_root_cas.is_empty());
-        assert!(!c.sensitive_output_upload);
+        assert!(!s.sensitive_output_upload);
         assert_eq!(s.default_ansible_runner_image, DEFAULT_ANSIBLE_RUNNER_IMAGE);
         assert_eq!(c.credentials.token.pool_ulid, "01HZY0000000000000000POOL1");
     }
@@ -255,6 +258,7 @@ mod tests {
             (vars::DEFAULT_ANSIBLE_RUNNER_IMAGE.name, "my/ansible:1"),
             (vars::NETWORK.name, "none"),
             (vars::RUNTIME.name, "runsc"),
+            (vars::RUN_USER.name, "1000"),
             (vars::LOGS_TIMEOUT.name, "1h30m"),
             (vars::RUN_TIMEOUT.name, "90s"),
             (vars::PREPARE_TIMEOUT.name, "20m"),
@@ -281,12 +285,19 @@ mod tests {
         assert_eq!(s.default_ansible_runner_image, "my/ansible:1");
         assert_eq!(s.network, "none");
         assert_eq!(s.runtime.as_deref(), Some("runsc"));
+        assert_eq!(
+            s.run_user,
+            RunUser {
+                uid: 1000,
+                gid: 1000
+            }
+        );
         assert_eq!(s.logs_timeout, Duration::from_secs(5400));
         assert_eq!(s.run_timeout, Duration::from_secs(90));
         assert_eq!(s.prepare_timeout, Duration::from_secs(1200));
         assert_eq!(s.output_buffer_bytes, 2 << 20);
         assert_eq!(s.stop_grace, Duration::from_millis(1500));
-        assert!(s.run_logs_on_stdout && s.debug && c.sensitive_output_upload);
+        assert!(s.run_logs_on_stdout && s.debug && s.sensitive_output_upload);
         assert_eq!(s.docker_config_dir.as_deref(), Some(dir.path()));
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/launcher"));
         assert_eq!(s.binary_cache_keep, 5);
@@ -379,6 +390,12 @@ mod tests {
             .starts_with("SPACELIFT_LAUNCHER_SEED: expected an unsigned 64-bit integer"));
         assert!(err(&[(vars::METRICS_ADDR.name, "localhost")])
             .starts_with("SPACELIFT_LAUNCHER_METRICS_ADDR: expected host:port"));
+        assert_eq!(
+            err(&[(vars::RUN_USER.name, "spacelift")]),
+            "SPACELIFT_LAUNCHER_RUN_USER: expected uid[:gid] as numbers, e.g. 1983:1983, got \"spacelift\""
+        );
+        assert!(err(&[(vars::RUN_USER.name, "1983:x")])
+            .starts_with("SPACELIFT_LAUNCHER_RUN_USER: expected"));
         assert_eq!(
             err(&[(vars::LOG_FORMAT.name, "xml")]),
             "SPACELIFT_LAUNCHER_LOG_FORMAT: expected auto, text or json, got \"xml\""

@@ -169,9 +169,6 @@ pub struct LauncherConfig {
     /// `ADDITIONAL_ROOT_CAS`, parsed: trusted for the backend's HTTPS and MQTT servers, on
     /// top of the system roots and the token's `ca_certificate`.
     pub additional_root_cas: Vec<CertificateDer<'static>>,
-    /// `SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED`: a worker feature; the core passes it to
-    /// the worker's environment.
-    pub sensitive_output_upload: bool,
     /// `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`: the policy file
     /// [`LauncherConfig::prepare`] compiles into `settings.init_policy`.
     pub init_policy_path: Option<PathBuf>,
@@ -191,7 +188,6 @@ impl std::fmt::Debug for LauncherConfig {
             .field("log_format", &self.log_format)
             .field("proxy", &self.proxy)
             .field("additional_root_cas", &self.additional_root_cas.len())
-            .field("sensitive_output_upload", &self.sensitive_output_upload)
             .field("init_policy_path", &self.init_policy_path)
             .field("interruption", &self.interruption)
             .field("warnings", &self.warnings)

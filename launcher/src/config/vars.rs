@@ -63,6 +63,8 @@ pub enum Kind {
     Seed,
     /// One of a few words.
     Choice,
+    /// `uid[:gid]`, numeric (`settings::RunUser`).
+    User,
     /// `unix:///path` or `tcp://host:port`.
     DockerHost,
     /// base64 JSON of PEM certificates.
@@ -107,7 +109,8 @@ pub const SENSITIVE_OUTPUT_UPLOAD: Var = var(
     "SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED",
     Value("false"),
     Bool,
-    "Let the worker upload sensitive outputs; passed to the worker.",
+    "Let the worker upload sensitive outputs; passed to the worker (true or false), over\n\
+     any value a stack sets.",
 );
 pub const DEBUG: Var = var(
     "SPACELIFT_DEBUG",
@@ -115,7 +118,8 @@ pub const DEBUG: Var = var(
     Bool,
     "Log the launcher's own debug events (Docker calls and their results, run state\n\
      changes, MQTT messages by id). Never values: dependencies (bollard, hyper, reqwest,\n\
-     rustls, rumqttc) stay at info, even under RUST_LOG, as they log whole requests.",
+     rustls, rumqttc) stay at info, even under RUST_LOG, as they log whole requests.\n\
+     Also passed to the worker (true or false).",
 );
 pub const RUN_LOGS_ON_STDOUT: Var = var(
     "SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED",
@@ -207,6 +211,14 @@ pub const RUNTIME: Var = var(
     Described("the daemon's default runtime"),
     Text,
     "OCI runtime of run containers, e.g. runsc.",
+);
+pub const RUN_USER: Var = var(
+    "SPACELIFT_LAUNCHER_RUN_USER",
+    Value("1983:1983"),
+    User,
+    "uid[:gid] (numbers) the worker runs as in run containers, and owner of the run's\n\
+     workspace (/mnt/workspace). Spacelift's: user spacelift, 1983. Unless the launcher\n\
+     runs as root, it must be the launcher's own uid (it cannot chown).",
 );
 pub const DEFAULT_RUNNER_IMAGE: Var = var(
     "SPACELIFT_DEFAULT_RUNNER_IMAGE",
@@ -363,6 +375,7 @@ pub const ALL: &[Var] = &[
     WO_EXTRA_MOUNTS,
     NETWORK,
     RUNTIME,
+    RUN_USER,
     DEFAULT_RUNNER_IMAGE,
     DEFAULT_ANSIBLE_RUNNER_IMAGE,
     METADATA,
@@ -530,6 +543,7 @@ mod tests {
                 Kind::Duration => assert!(protocol::duration::parse_go_duration(d).is_ok()),
                 Kind::Number { min } => assert!(d.parse::<u64>().unwrap() >= min),
                 Kind::Bool => assert!(super::super::parse_bool(d).is_some()),
+                Kind::User => assert!(crate::settings::RunUser::parse(d).is_ok()),
                 _ => {}
             }
         }

@@ -18,6 +18,8 @@ mod finish;
 pub mod lease;
 pub mod log;
 mod prepare;
+#[cfg(test)]
+mod workspace_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +34,9 @@ use crate::container_spec::{self, Ids};
 use crate::masking::Masker;
 use crate::metrics::Metrics;
 use crate::outbox::{FatalTx, OutboxHandle};
-use crate::ports::{Backend, BinaryStore, ContainerRuntime};
+use crate::ports::{Backend, BinaryStore, ContainerRuntime, ContainerSpec};
 use crate::settings::Settings;
+use crate::workspace::WorkspaceGuard;
 
 use self::claim::claim;
 use self::finish::{
@@ -93,6 +96,7 @@ pub(crate) struct RunContext {
     pub backend: Arc<dyn Backend>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub store: Arc<dyn BinaryStore>,
+    pub workspaces: Arc<dyn crate::workspace::Workspaces>,
     pub masker: Masker,
     pub stdout: Option<StdoutLogs>,
     pub metrics: Metrics,
@@ -243,13 +247,6 @@ impl Run {
         self.worker_version = Some(prepared.binary.version.clone());
         self.image = prepared.image.clone();
 
-        let spec = container_spec::build(
-            &self.ctx.settings,
-            &self.spec,
-            &prepared.image,
-            &prepared.binary,
-            &self.ctx.ids,
-        );
         // The pull may have taken minutes: the file must still be the one verified.
         if let Err(e) = self.ctx.store.still_verified(&prepared.binary).await {
             self.ctx.metrics.binary_failure();
@@ -261,8 +258,35 @@ impl Run {
                 .into(),
             );
         }
+        // Two mkdirs and chowns: quick enough to do in place.
+        let workspace = match self.ctx.workspaces.create(&self.spec.run_ulid) {
+            Ok(path) => path,
+            Err(e) => {
+                let why = format!("creating the run's workspace: {e}");
+                return self.conclude(Failure::failed(reason_codes::CONTAINER_FAILED, why).into());
+            }
+        };
+        // Removed on every way out from here, after the container (or, if this task is
+        // aborted, when dropped).
+        let workspace_guard = WorkspaceGuard::new(self.ctx.workspaces.clone(), &self.spec.run_ulid);
+        let spec = container_spec::build(
+            &self.ctx.settings,
+            &self.spec,
+            &prepared.image,
+            &prepared.binary,
+            &workspace,
+            &self.ctx.ids,
+        );
+        let end = self.run_container(&spec, &prepared.image).await;
+        workspace_guard.remove().await;
+        drop(prepared);
+        end
+    }
+
+    /// Creates, starts and supervises the container, and removes it.
+    async fn run_container(&mut self, spec: &ContainerSpec, image: &str) -> RunEnd {
         let runtime = self.ctx.runtime.clone();
-        let id = match runtime.create(&spec).await {
+        let id = match runtime.create(spec).await {
             Ok(id) => id,
             Err(e) => {
                 return self.conclude(
@@ -271,7 +295,7 @@ impl Run {
                 )
             }
         };
-        tracing::info!(container = %id, image = %prepared.image, "container created");
+        tracing::info!(container = %id, image = %image, "container created");
         let end = match runtime.start(&id).await {
             Ok(()) => {
                 self.ctx.metrics.spawn_latency(self.granted_at.elapsed());
@@ -280,7 +304,7 @@ impl Run {
             }
             Err(e) => {
                 let f = if mentions_exec_format(&e.to_string()) {
-                    arch_mismatch_after_start(&prepared.image, self.ctx.arch, &e.to_string())
+                    arch_mismatch_after_start(image, self.ctx.arch, &e.to_string())
                 } else {
                     docker_failure(&e, reason_codes::CONTAINER_FAILED, "starting the container")
                 };
@@ -288,7 +312,6 @@ impl Run {
             }
         };
         remove_container(runtime.as_ref(), &id, self.ctx.seed(&self.spec.run_ulid, 2)).await;
-        drop(prepared);
         end
     }
 }

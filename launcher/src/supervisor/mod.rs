@@ -68,6 +68,7 @@ pub struct Ports {
     pub backend: Arc<dyn Backend>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub store: Arc<dyn BinaryStore>,
+    pub workspaces: Arc<dyn crate::workspace::Workspaces>,
 }
 
 pub struct Supervisor {
@@ -92,7 +93,8 @@ impl Supervisor {
     /// let (status_tx, status_rx) = status_channel(settings.capacity);
     /// let (events_tx, events_rx) = tokio::sync::mpsc::channel(64); // BackendEvent in
     /// let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(8); // Signal in
-    /// let sup = Supervisor::new(settings, ids, Arch::Amd64, Ports { backend, runtime, store },
+    /// let sup = Supervisor::new(settings, ids, Arch::Amd64,
+    ///     Ports { backend, runtime, store, workspaces },
     ///     events_rx, status_tx).with_held_runs(held);
     /// let outcome = tokio::spawn(sup.run(signals_rx)); // Result<ExitOutcome, Error>
     /// signals_tx.send(Signal::Terminate).await?;      // 1st: drain
@@ -171,6 +173,7 @@ impl Supervisor {
             backend: self.ports.backend,
             runtime: self.ports.runtime,
             store: self.ports.store,
+            workspaces: self.ports.workspaces,
             stdout: self.stdout,
             metrics: self.metrics,
             fatal,

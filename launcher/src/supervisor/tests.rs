@@ -887,6 +887,8 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
             network: "none".into(),
             runtime: None,
             working_dir: "/".into(),
+            user: String::new(),
+            init: false,
         };
         use crate::ports::ContainerRuntime;
         let id = h.runtime.create(&spec).await.unwrap();

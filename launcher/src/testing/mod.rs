@@ -94,6 +94,54 @@ impl LineSink for MemSink {
 }
 
 // ---------------------------------------------------------------------------------------
+// Workspaces
+
+/// Records workspaces instead of creating them: `/data/workspaces/<container name>`.
+pub struct MemWorkspaces {
+    /// Run ULIDs whose workspace exists.
+    pub live: Mutex<std::collections::BTreeSet<String>>,
+    /// Every `create` and `remove`, in order (`create R1`, `remove R1`).
+    pub calls: Mutex<Vec<String>>,
+    /// Makes `create` fail (as a full disk would).
+    pub fail_create: std::sync::atomic::AtomicBool,
+    changes: ChangeCounter,
+}
+
+impl MemWorkspaces {
+    fn new(changes: ChangeCounter) -> MemWorkspaces {
+        MemWorkspaces {
+            live: Mutex::default(),
+            calls: Mutex::default(),
+            fail_create: Default::default(),
+            changes,
+        }
+    }
+}
+
+impl crate::workspace::Workspaces for MemWorkspaces {
+    fn create(&self, run_ulid: &str) -> Result<PathBuf, crate::workspace::WorkspaceError> {
+        lock(&self.calls).push(format!("create {run_ulid}"));
+        self.changes.bump();
+        if self.fail_create.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::workspace::WorkspaceError::Io {
+                what: "creating",
+                path: "/data/workspaces".into(),
+                source: std::io::Error::other("no space left on device"),
+            });
+        }
+        lock(&self.live).insert(run_ulid.to_string());
+        Ok(PathBuf::from("/data/workspaces").join(crate::container_spec::container_name(run_ulid)))
+    }
+
+    fn remove(&self, run_ulid: &str) -> Result<(), crate::workspace::WorkspaceError> {
+        lock(&self.calls).push(format!("remove {run_ulid}"));
+        lock(&self.live).remove(run_ulid);
+        self.changes.bump();
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Harness
 
 pub struct Harness {
@@ -102,6 +150,7 @@ pub struct Harness {
     pub backend: Arc<MemBackend>,
     pub runtime: Arc<MemRuntime>,
     pub store: Arc<MemBinaryStore>,
+    pub workspaces: Arc<MemWorkspaces>,
     /// Used instead of `store` when set (a real on-disk cache).
     pub binary_store: Option<Arc<dyn BinaryStore>>,
     pub stdout: Arc<MemSink>,
@@ -138,6 +187,7 @@ impl Harness {
                 state: Arc::default(),
                 changes: changes.clone(),
             }),
+            workspaces: Arc::new(MemWorkspaces::new(changes.clone())),
             binary_store: None,
             stdout: Arc::default(),
             held_runs: Vec::new(),
@@ -167,6 +217,7 @@ impl Harness {
                     .binary_store
                     .clone()
                     .unwrap_or_else(|| self.store.clone()),
+                workspaces: self.workspaces.clone(),
             },
             events_rx,
             status_tx,
