@@ -13,13 +13,6 @@ fn policy(src: &str) -> Option<std::sync::Arc<InitPolicy>> {
     Some(std::sync::Arc::new(p))
 }
 
-async fn until_terminal(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} reported terminal"), || b.is_terminal(run))
-        .await;
-}
-
 /// The input the launcher evaluates for [`spec`]`(run)` with the test binary (1.0.0).
 fn expected_input(run: &str, image: &str) -> serde_json::Value {
     let i = PolicyInput::new(
@@ -48,7 +41,7 @@ async fn a_sample_only_policy_allows_the_run_and_its_input_reaches_the_backend()
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     let samples = h.backend.policy_samples("R1");
     assert_eq!(
@@ -76,7 +69,7 @@ async fn a_denied_run_sends_its_sample_before_failing() {
     );
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Failed]);
     let last = h.backend.last("R1").unwrap();
     assert_eq!(
@@ -93,7 +86,7 @@ async fn a_denied_run_sends_its_sample_before_failing() {
 
     // An allowed run is not sampled here (sample is false for it): nothing is sent.
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert_eq!(h.backend.states("R2"), [Preparing, Running, Finished]);
     assert!(h.backend.policy_samples("R2").is_empty());
     assert_eq!(h.backend.peek(|s| s.policy_samples.len()), 1);
@@ -118,9 +111,9 @@ async fn an_ansible_run_without_an_image_uses_the_ansible_default() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     for run in ["R1", "R2"] {
         assert_eq!(h.backend.states(run), [Preparing, Running, Finished]);
     }

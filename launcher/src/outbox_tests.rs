@@ -9,13 +9,6 @@ use crate::metrics::Metrics;
 use crate::ports::BackendEvent;
 use crate::testing::*;
 
-async fn until_terminal(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} reported terminal"), || b.is_terminal(run))
-        .await;
-}
-
 /// A container printing `lines`, one every millisecond, then exiting 0.
 fn printing(lines: &[String]) -> Behaviour {
     Behaviour {
@@ -48,7 +41,7 @@ async fn a_flood_of_control_characters_reaches_the_backend_whole() {
     h.runtime.with(|s| s.default_behaviour = printing(&lines));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_all_arrived(&h, "R1", &lines);
     let largest = h.backend.peek(|s| s.largest_upload);
@@ -68,7 +61,7 @@ async fn a_line_larger_than_the_backend_accepts_is_split_not_dropped() {
     h.runtime.with(|s| s.default_behaviour = printing(&lines));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_all_arrived(&h, "R1", &lines);
     assert!(h.backend.peek(|s| s.largest_upload) <= 16 * 1024);
@@ -82,7 +75,7 @@ async fn a_partial_acknowledgement_is_resumed_from_next_seq() {
     h.runtime.with(|s| s.default_behaviour = printing(&lines));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(h.backend.log_texts("R1"), lines);
     assert_all_arrived(&h, "R1", &lines);
@@ -131,7 +124,7 @@ async fn a_long_outage_bounds_queued_output_and_loses_nothing() {
 
     h.backend.with(|s| s.down = false);
     r.event(BackendEvent::Connected).await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(h.backend.log_texts("R1"), lines);
     assert_all_arrived(&h, "R1", &lines);

@@ -8,13 +8,6 @@ use protocol::RunState::{self, *};
 
 use crate::testing::*;
 
-async fn until_terminal(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} reported terminal"), || b.is_terminal(run))
-        .await;
-}
-
 /// Waits until the run's workspace is gone (it goes after the terminal report and the
 /// container), then checks what was done to it.
 async fn workspace_went(h: &Harness, run: &str, want: &[&str]) {
@@ -39,7 +32,7 @@ async fn ends(behaviour: Behaviour, state: RunState) {
     h.runtime.with(|s| s.default_behaviour = behaviour);
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.last("R1").unwrap().state, state);
     workspace_went(&h, "R1", &["create", "remove"]).await;
     // The container it was mounted in went first.
@@ -62,10 +55,7 @@ async fn canceled_run_loses_its_workspace() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     assert!(lock_live(&h.workspaces).contains("R1"));
     let binds = h.runtime.peek(|s| {
         let c = s.containers.values().next().expect("the run's container");
@@ -76,7 +66,7 @@ async fn canceled_run_loses_its_workspace() {
         "{binds:?}"
     );
     r.cancel("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.last("R1").unwrap().state, Canceled);
     workspace_went(&h, "R1", &["create", "remove"]).await;
 }
@@ -91,7 +81,7 @@ async fn a_run_failing_to_prepare_gets_no_workspace() {
         s.specs.insert("R1".into(), spec);
     });
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.last("R1").unwrap().state, Failed);
     assert!(h.workspaces.calls.lock().unwrap().is_empty());
 }
@@ -102,7 +92,7 @@ async fn a_workspace_that_cannot_be_made_fails_the_run_before_its_container() {
     h.workspaces.fail_create.store(true, Ordering::SeqCst);
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let t = h.backend.last("R1").unwrap();
     let reason = t.reason.unwrap();
     assert_eq!(
@@ -125,10 +115,7 @@ async fn a_fatal_exit_removes_the_workspace() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     r.fatal(crate::error::Fatal::Mqtt("the broker went away".into()));
     assert!(r.exit().await.is_err());
     assert_eq!(h.runtime.live_containers(), 0);
@@ -143,10 +130,7 @@ async fn an_aborted_run_task_still_removes_the_workspace() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     h.runtime.with(|s| s.unavailable = true);
     r.fatal(crate::error::Fatal::Mqtt("the broker went away".into()));
     assert!(r.exit().await.is_err());

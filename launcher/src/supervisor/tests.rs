@@ -27,13 +27,6 @@ fn steady(n: usize, every: Duration, code: i64) -> Behaviour {
     }
 }
 
-async fn until_terminal(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} reported terminal"), || b.is_terminal(run))
-        .await;
-}
-
 async fn until_no_containers(h: &Harness) {
     let rt = h.runtime.clone();
     h.changes
@@ -79,7 +72,7 @@ async fn happy_path_reports_in_order_streams_logs_and_cleans_up() {
     })
     .await;
 
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.claims(), ["R1"]);
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     let fin = h.backend.last("R1").unwrap();
@@ -141,7 +134,7 @@ async fn container_carries_labels_entrypoint_and_env() {
     assert_eq!(spec.labels[labels::LAUNCHER], "LAUNCHER1");
     assert!(spec.env.contains(&"SPACELIFT_RUN_ULID=R1".to_string()));
     r.cancel("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,13 +145,13 @@ async fn duplicate_and_late_run_scheduled_are_ignored() {
     let mut r = h.start();
     r.schedule("R1").await;
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     until_no_containers(&h).await;
     // Late redelivery after the run ended, and after a reconnect.
     r.event(BackendEvent::Connected).await;
     r.schedule("R1").await;
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert_eq!(h.backend.claims(), ["R1", "R2"]);
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(
@@ -189,7 +182,7 @@ async fn a_refused_claim_starts_nothing() {
     .await;
     // Then a run that is granted goes through; the refused one never touched Docker.
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert!(h.backend.states("R1").is_empty());
     assert_eq!(h.store.state.lock().unwrap().gets, 1);
     let calls = h.runtime.calls();
@@ -205,7 +198,7 @@ async fn transient_claim_failures_are_retried() {
     h.backend.with(|s| s.claim_transient = 2);
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.claims(), ["R1", "R1", "R1"]);
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
 }
@@ -222,7 +215,7 @@ async fn capacity_is_never_exceeded_and_overflow_waits_for_a_slot() {
     }
     // R3 and R4 arrive while both slots are busy: they are claimed, in order, as slots free.
     for run in ["R1", "R2", "R3", "R4"] {
-        until_terminal(&h, run).await;
+        h.until_terminal(run).await;
     }
     assert_eq!(h.backend.claims(), ["R1", "R2", "R3", "R4"]);
     assert_eq!(h.runtime.with(|s| s.max_running), 2);
@@ -245,7 +238,7 @@ async fn transient_storm_honours_retry_after_and_keeps_order() {
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     // 5 failures x Retry-After 20 s; jitter alone would total at most 1+2+4+8+16 s.
     assert!(t0.elapsed() >= secs(100), "{:?}", t0.elapsed());
     assert_eq!(h.backend.with(|s| s.failed_reports), 5);
@@ -281,7 +274,7 @@ async fn results_are_kept_while_disconnected_and_sent_on_reconnect() {
     h.backend.with(|s| s.down = false);
     let back = Instant::now();
     r.event(BackendEvent::Connected).await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     // Delivered because of the reconnect, not at the end of a (up to 64 s) backoff.
     assert!(back.elapsed() < secs(1), "{:?}", back.elapsed());
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
@@ -303,7 +296,7 @@ async fn silence_beyond_the_logs_timeout_times_the_run_out() {
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", TimedOut, reason_codes::LOGS_TIMEOUT);
     assert!(msg.contains("no output for 1m"), "{msg}");
     assert!(
@@ -327,7 +320,7 @@ async fn a_chatty_run_is_stopped_by_the_run_timeout() {
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     ended_with(&h, "R1", TimedOut, reason_codes::RUN_TIMEOUT);
     assert!(
         t0.elapsed() >= secs(300) && t0.elapsed() < secs(310),
@@ -351,13 +344,10 @@ async fn cancel_stops_with_grace_then_kills() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     let t0 = Instant::now();
     r.cancel("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert!(
         t0.elapsed() >= secs(10),
         "the grace was not given: {:?}",
@@ -382,7 +372,7 @@ async fn a_foreign_architecture_image_fails_before_any_container() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", Failed, reason_codes::ARCHITECTURE_MISMATCH);
     assert!(
         msg.contains("image arm-img is linux/arm64 but the Docker daemon is linux/amd64"),
@@ -415,7 +405,7 @@ async fn exec_format_error_after_start_is_an_architecture_mismatch() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let (state, code, _, exit) = reason(&h, "R1");
     assert_eq!(
         (state, code.as_str(), exit),
@@ -424,7 +414,7 @@ async fn exec_format_error_after_start_is_an_architecture_mismatch() {
     // The same exit without the tell-tale line is an ordinary failure.
     until_no_containers(&h).await;
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     let (state, code, _, exit) = reason(&h, "R2");
     assert_eq!(
         (state, code.as_str(), exit),
@@ -475,7 +465,7 @@ deny["no tasks on stack-R2 with worker 1.0.0"] {
     let mut r = h.start();
 
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let (state, code, msg, exit) = reason(&h, "R1");
     assert_eq!(
         (state, code.as_str(), exit),
@@ -492,7 +482,7 @@ deny["no tasks on stack-R2 with worker 1.0.0"] {
         .contains(&"Initialization policy: deny: image evil/image:1 is not allowed".to_string()));
 
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     let msg = ended_with(&h, "R2", Failed, reason_codes::INITIALIZATION_POLICY_DENIED);
     assert!(
         msg.ends_with(": no tasks on stack-R2 with worker 1.0.0"),
@@ -506,7 +496,7 @@ deny["no tasks on stack-R2 with worker 1.0.0"] {
 
     // An allowed run (the default image, a tracked run) runs normally.
     r.schedule("R3").await;
-    until_terminal(&h, "R3").await;
+    h.until_terminal("R3").await;
     assert_eq!(h.backend.states("R3"), [Preparing, Running, Finished]);
     assert!(h
         .runtime
@@ -525,7 +515,7 @@ async fn an_initialization_policy_that_allows_runs_normally() {
         .with(|s| s.default_behaviour = steady(2, secs(1), 0));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(h.backend.log_texts("R1"), ["line 0", "line 1"]);
     until_no_containers(&h).await;
@@ -544,7 +534,7 @@ v = 2 { input.static_run_environment.stack_slug == "stack-R1" }
     );
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", Failed, reason_codes::INITIALIZATION_POLICY_DENIED);
     assert!(
         msg.starts_with("the initialization policy /etc/init.rego could not be evaluated: "),
@@ -565,7 +555,7 @@ async fn out_of_memory_is_reported_as_such() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let (state, code, _, exit) = reason(&h, "R1");
     assert_eq!(
         (state, code.as_str(), exit),
@@ -583,7 +573,7 @@ async fn a_missing_image_that_cannot_be_pulled_fails_the_run() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", Failed, reason_codes::IMAGE_PULL_FAILED);
     assert!(msg.contains("nowhere:1"), "{msg}");
 }
@@ -603,7 +593,7 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
         })
         .await;
     h.runtime.with(|s| s.unavailable = true);
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", Failed, reason_codes::DOCKER_UNAVAILABLE);
     assert!(msg.contains("connection"), "{msg}");
 
@@ -614,7 +604,7 @@ async fn daemon_loss_fails_the_run_and_the_next_run_succeeds() {
     h.runtime
         .with(|s| s.default_behaviour = steady(1, secs(1), 0));
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert_eq!(h.backend.states("R2"), [Preparing, Running, Finished]);
 }
 
@@ -624,10 +614,7 @@ async fn a_vanished_container_fails_the_run_with_container_failed() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     // Someone runs `docker rm -f` behind the launcher's back.
     h.runtime.with(|s| {
         if let Some(c) = s.containers.remove("c1") {
@@ -636,7 +623,7 @@ async fn a_vanished_container_fails_the_run_with_container_failed() {
             }
         }
     });
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", Failed, reason_codes::CONTAINER_FAILED);
     assert!(msg.contains("vanished"), "{msg}");
 }
@@ -647,13 +634,13 @@ async fn a_corrupt_binary_is_retried_and_never_executed() {
     h.store.state.lock().unwrap().corrupt = 1;
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(h.store.state.lock().unwrap().gets, 2);
 
     h.store.state.lock().unwrap().corrupt = 10;
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     let msg = ended_with(&h, "R2", Failed, reason_codes::WORKER_BINARY_UNAVAILABLE);
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert!(!h
@@ -671,9 +658,7 @@ async fn the_lease_is_renewed_and_its_loss_stops_the_run_silently() {
     let mut r = h.start();
     r.schedule("R1").await;
     let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     let t0 = Instant::now();
     // Every 10 s (ttl / 3).
     h.changes
@@ -701,10 +686,7 @@ async fn lease_renewals_failing_for_a_whole_ttl_lose_the_lease() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     h.backend.with(|s| s.lease_transient = true);
     let t0 = Instant::now();
     until_no_containers(&h).await;
@@ -736,7 +718,7 @@ async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() 
     r.status_until("drained", |s| s.state == WorkerState::Drained)
         .await;
     r.schedule("R2").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
     assert_eq!(h.backend.claims(), ["R1"]);
     r.status_until("drained and empty", |s| {
@@ -751,7 +733,7 @@ async fn drain_takes_no_new_runs_lets_running_ones_finish_and_undrain_resumes() 
     r.status_until("idle", |s| s.state == WorkerState::Idle)
         .await;
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert_eq!(h.backend.claims(), ["R1", "R2"]);
 }
 
@@ -786,10 +768,7 @@ async fn first_signal_drains_and_exits_when_runs_are_done() {
         .with(|s| s.default_behaviour = steady(1, secs(30), 0));
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("R1 running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     r.signal().await;
     r.status_until("drained", |s| s.state == WorkerState::Drained)
         .await;
@@ -828,10 +807,7 @@ async fn second_signal_cancels_runs_in_flight() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("R1 running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     r.signal().await;
     r.signal().await;
     let outcome = r.exit().await.unwrap();
@@ -853,10 +829,7 @@ async fn third_signal_exits_at_once() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("R1 running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     let t0 = Instant::now();
     r.signal().await;
     r.signal().await;
@@ -896,7 +869,7 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
     }
     let mut r = h.start();
     for run in ["R0", "R7", "R9"] {
-        until_terminal(&h, run).await;
+        h.until_terminal(run).await;
         ended_with(&h, run, Failed, reason_codes::LAUNCHER_RESTARTED);
     }
     let left: Vec<String> = h
@@ -906,7 +879,7 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
     // A redelivered run.scheduled for a reaped run is not claimed.
     r.schedule("R0").await;
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.claims(), ["R1"]);
 }
 
@@ -920,7 +893,7 @@ async fn masked_values_never_leave_the_launcher() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(
         h.backend.log_texts("R1"),
         ["token=***** again *****", "clean"]
@@ -946,7 +919,7 @@ async fn many_lines_arrive_complete_and_in_order() {
         .with(|s| s.default_behaviour = steady(250, Duration::from_millis(1), 0));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.log_seqs("R1"), (0..250).collect::<Vec<u64>>());
     let texts = h.backend.log_texts("R1");
     assert_eq!(texts[249], "line 249");
@@ -963,10 +936,7 @@ async fn unauthorized_is_fatal() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("R1 running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     h.backend.with(|s| s.unauthorized = true);
     match r.exit().await {
         Err(Error::Unauthorized(_)) => {}
@@ -998,7 +968,7 @@ async fn metrics_count_outcomes_spawn_latency_and_reconnects() {
     r.event(BackendEvent::Connected).await;
     r.event(BackendEvent::Connected).await;
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     r.status_until("idle", |s| s.runs.is_empty()).await;
     let text = metrics.encode();
     assert!(
@@ -1031,7 +1001,7 @@ async fn a_published_binary_for_our_arch_is_prefetched() {
         .await;
     // Only ours: a second prefetch would have counted too.
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.store.state.lock().unwrap().gets, 2);
 }
 
@@ -1065,10 +1035,7 @@ async fn second_signal_gives_up_on_an_unreachable_backend_after_the_grace() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    let b = h.backend.clone();
-    h.changes
-        .until("R1 running", || b.states("R1").contains(&Running))
-        .await;
+    h.until_running("R1").await;
     h.backend.with(|s| s.down = true);
     let t0 = Instant::now();
     r.signal().await;
@@ -1090,7 +1057,7 @@ async fn a_run_whose_output_cannot_be_followed_still_ends_with_its_exit() {
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     // Not timed out for silence (nothing could be read), not stuck until the run timeout.
     let (state, code, _, exit) = reason(&h, "R1");
     assert_eq!(
@@ -1114,7 +1081,7 @@ async fn an_abandoned_claim_can_be_retried_on_redelivery() {
         .await;
     h.backend.with(|s| s.claim_transient = 0);
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     assert_eq!(h.backend.claims().len(), 9);
     assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
 }
@@ -1248,7 +1215,7 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
     });
     let mut r = h.start();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let texts = h.backend.log_texts("R1");
     // 5 lines of 3 pieces and a bit: 20 pieces, in order, nothing lost.
     assert_eq!(texts.len(), 20);

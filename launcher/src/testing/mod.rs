@@ -196,6 +196,24 @@ impl Harness {
         }
     }
 
+    /// Waits until the backend holds a terminal report for `run`.
+    pub async fn until_terminal(&self, run: &str) {
+        let b = self.backend.clone();
+        self.changes
+            .until(&format!("{run} reported terminal"), || b.is_terminal(run))
+            .await;
+    }
+
+    /// Waits until the backend has seen `run` running.
+    pub async fn until_running(&self, run: &str) {
+        let b = self.backend.clone();
+        self.changes
+            .until(&format!("{run} running"), || {
+                b.states(run).contains(&protocol::RunState::Running)
+            })
+            .await;
+    }
+
     pub fn start(&self) -> Running {
         self.start_with_metrics(crate::metrics::Metrics::new())
     }

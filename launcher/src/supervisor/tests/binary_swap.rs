@@ -54,7 +54,7 @@ async fn a_binary_overwritten_during_a_slow_pull_never_reaches_create() {
     h.runtime.with(|s| {
         s.pull_hangs.remove(image);
     });
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let created = h
         .runtime
         .calls()

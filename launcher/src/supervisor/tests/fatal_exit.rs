@@ -5,15 +5,6 @@ use super::*;
 use crate::error::Fatal;
 use crate::supervisor::{CANCEL_SLACK, SWEEP_LIMIT};
 
-async fn until_running(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} running"), || {
-            b.states(run).contains(&Running)
-        })
-        .await;
-}
-
 #[tokio::test(start_paused = true)]
 async fn revoked_credentials_stop_every_run_and_remove_its_container() {
     let mut h = Harness::new();
@@ -30,7 +21,7 @@ async fn revoked_credentials_stop_every_run_and_remove_its_container() {
     let mut r = h.start();
     for run in ["R1", "R2", "R3"] {
         r.schedule(run).await;
-        until_running(&h, run).await;
+        h.until_running(run).await;
     }
     h.backend.with(|s| s.unauthorized = true);
     let t0 = Instant::now();
@@ -56,7 +47,7 @@ async fn a_fatal_exit_is_bounded_when_the_daemon_does_not_answer() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     h.runtime.with(|s| s.unavailable = true);
     let t0 = Instant::now();
     r.fatal(Fatal::Unauthorized("401".into()));
@@ -76,7 +67,7 @@ async fn an_outside_fatal_error_stops_and_removes_the_containers() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     r.fatal(Fatal::Mqtt(
         "the broker's certificate is not trusted".into(),
     ));
@@ -126,7 +117,7 @@ async fn a_container_whose_removal_failed_is_swept_before_a_fatal_exit() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     h.runtime.with(|s| s.remove_errors = 1);
     r.fatal(Fatal::Unauthorized("401".into()));
     assert!(matches!(r.exit().await, Err(Error::Unauthorized(_))));
@@ -147,7 +138,7 @@ async fn a_fatal_exit_is_bounded_when_the_daemon_hangs() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     h.runtime.with(|s| s.calls_hang = true);
     let t0 = Instant::now();
     r.fatal(Fatal::Unauthorized("401".into()));

@@ -20,15 +20,6 @@ fn notice(remaining: Duration) -> Notice {
     }
 }
 
-async fn until_running(h: &Harness, run: &str) {
-    let b = h.backend.clone();
-    h.changes
-        .until(&format!("{run} running"), || {
-            b.states(run).contains(&Running)
-        })
-        .await;
-}
-
 #[tokio::test(start_paused = true)]
 async fn idle_worker_exits_drained_and_reports_the_notice() {
     let h = Harness::new();
@@ -53,7 +44,7 @@ async fn busy_worker_finishes_a_run_that_ends_in_time_and_takes_no_new_one() {
         .with(|s| s.default_behaviour = steady(3, secs(10), 0));
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     r.interruptions.send(notice(secs(120))).await.unwrap();
     r.status_until("drained, holding R1, with the notice", |s| {
         s.state == WorkerState::Drained && s.runs == ["R1"] && s.interruption.is_some()
@@ -72,10 +63,10 @@ async fn run_still_going_before_the_deadline_is_stopped_with_the_reason() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     let t0 = Instant::now();
     r.interruptions.send(notice(secs(120))).await.unwrap();
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let stopped_after = t0.elapsed();
     let margin = h.settings.stop_grace + INTERRUPTION_SLACK;
     assert!(
@@ -97,10 +88,10 @@ async fn notice_shorter_than_the_margin_stops_runs_at_once() {
     h.runtime.with(|s| s.default_behaviour = Behaviour::hang());
     let mut r = h.start();
     r.schedule("R1").await;
-    until_running(&h, "R1").await;
+    h.until_running("R1").await;
     let t0 = Instant::now();
     r.interruptions.send(notice(secs(5))).await.unwrap();
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     // The container took SIGTERM at once (the in-memory runtime ends on it).
     assert!(t0.elapsed() < secs(1), "{:?}", t0.elapsed());
     ended_with(&h, "R1", Failed, reason_codes::SPOT_INTERRUPTION);

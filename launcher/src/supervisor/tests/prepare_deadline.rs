@@ -21,7 +21,7 @@ async fn a_pull_that_never_ends_times_the_run_out_and_frees_the_slot() {
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let waited = t0.elapsed();
     let msg = ended_with(&h, "R1", TimedOut, reason_codes::PREPARE_TIMEOUT);
     assert!(
@@ -38,7 +38,7 @@ async fn a_pull_that_never_ends_times_the_run_out_and_frees_the_slot() {
     assert_eq!(h.store.pinned_now(), 0);
     // The slot is free: the next run starts and finishes.
     r.schedule("R2").await;
-    until_terminal(&h, "R2").await;
+    h.until_terminal("R2").await;
     assert_eq!(h.backend.states("R2"), [Preparing, Running, Finished]);
 }
 
@@ -50,7 +50,7 @@ async fn a_trickling_binary_download_times_the_run_out_after_the_configured_dead
     let mut r = h.start();
     let t0 = Instant::now();
     r.schedule("R1").await;
-    until_terminal(&h, "R1").await;
+    h.until_terminal("R1").await;
     let msg = ended_with(&h, "R1", TimedOut, reason_codes::PREPARE_TIMEOUT);
     assert!(
         msg.contains("preparing took longer than 90s")
