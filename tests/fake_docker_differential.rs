@@ -8,7 +8,6 @@
 
 mod fake_docker_common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bollard::models::HostConfig;
@@ -32,8 +31,6 @@ const DOCUMENTED_DIFFERENCES: &[(&str, &str, &str)] = &[
         "runc >= 1.2 exits 255 on exec format error (what current Docker ships); Debian's 20.10 uses runc 1.1, which exits 1",
     ),
 ];
-
-type Obs = BTreeMap<String, String>;
 
 struct Target {
     docker: Docker,
@@ -500,34 +497,5 @@ async fn fake_and_real_dockerd_agree() {
     run_scenarios(&mut real_t).await;
     run_scenarios(&mut fake_t).await;
 
-    let mut mismatches = Vec::new();
-    for (key, real_value) in &real_t.obs {
-        let fake_value = fake_t
-            .obs
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| "<missing>".into());
-        if let Some((_, documented, why)) = DOCUMENTED_DIFFERENCES.iter().find(|(k, _, _)| k == key)
-        {
-            println!("documented difference {key}: fake {fake_value} / real {real_value} ({why})");
-            assert_eq!(
-                fake_value, *documented,
-                "fake-docker's documented value for {key}"
-            );
-            continue;
-        }
-        if *real_value == fake_value {
-            println!("same {key}: {real_value}");
-        } else {
-            mismatches.push(format!(
-                "{key}:\n  real: {real_value}\n  fake: {fake_value}"
-            ));
-        }
-    }
-    assert_eq!(real_t.obs.len(), fake_t.obs.len());
-    assert!(
-        mismatches.is_empty(),
-        "fake-docker differs from dockerd:\n{}",
-        mismatches.join("\n")
-    );
+    assert_same_observations(&real_t.obs, &fake_t.obs, DOCUMENTED_DIFFERENCES);
 }

@@ -13,7 +13,6 @@
 
 mod fake_docker_common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fake_docker::{Config, FakeDocker, FakeDockerHandle, ImageConfig, RemoteImage};
@@ -26,8 +25,6 @@ const DOCUMENTED_DIFFERENCES: &[(&str, &str, &str)] = &[(
     "400 no command specified",
     "dockerd 20.10 creates a container without an image, which can never start (exec: \"true\": executable file not found); the fake refuses it at create, as a test double should fail early",
 )];
-
-type Obs = BTreeMap<String, String>;
 
 /// The states a container is put in before an operation.
 const STATES: &[&str] = &["created", "running", "exited", "absent"];
@@ -471,33 +468,5 @@ async fn fake_and_real_dockerd_agree_on_states_and_malformed_requests() {
     run_scenarios(&mut real).await;
     run_scenarios(&mut fake).await;
 
-    let mut mismatches = Vec::new();
-    for (key, real_value) in &real.obs {
-        let fake_value = fake
-            .obs
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| "<missing>".into());
-        if let Some((_, documented, why)) = DOCUMENTED_DIFFERENCES.iter().find(|(k, _, _)| k == key)
-        {
-            println!("documented difference {key}: fake {fake_value} / real {real_value} ({why})");
-            assert_eq!(
-                fake_value, *documented,
-                "fake-docker's documented value for {key}"
-            );
-        } else if *real_value == fake_value {
-            println!("same {key}: {real_value}");
-        } else {
-            mismatches.push(format!(
-                "{key}:\n  real: {real_value}\n  fake: {fake_value}"
-            ));
-        }
-    }
-    assert_eq!(real.obs.len(), fake.obs.len());
-    assert!(
-        mismatches.is_empty(),
-        "fake-docker differs from dockerd in {} observations:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert_same_observations(&real.obs, &fake.obs, DOCUMENTED_DIFFERENCES);
 }

@@ -306,3 +306,36 @@ pub fn demux(mut b: &[u8]) -> Vec<(u8, String)> {
     }
     out
 }
+
+/// Observations of one daemon: a key per request, its normalised answer.
+pub type Obs = std::collections::BTreeMap<String, String>;
+
+/// Compares what dockerd (`real`) and fake-docker answered, key by key. A key in
+/// `documented` (`(key, fake's value, why)`) must show fake's documented value instead.
+/// Panics listing every other difference.
+pub fn assert_same_observations(real: &Obs, fake: &Obs, documented: &[(&str, &str, &str)]) {
+    let mut mismatches = Vec::new();
+    for (key, real_value) in real {
+        let fake_value = fake.get(key).cloned().unwrap_or_else(|| "<missing>".into());
+        if let Some((_, want, why)) = documented.iter().find(|(k, _, _)| k == key) {
+            println!("documented difference {key}: fake {fake_value} / real {real_value} ({why})");
+            assert_eq!(
+                fake_value, *want,
+                "fake-docker's documented value for {key}"
+            );
+        } else if *real_value == fake_value {
+            println!("same {key}: {real_value}");
+        } else {
+            mismatches.push(format!(
+                "{key}:\n  real: {real_value}\n  fake: {fake_value}"
+            ));
+        }
+    }
+    assert_eq!(real.len(), fake.len());
+    assert!(
+        mismatches.is_empty(),
+        "fake-docker differs from dockerd in {} observations:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
