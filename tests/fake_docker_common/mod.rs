@@ -159,43 +159,8 @@ pub async fn raw_request(
     path: &str,
     body: &[u8],
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(socket)
-        .await
-        .expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, dechunk(&body))
-}
-
-fn dechunk(body: &str) -> String {
-    // Good enough for small chunked replies: drop hex size lines.
-    let mut out = String::new();
-    let mut lines = body.split("\r\n");
-    while let Some(size) = lines.next() {
-        match usize::from_str_radix(size.trim(), 16) {
-            Ok(0) => break,
-            Ok(_) => out.push_str(lines.next().unwrap_or("")),
-            Err(_) => return body.to_string(),
-        }
-    }
-    out
+    let (status, body) = raw_bytes(socket, method, path, body).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A `wait` request whose 200 headers have arrived, so the daemon has registered the
@@ -243,7 +208,7 @@ impl PendingWait {
     }
 }
 
-/// Like [`raw_request`] but byte-exact: the body de-chunked, for multiplexed log frames.
+/// A raw HTTP/1.1 exchange, byte-exact: the body de-chunked (multiplexed log frames too).
 pub async fn raw_bytes(
     socket: &std::path::Path,
     method: &str,
