@@ -10,6 +10,7 @@ use crate::checks;
 use crate::error::ScenarioError;
 use crate::model::{Behaviour, DockerKind, Fault, Scenario, ScheduleStep, Step};
 use crate::report::{Report, Trace};
+use crate::timeline::Recorder;
 use crate::world::World;
 
 /// How long the engine waits, at the end, for every run to reach a terminal state and for
@@ -17,14 +18,19 @@ use crate::world::World;
 const SETTLE: Duration = Duration::from_secs(90);
 
 pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioError> {
+    let mut rec = Recorder::start();
     let mut world = World::build(scenario, seed).await?;
+    rec.observe(&world);
     let mut trace = Trace::default();
     let mut failures = Vec::new();
 
     'phases: for phase in &scenario.phases {
         trace.note(format!("phase {}", phase.name));
         for (i, step) in phase.steps.iter().enumerate() {
-            if let Err(msg) = step_once(&mut world, step, &mut trace).await? {
+            let began = rec.now_ms();
+            let outcome = step_once(&mut world, step, &mut trace).await?;
+            rec.step(&world, &phase.name, step, began, outcome.as_ref().err().map(String::as_str));
+            if let Err(msg) = outcome {
                 failures.push(format!("phase {:?} step {}: {msg}", phase.name, i + 1));
                 break 'phases;
             }
@@ -56,6 +62,7 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
     failures.extend(real_leftovers(&world).await);
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));
+    trace.timeline = rec.finish(&world);
     let report = Report {
         seed,
         passed: failures.is_empty(),

@@ -6,7 +6,7 @@
 //! - [`launcher_node`]: an in-process launcher that can be signalled and crashed.
 //! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace,
 //!   and the secret oracle over what [`secrets`] knows.
-//! - [`report`]: the verdict.
+//! - [`report`]: the verdict; [`timeline`]: the execution drawn as an HTML timeline.
 
 pub mod checks;
 pub mod engine;
@@ -17,6 +17,7 @@ pub mod parse;
 pub mod random;
 pub mod report;
 pub mod secrets;
+pub mod timeline;
 pub mod world;
 
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! `scenario run FILE... [--seed S] [--repeat N]`: runs scenario files and prints a trace
-//! and a verdict; on failure, the seed and the command that reproduces it.
+//! `scenario run FILE... [--seed S] [--repeat N] [--timeline OUT]`: runs scenario files and
+//! prints a trace and a verdict; on failure, the seed and the command that reproduces it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,9 @@ enum Command {
         /// Run each file this many times and check the repeats agree.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Write each execution's timeline (HTML): to OUT for one file, else OUT/<case>.html.
+        #[arg(long, value_name = "OUT")]
+        timeline: Option<PathBuf>,
     },
     /// Parse scenario files and report errors, without running them.
     Check { files: Vec<PathBuf> },
@@ -59,6 +62,7 @@ async fn main() -> ExitCode {
             files,
             seed,
             repeat,
+            timeline,
         } => {
             let mut failed = 0;
             for f in &files {
@@ -73,6 +77,17 @@ async fn main() -> ExitCode {
                                 println!(" repeat {}", i + 1);
                             }
                             println!("{r}");
+                        }
+                        if let Some(out) = &timeline {
+                            let path = scenarios::timeline::output_path(out, f, files.len());
+                            // The first failing repeat, else the first.
+                            let shown = outcome.reports.iter().find(|r| !r.passed);
+                            if let Some(r) = shown.or(outcome.reports.first()) {
+                                match scenarios::timeline::write(r, &path) {
+                                    Ok(()) => println!("  timeline: {}", path.display()),
+                                    Err(e) => println!("  timeline not written: {e}"),
+                                }
+                            }
                         }
                         if let Some(n) = &outcome.nondeterminism {
                             println!("  ! NONDETERMINISTIC: {n}");

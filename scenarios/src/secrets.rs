@@ -123,6 +123,20 @@ impl Secrets {
             .collect()
     }
 
+    /// `text` with every spelling of every secret replaced by the launcher's mask,
+    /// longest first (so a value is not half-replaced by one of its own lines).
+    pub fn redact(&self, text: &str) -> String {
+        let mut needles: Vec<&str> = self.needles.iter().map(|n| n.text.as_str()).collect();
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        needles.iter().fold(text.to_string(), |acc, n| {
+            if acc.contains(n) {
+                acc.replace(n, launcher::masking::MASK)
+            } else {
+                acc
+            }
+        })
+    }
+
     /// Every secret `world` knows.
     pub fn of_world(world: &World) -> Secrets {
         let mut s = Secrets::default();
