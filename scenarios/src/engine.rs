@@ -29,7 +29,13 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
         for (i, step) in phase.steps.iter().enumerate() {
             let began = rec.now_ms();
             let outcome = step_once(&mut world, step, &mut trace).await?;
-            rec.step(&world, &phase.name, step, began, outcome.as_ref().err().map(String::as_str));
+            rec.step(
+                &world,
+                &phase.name,
+                step,
+                began,
+                outcome.as_ref().err().map(String::as_str),
+            );
             if let Err(msg) = outcome {
                 failures.push(format!("phase {:?} step {}: {msg}", phase.name, i + 1));
                 break 'phases;

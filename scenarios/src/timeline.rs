@@ -139,3 +139,6 @@ pub fn output_path(out: &Path, case: &Path, cases: usize) -> std::path::PathBuf 
         .unwrap_or_else(|| "scenario".into());
     out.join(format!("{stem}.html"))
 }
+
+#[cfg(test)]
+mod tests;

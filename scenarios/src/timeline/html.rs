@@ -169,9 +169,9 @@ fn mark(h: &mut String, m: &Mark, x: f64, cy: f64) {
             "<path d=\"M{x:.1} {:.1}l5 9h-10z\" fill=\"#08519c\"/>",
             cy - 4.0
         ),
-        MarkKind::Event => format!(
-            "<circle cx=\"{x:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"#555\" stroke=\"#fff\"/>"
-        ),
+        MarkKind::Event => {
+            format!("<circle cx=\"{x:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"#555\" stroke=\"#fff\"/>")
+        }
         MarkKind::Fault => format!(
             "<path d=\"M{x:.1} {:.1}l6 7l-6 7l-6 -7z\" fill=\"#e6550d\" stroke=\"#fff\"/>",
             cy - 7.0
@@ -200,7 +200,10 @@ fn mark(h: &mut String, m: &Mark, x: f64, cy: f64) {
 fn legend(h: &mut String) {
     h.push_str("<p class=\"legend\">");
     for (state, colour) in STATES {
-        let _ = write!(h, "<span><i style=\"background:{colour}\"></i>{state}</span>");
+        let _ = write!(
+            h,
+            "<span><i style=\"background:{colour}\"></i>{state}</span>"
+        );
     }
     h.push_str(
         "<br><span>▲ step</span><span>● event</span><span style=\"color:#e6550d\">◆ fault \

@@ -259,7 +259,10 @@ impl Recorder {
     ) {
         let mut changes: BTreeMap<&str, Vec<(u64, String, String)>> = BTreeMap::new();
         for (e, &at) in events.iter().zip(times) {
-            let Some(name) = e.run.as_deref().and_then(|r| runs.get(&r.to_ascii_uppercase()))
+            let Some(name) = e
+                .run
+                .as_deref()
+                .and_then(|r| runs.get(&r.to_ascii_uppercase()))
             else {
                 continue;
             };
@@ -367,7 +370,7 @@ fn up_span(lane: usize, from_ms: u64, to_ms: u64) -> Span {
 /// its last event, not from when it stopped, so each backend lifetime (from one
 /// `backend.started` to the next) has its own offset, taken from an anchor read during
 /// it; a lifetime without one goes on from the previous one's clock.
-fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Vec<u64> {
+pub(super) fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Vec<u64> {
     let starts: Vec<u64> = events
         .iter()
         .filter(|e| e.kind == kinds::BACKEND_STARTED)
