@@ -73,6 +73,8 @@ pub struct Span {
     /// A run state (`running`, ...), `up` for a launcher, `wait` for a waiting step.
     pub state: String,
     pub detail: String,
+    /// Drawn inside the bar where it fits: the launcher holding a run.
+    pub label: String,
 }
 
 /// One execution, ready to draw. Every string in it has had the world's secrets redacted.

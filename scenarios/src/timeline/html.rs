@@ -70,7 +70,8 @@ const CSS: &str = "body{font:13px/1.4 system-ui,sans-serif;margin:16px;color:#22
 h1{font-size:18px;margin:0 0 4px}.verdict{font-weight:bold;margin:0 0 8px}\
 .pass{color:#2b7a2b}.fail{color:#c0262d}.failures{color:#c0262d;margin:4px 0 12px}\
 svg text{font:11px system-ui,sans-serif}.lane-name{font-weight:bold}\
-.tick{stroke:#e3e3e3}.mark-label{fill:#333}.legend span{display:inline-block;margin-right:12px}\
+.tick{stroke:#e3e3e3}.mark-label{fill:#333}.mark-label.failure{fill:#c0262d;font-weight:bold}\
+.span-label{fill:#111;font-size:10px}.legend span{display:inline-block;margin-right:12px}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}\
 table{border-collapse:collapse;margin-top:8px}td,th{border:1px solid #ddd;padding:2px 6px;\
 text-align:left;vertical-align:top}td.detail{white-space:pre-wrap;font-family:monospace}\
@@ -117,6 +118,7 @@ fn svg(h: &mut String, t: &Timeline) {
             y + LANE_H / 2.0 + 4.0,
             esc(&lane.name)
         );
+        let mut named = "";
         for s in t.spans.iter().filter(|s| s.lane == i) {
             let (x1, x2) = (x_of(t, s.from_ms), x_of(t, s.to_ms));
             let terminal = matches!(
@@ -140,27 +142,65 @@ fn svg(h: &mut String, t: &Timeline) {
                 fmt_ms(s.to_ms),
                 esc(&s.detail)
             );
-        }
-        // Labels only where they fit: one after another along the lane.
-        let mut free_from = LABEL_W;
-        for m in t.marks.iter().filter(|m| m.lane == i) {
-            let x = x_of(t, m.at_ms);
-            mark(h, m, x, y + LANE_H / 2.0);
-            let w = 6.0 * m.label.chars().count() as f64;
-            if x + 6.0 >= free_from && m.kind != MarkKind::Event && x + w < WIDTH {
+            // A holder is named once, where it first fits, until it changes.
+            if !s.label.is_empty() && s.label != named && x2 - x1 > text_width(&s.label) + 6.0 {
+                named = &s.label;
                 let _ = writeln!(
                     h,
-                    "<text class=\"mark-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                    x + 6.0,
-                    y + 10.0,
-                    esc(&m.label)
+                    "<text class=\"span-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                    x1 + 3.0,
+                    y + LANE_H - 10.0,
+                    esc(&s.label)
                 );
-                free_from = x + 10.0 + w;
             }
         }
+        for m in t.marks.iter().filter(|m| m.lane == i) {
+            mark(h, m, x_of(t, m.at_ms), y + LANE_H / 2.0);
+        }
+        mark_labels(h, t, i, y);
         h.push_str("</g>\n");
     }
     h.push_str("</svg>\n");
+}
+
+fn text_width(text: &str) -> f64 {
+    6.0 * text.chars().count() as f64
+}
+
+/// The labels of one lane's marks, where they fit without overlapping: a failure first,
+/// then faults and exits, then steps; plain events go unlabelled (their titles tell).
+fn mark_labels(h: &mut String, t: &Timeline, lane: usize, y: f64) {
+    let rank = |k: MarkKind| match k {
+        MarkKind::Failure => 0,
+        MarkKind::Fault | MarkKind::Exit => 1,
+        MarkKind::Step => 2,
+        MarkKind::Event => 3,
+    };
+    let mut wanted: Vec<&Mark> = t
+        .marks
+        .iter()
+        .filter(|m| m.lane == lane && m.kind != MarkKind::Event)
+        .collect();
+    wanted.sort_by_key(|m| (rank(m.kind), m.at_ms));
+    let mut taken: Vec<(f64, f64)> = Vec::new();
+    for m in wanted {
+        let x = x_of(t, m.at_ms) + 6.0;
+        let w = text_width(&m.label);
+        // Near the right edge, a label goes to the left of its mark.
+        let x = if x + w > WIDTH { x - 12.0 - w } else { x };
+        let end = x + w + 4.0;
+        if x < LABEL_W || taken.iter().any(|&(a, b)| x < b && a < end) {
+            continue;
+        }
+        taken.push((x, end));
+        let _ = writeln!(
+            h,
+            "<text class=\"mark-label {}\" x=\"{x:.1}\" y=\"{:.1}\">{}</text>",
+            mark_kind(m.kind),
+            y + 10.0,
+            esc(&m.label)
+        );
+    }
 }
 
 fn mark(h: &mut String, m: &Mark, x: f64, cy: f64) {

@@ -51,6 +51,8 @@ pub struct Recorder {
     workers: BTreeMap<String, String>,
     exits_seen: BTreeMap<String, usize>,
     up_since: BTreeMap<String, u64>,
+    /// When [`Recorder::observe`] first ran (the world built).
+    first_look: Option<u64>,
 }
 
 impl Recorder {
@@ -63,6 +65,7 @@ impl Recorder {
             workers: BTreeMap::new(),
             exits_seen: BTreeMap::new(),
             up_since: BTreeMap::new(),
+            first_look: None,
         }
     }
 
@@ -73,6 +76,7 @@ impl Recorder {
     /// Notes launcher starts and exits since the last look (call after building the world).
     pub fn observe(&mut self, world: &World) {
         let now = self.now_ms();
+        self.first_look.get_or_insert(now);
         if let Some(b) = &world.backend {
             self.backend_anchors.push((now, b.now_ms(), b.last_seq()));
         }
@@ -128,31 +132,38 @@ impl Recorder {
                 name.as_str(),
                 "crash_launcher" | "restart_docker" | "restart_backend"
             );
-        let kind = match (failure, faulty) {
-            (Some(_), _) => MarkKind::Failure,
-            (None, true) => MarkKind::Fault,
-            (None, false) => MarkKind::Step,
-        };
-        let mut detail = format!("phase {phase:?}: {name} {}", compact(&args));
-        if let Some(msg) = failure {
-            detail.push_str(&format!("\nFAILED: {msg}"));
-        }
-        if now > began_ms && failure.is_none() {
+        let detail = format!("phase {phase:?}: {name} {}", compact(&args));
+        if now > began_ms {
             self.timeline.spans.push(Span {
                 lane,
                 from_ms: began_ms,
                 to_ms: now,
                 state: "wait".into(),
                 detail: detail.clone(),
+                label: String::new(),
             });
         }
         self.timeline.marks.push(Mark {
             at_ms: began_ms,
             lane,
-            kind,
+            kind: if faulty {
+                MarkKind::Fault
+            } else {
+                MarkKind::Step
+            },
             label: name.replace('_', " "),
-            detail,
+            detail: detail.clone(),
         });
+        if let Some(msg) = failure {
+            // Where the scenario gave up: the end of the step.
+            self.timeline.marks.push(Mark {
+                at_ms: now,
+                lane,
+                kind: MarkKind::Failure,
+                label: format!("FAILED: {}", name.replace('_', " ")),
+                detail: format!("{detail}\nFAILED: {msg}"),
+            });
+        }
         self.observe(world);
     }
 
@@ -183,6 +194,18 @@ impl Recorder {
 
         let t = &mut self.timeline;
         t.marks.sort_by_key(|m| m.at_ms);
+        // A launcher started while the world was built was first seen after: it was up
+        // by its first event at the latest.
+        let built = self.first_look.unwrap_or(0);
+        for span in t
+            .spans
+            .iter_mut()
+            .filter(|s| s.state == "up" && s.from_ms == built)
+        {
+            if let Some(m) = t.marks.iter().find(|m| m.lane == span.lane) {
+                span.from_ms = span.from_ms.min(m.at_ms);
+            }
+        }
         t.end_ms = t
             .marks
             .iter()
@@ -236,7 +259,7 @@ impl Recorder {
             self.timeline.marks.push(Mark {
                 at_ms,
                 lane,
-                kind: if is_fault(&e.kind) {
+                kind: if is_fault(e) {
                     MarkKind::Fault
                 } else {
                     MarkKind::Event
@@ -257,7 +280,9 @@ impl Recorder {
         runs: &BTreeMap<String, String>,
         now: u64,
     ) {
-        let mut changes: BTreeMap<&str, Vec<(u64, String, String)>> = BTreeMap::new();
+        // Per run: (when, state, details, the launcher holding it).
+        type Change = (u64, String, String, String);
+        let mut changes: BTreeMap<&str, Vec<Change>> = BTreeMap::new();
         for (e, &at) in events.iter().zip(times) {
             let Some(name) = e
                 .run
@@ -275,14 +300,19 @@ impl Recorder {
                 _ => continue,
             };
             let detail = format!("run {name}: {state} {}", compact(&transition_data(&e.data)));
+            let holder = e
+                .worker
+                .as_deref()
+                .and_then(|w| self.launcher_of(world, w))
+                .unwrap_or_default();
             changes
                 .entry(name.as_str())
                 .or_default()
-                .push((at, state, detail));
+                .push((at, state, detail, holder));
         }
         for (name, list) in changes {
             let lane = self.timeline.lane(LaneKind::Run, name);
-            for (i, (from, state, detail)) in list.iter().enumerate() {
+            for (i, (from, state, detail, holder)) in list.iter().enumerate() {
                 let to = list.get(i + 1).map(|n| n.0).unwrap_or(now);
                 let mut detail = detail.clone();
                 if i + 1 == list.len() {
@@ -301,6 +331,7 @@ impl Recorder {
                     to_ms: to.max(*from),
                     state: state.clone(),
                     detail,
+                    label: holder.clone(),
                 });
             }
         }
@@ -363,6 +394,7 @@ fn up_span(lane: usize, from_ms: u64, to_ms: u64) -> Span {
         to_ms,
         state: "up".into(),
         detail: "launcher running".into(),
+        label: String::new(),
     }
 }
 
@@ -399,7 +431,12 @@ pub(super) fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Ve
         .collect()
 }
 
-fn is_fault(kind: &str) -> bool {
+fn is_fault(e: &Event) -> bool {
+    let kind = e.kind.as_str();
+    if kind == kinds::WORKER_GONE {
+        // Gone after a goodbye is the normal end; gone without one is a crash.
+        return e.data.get("crashed").and_then(Value::as_bool) != Some(false);
+    }
     kind.starts_with("fault.")
         || [
             ".refused",
@@ -408,7 +445,6 @@ fn is_fault(kind: &str) -> bool {
             ".denied",
             ".protocol_error",
             ".unknown_type",
-            ".gone",
             ".interruption",
         ]
         .iter()
@@ -500,6 +536,7 @@ fn redact(t: &mut Timeline, secrets: &Secrets) {
     }
     for s in &mut t.spans {
         s.state = secrets.redact(&s.state);
+        s.label = secrets.redact(&s.label);
         s.detail = truncate(secrets.redact(&s.detail));
     }
 }

@@ -40,6 +40,7 @@ fn known() -> Report {
         to_ms: 50,
         state: "running".into(),
         detail: "run r1: running".into(),
+        label: "l1".into(),
     }];
     t.end_ms = 100;
     Report {
@@ -142,6 +143,7 @@ fn every_string_from_the_report_is_escaped() {
         to_ms: 90,
         state: evil.into(),
         detail: evil.into(),
+        label: evil.into(),
     });
     let html = render_html(&r, evil);
     assert!(!html.contains("<script"), "raw markup in the page");
