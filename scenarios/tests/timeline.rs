@@ -175,3 +175,56 @@ fn scenario_run_timeline_writes_one_file_or_one_per_case() {
         assert!(html.contains("class=\"lane\""), "{name}");
     }
 }
+
+#[test]
+fn a_failing_step_is_marked_where_it_gave_up_and_run_output_is_escaped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("late.yaml");
+    std::fs::write(
+        &file,
+        r#"
+description: A run slower than the wait; its output is markup.
+seed: 5
+topology:
+  dockers: [{ name: d1 }]
+  launchers: [{ name: l1, docker: d1 }]
+  worker_versions: [{ version: v1, arch: amd64 }]
+phases:
+  - name: slow
+    steps:
+      - schedule: { run: r1, behaviour: { stdout: ["<script>alert(1)</script>"], duration: 2s } }
+      - wait_run: { run: r1, state: running }
+      - wait_run: { run: r1, state: finished, within: 1s }
+"#,
+    )
+    .expect("write");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = rt
+        .block_on(scenarios::run_file(&file, None, 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = &outcome.reports[0];
+    assert!(!report.passed);
+    let t = &report.trace.timeline;
+    let failure = t
+        .marks
+        .iter()
+        .find(|m| m.kind == MarkKind::Failure)
+        .expect("a failure mark");
+    assert_eq!(t.lanes[failure.lane].name, "r1");
+    assert!(failure.detail.contains("did not reach finished within 1s"));
+    let wait = t
+        .spans
+        .iter()
+        .find(|s| s.state == "wait" && s.to_ms == failure.at_ms)
+        .expect("the wait ends where the step failed");
+    assert!(failure.at_ms - wait.from_ms >= 1_000, "waited 1s: {wait:?}");
+
+    let html = render_html(report, "late");
+    assert!(html.contains("<p class=\"verdict fail\">FAIL"));
+    assert!(!html.contains("<script>"), "the run's output is escaped");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+}
