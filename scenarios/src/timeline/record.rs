@@ -527,17 +527,23 @@ fn short_id(id: &str) -> &str {
 
 /// Removes every secret the world knows from every string, then bounds the details.
 fn redact(t: &mut Timeline, secrets: &Secrets) {
-    for l in &mut t.lanes {
-        l.name = secrets.redact(&l.name);
-    }
+    let mut texts: Vec<&mut String> = Vec::new();
+    texts.extend(t.lanes.iter_mut().map(|l| &mut l.name));
     for m in &mut t.marks {
-        m.label = secrets.redact(&m.label);
-        m.detail = truncate(secrets.redact(&m.detail));
+        texts.push(&mut m.label);
+        texts.push(&mut m.detail);
     }
     for s in &mut t.spans {
-        s.state = secrets.redact(&s.state);
-        s.label = secrets.redact(&s.label);
-        s.detail = truncate(secrets.redact(&s.detail));
+        texts.push(&mut s.state);
+        texts.push(&mut s.label);
+        texts.push(&mut s.detail);
+    }
+    secrets.redact_all(&mut texts);
+    for m in &mut t.marks {
+        m.detail = truncate(std::mem::take(&mut m.detail));
+    }
+    for s in &mut t.spans {
+        s.detail = truncate(std::mem::take(&mut s.detail));
     }
 }
 

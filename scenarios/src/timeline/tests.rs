@@ -202,3 +202,16 @@ fn each_backend_lifetime_is_placed_by_its_own_anchor() {
     // The third lifetime has no anchor: it goes on from the second's clock.
     assert_eq!(times, [300, 500, 800, 2_800, 2_850, 3_099, 3_199]);
 }
+
+#[test]
+fn redaction_masks_every_spelling_longest_first_and_leaves_the_rest() {
+    let mut secrets = crate::secrets::Secrets::default();
+    secrets.add_masked("a masked value", "k1-9b7e0c2a\nk2-5a8c1f0e");
+    let mut a = r#"{"stdout":["k1-9b7e0c2a\nk2-5a8c1f0e"]}"#.to_string();
+    let mut b = "  | k2-5a8c1f0e".to_string();
+    let mut c = "nothing here".to_string();
+    secrets.redact_all(&mut [&mut a, &mut b, &mut c]);
+    assert_eq!(a, r#"{"stdout":["*****"]}"#, "the JSON spelling, whole");
+    assert_eq!(b, "  | *****");
+    assert_eq!(c, "nothing here");
+}
