@@ -96,6 +96,10 @@ async fn main() -> ExitCode {
                             failed += 1;
                             let s = outcome.reports.first().map(|r| r.seed).unwrap_or(0);
                             println!("  reproduce: {}", scenarios::repro_command(f, s));
+                            if timeline.is_none() {
+                                let f = f.display();
+                                println!("  see it:    scripts/timeline.sh {f} --seed {s}");
+                            }
                         }
                     }
                     Err(e) => {
