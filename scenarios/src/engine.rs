@@ -68,7 +68,7 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
     failures.extend(real_leftovers(&world).await);
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));
-    trace.timeline = rec.finish(&world);
+    trace.timeline = rec.finish(&world, &failures, &trace);
     let report = Report {
         seed,
         passed: failures.is_empty(),

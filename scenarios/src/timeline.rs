@@ -86,6 +86,17 @@ pub struct Timeline {
     pub spans: Vec<Span>,
     /// The end of the axis.
     pub end_ms: u64,
+    /// Set by [`Recorder::finish`]: the report's failures and trace lines, redacted too,
+    /// which the page shows instead of the report's own.
+    pub text: Option<ReportText>,
+}
+
+/// A report's failures and trace lines with the world's secrets redacted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportText {
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+    pub canonical: Vec<String>,
 }
 
 impl Timeline {

@@ -125,6 +125,10 @@ fn a_masked_secret_printed_by_a_run_is_nowhere_in_its_timeline() {
         ),
     ] {
         let report = run(file);
+        assert!(
+            report.trace.timeline.text.is_some(),
+            "the page shows the recorder's redacted copy of the report's text"
+        );
         let html = render_html(&report, file);
         for s in secrets {
             assert!(!html.contains(s), "{file}: the secret is in the timeline");

@@ -30,6 +30,12 @@ const STATES: &[(&str, &str)] = &[
 /// The page for `report`, titled `title`.
 pub fn render_html(report: &Report, title: &str) -> String {
     let t = &report.trace.timeline;
+    // A recorded timeline carries the report's text with secrets redacted.
+    let text = t.text.clone().unwrap_or_else(|| super::ReportText {
+        failures: report.failures.clone(),
+        notes: report.trace.notes.clone(),
+        canonical: report.trace.canonical.clone(),
+    });
     let mut h = String::with_capacity(16 * 1024);
     let verdict = if report.passed { "PASS" } else { "FAIL" };
     let _ = write!(
@@ -45,9 +51,9 @@ pub fn render_html(report: &Report, title: &str) -> String {
         t.marks.len(),
         fmt_ms(t.end_ms)
     );
-    if !report.failures.is_empty() {
+    if !text.failures.is_empty() {
         h.push_str("<ol class=\"failures\">\n");
-        for f in &report.failures {
+        for f in &text.failures {
             let _ = writeln!(h, "<li>{}</li>", esc(f));
         }
         h.push_str("</ol>\n");
@@ -56,10 +62,10 @@ pub fn render_html(report: &Report, title: &str) -> String {
     legend(&mut h);
     table(&mut h, t);
     h.push_str("<details><summary>trace</summary><pre>");
-    for n in &report.trace.notes {
+    for n in &text.notes {
         let _ = writeln!(h, ". {}", esc(n));
     }
-    for c in &report.trace.canonical {
+    for c in &text.canonical {
         let _ = writeln!(h, "= {}", esc(c));
     }
     h.push_str("</pre></details>\n</body></html>\n");

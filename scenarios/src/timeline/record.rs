@@ -10,9 +10,10 @@ use launcher::container_spec::labels;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{LaneKind, Mark, MarkKind, Span, Timeline};
+use super::{LaneKind, Mark, MarkKind, ReportText, Span, Timeline};
 use crate::launcher_node::NodeExit;
 use crate::model::Step;
+use crate::report::Trace;
 use crate::secrets::Secrets;
 use crate::world::World;
 
@@ -168,8 +169,9 @@ impl Recorder {
     }
 
     /// The finished timeline: launcher lifetimes closed, the backend's and daemons' events
-    /// added, every string redacted of the world's secrets, marks in time order.
-    pub fn finish(mut self, world: &World) -> Timeline {
+    /// added, the report's `failures` and `trace` lines copied, every string redacted of
+    /// the world's secrets, marks in time order.
+    pub fn finish(mut self, world: &World, failures: &[String], trace: &Trace) -> Timeline {
         self.observe(world);
         let now = self.now_ms();
         for (name, from) in std::mem::take(&mut self.up_since) {
@@ -213,6 +215,11 @@ impl Recorder {
             .chain(t.spans.iter().map(|s| s.to_ms))
             .fold(now, u64::max)
             .max(1);
+        self.timeline.text = Some(ReportText {
+            failures: failures.to_vec(),
+            notes: trace.notes.clone(),
+            canonical: trace.canonical.clone(),
+        });
         redact(&mut self.timeline, &Secrets::of_world(world));
         self.timeline
     }
@@ -537,6 +544,11 @@ fn redact(t: &mut Timeline, secrets: &Secrets) {
         texts.push(&mut s.state);
         texts.push(&mut s.label);
         texts.push(&mut s.detail);
+    }
+    if let Some(r) = &mut t.text {
+        texts.extend(r.failures.iter_mut());
+        texts.extend(r.notes.iter_mut());
+        texts.extend(r.canonical.iter_mut());
     }
     secrets.redact_all(&mut texts);
     for m in &mut t.marks {

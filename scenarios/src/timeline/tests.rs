@@ -215,3 +215,22 @@ fn redaction_masks_every_spelling_longest_first_and_leaves_the_rest() {
     assert_eq!(b, "  | *****");
     assert_eq!(c, "nothing here");
 }
+
+#[test]
+fn a_recorded_timeline_s_redacted_text_is_what_the_page_shows() {
+    let mut r = known();
+    r.failures = vec!["launcher l1: exit 1: bad key s3cr3t-value".into()];
+    r.trace.canonical = vec!["launcher l1: exit 1: bad key s3cr3t-value".into()];
+    r.trace.timeline.text = Some(ReportText {
+        failures: vec!["launcher l1: exit 1: bad key *****".into()],
+        notes: vec![],
+        canonical: vec!["launcher l1: exit 1: bad key *****".into()],
+    });
+    let html = render_html(&r, "redacted");
+    assert!(!html.contains("s3cr3t-value"));
+    assert_eq!(
+        html.matches("bad key *****").count(),
+        2,
+        "failure and trace"
+    );
+}
