@@ -3,12 +3,13 @@
 //!
 //! - [`record`]: the engine's hooks; builds a [`Timeline`] from the steps it ran and what
 //!   the world recorded, on one time axis, with every secret the world knows redacted.
-//! - [`html`]: draws a [`Report`]'s timeline.
+//! - [`html`]: draws a [`Report`]'s timeline; `describe`: how events and steps are worded.
 //!
 //! Times are milliseconds since the execution began on tokio's clock: virtual time when
 //! time is paused (sim mode), elapsed time otherwise (wire mode). The timeline is not part
 //! of the canonical trace, so repeats still compare only the canonical lines.
 
+mod describe;
 pub mod html;
 pub mod record;
 

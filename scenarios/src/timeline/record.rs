@@ -10,6 +10,9 @@ use launcher::container_spec::labels;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::describe::{
+    compact, is_fault, short_id, step_parts, transition_data, DOCKER_QUIET, QUIET, SPEC_EVENTS,
+};
 use super::{LaneKind, Mark, MarkKind, ReportText, Span, Timeline};
 use crate::launcher_node::NodeExit;
 use crate::model::Step;
@@ -21,26 +24,6 @@ use crate::world::World;
 const DETAIL_MAX: usize = 600;
 /// Output lines shown in the hover title of a run's end.
 const LAST_LOG_LINES: usize = 3;
-
-/// Backend events too frequent or too internal to draw.
-const QUIET: &[&str] = &[
-    kinds::MESSAGE_SENT,
-    kinds::MESSAGE_RECEIVED,
-    kinds::LEASE_RENEWED,
-    kinds::POLICY_SAMPLED,
-    kinds::LOGS_RECEIVED,
-    kinds::MQTT_SUBSCRIBED,
-    kinds::WORKER_STATE,
-    kinds::POOL_CREATED,
-    kinds::RUN_QUEUED,
-    kinds::RUN_TRANSITION, // drawn as the run lane's colours instead
-];
-
-/// Events whose data is the run spec the harness sent (its env may hold anything).
-const SPEC_EVENTS: &[&str] = &[kinds::RUN_CREATED, kinds::RUN_OFFERED];
-
-/// Docker actions too frequent to draw.
-const DOCKER_QUIET: &[&str] = &["attach", "resize", "connect", "disconnect", "exec_create"];
 
 /// Collects a timeline while the engine runs. Times are ms since [`Recorder::start`].
 pub struct Recorder {
@@ -438,68 +421,6 @@ pub(super) fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Ve
         .collect()
 }
 
-fn is_fault(e: &Event) -> bool {
-    let kind = e.kind.as_str();
-    if kind == kinds::WORKER_GONE {
-        // Gone after a goodbye is the normal end; gone without one is a crash.
-        return e.data.get("crashed").and_then(Value::as_bool) != Some(false);
-    }
-    kind.starts_with("fault.")
-        || [
-            ".refused",
-            ".expired",
-            ".invalid",
-            ".denied",
-            ".protocol_error",
-            ".unknown_type",
-            ".interruption",
-        ]
-        .iter()
-        .any(|s| kind.ends_with(s))
-        || kind == kinds::BACKEND_STOPPED
-}
-
-/// A step's snake_case name (`fault: broker_down` for faults) and its arguments.
-fn step_parts(step: &Step) -> (String, serde_json::Map<String, Value>) {
-    let split = |v: Value| match v {
-        Value::String(s) => (s, serde_json::Map::new()),
-        Value::Object(o) if o.len() == 1 => {
-            let (k, v) = o.into_iter().next().expect("one key");
-            let args = match v {
-                Value::Object(a) => a,
-                other => [("value".to_string(), other)].into_iter().collect(),
-            };
-            (k, args)
-        }
-        other => (other.to_string(), serde_json::Map::new()),
-    };
-    let (name, mut args) = split(serde_json::to_value(step).unwrap_or(Value::Null));
-    if name == "fault" {
-        let (fault, inner) = split(args.remove("value").unwrap_or(Value::Object(args)));
-        return (format!("fault: {fault}"), inner);
-    }
-    // The env of a schedule step is whatever the scenario put there: drawn by keys only.
-    if let Some(Value::Object(env)) = args.get_mut("env") {
-        for v in env.values_mut() {
-            *v = Value::String("…".into());
-        }
-    }
-    (name, args)
-}
-
-/// The transition's fields worth a hover (not `from`, which the previous span shows).
-fn transition_data(data: &Value) -> Value {
-    match data {
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .filter(|(k, v)| *k != "from" && *k != "to" && !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        _ => Value::Null,
-    }
-}
-
 fn last_lines(world: &World, run: &str) -> String {
     let Some(run) = world
         .run_ulid(run)
@@ -517,19 +438,6 @@ fn last_lines(world: &World, run: &str) -> String {
     } else {
         format!("\nlast output:{}", lines.concat())
     }
-}
-
-fn compact(v: &impl serde::Serialize) -> String {
-    let s = serde_json::to_string(v).unwrap_or_default();
-    if s == "{}" || s == "null" {
-        String::new()
-    } else {
-        s
-    }
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// Removes every secret the world knows from every string, then bounds the details.
