@@ -115,7 +115,7 @@ impl HttpsBackend {
                 message: format!("SPACELIFT_TOKEN .api.endpoint {base:?} is not https://"),
             });
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::net::http_client_builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.request_timeout)
             .user_agent(concat!("spacelift-launcher/", env!("CARGO_PKG_VERSION")))
