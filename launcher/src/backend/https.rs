@@ -580,6 +580,7 @@ mod tests {
                 vendor: None,
             },
             lease: Lease { ttl_ms: 30_000 },
+            worker_binary: None,
         }
     }
 
