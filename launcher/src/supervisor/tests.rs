@@ -1232,3 +1232,4 @@ mod fatal_exit;
 mod interruption;
 mod prefetch;
 mod prepare_deadline;
+mod report_order;

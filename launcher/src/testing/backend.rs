@@ -63,6 +63,8 @@ pub struct BackendState {
     pub claim_carries_binary: bool,
     /// `latest_binary` calls made.
     pub latest_binary_calls: u32,
+    /// Each transition call takes this long (tokio time) before it is answered.
+    pub transition_delay: Duration,
 }
 
 pub struct MemBackend {
@@ -247,6 +249,10 @@ impl Backend for MemBackend {
         run_ulid: &str,
         req: &TransitionRequest,
     ) -> Result<(), BackendError> {
+        let delay = self.peek(|s| s.transition_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let r = self.report_fault().map(|()| {
             lock(&self.state)
                 .transitions
