@@ -1,4 +1,5 @@
-//! TCP_NODELAY for every socket the launcher opens or accepts: MQTT, HTTPS, metrics.
+//! TCP_NODELAY for every socket the launcher opens or accepts: MQTT, HTTPS, Docker over
+//! TCP, metrics.
 //!
 //! Each run is a few small request/response exchanges; with Nagle's algorithm a small
 //! write waits for the peer's delayed ACK (up to 40 ms on Linux), which dominated a
@@ -17,6 +18,37 @@ pub(crate) fn mqtt_network_options(connect_timeout: Duration) -> rumqttc::Networ
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(connect_timeout.as_secs().max(1));
     net
+}
+
+/// A Docker client for `tcp://` or `http://` `host`: bollard's HTTP transport (one
+/// connection per request, as bollard's own) but with TCP_NODELAY, which bollard's
+/// `connect_with_http` does not set.
+pub(crate) fn docker_over_tcp(
+    host: &str,
+    timeout_secs: u64,
+    version: &bollard::ClientVersion,
+) -> Result<bollard::Docker, bollard::errors::Error> {
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder.pool_max_idle_per_host(0);
+    let client = std::sync::Arc::new(builder.build(connector));
+    let addr = host.replacen("tcp://", "http://", 1);
+    bollard::Docker::connect_with_custom_transport(
+        move |req: bollard::BollardRequest| {
+            let client = client.clone();
+            async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            }
+        },
+        Some(addr),
+        timeout_secs,
+        version,
+    )
 }
 
 /// Sets TCP_NODELAY on an accepted socket (`&mut` to fit `axum::serve`'s `tap_io`). A
@@ -82,6 +114,41 @@ mod tests {
         first_byte(&mut server_side).await;
         assert_eq!(nodelay_of(client_addr, addr), Some(true));
         request.abort();
+    }
+
+    /// The Docker client over TCP connects with TCP_NODELAY (bollard's own does not).
+    #[tokio::test]
+    async fn the_docker_client_over_tcp_sets_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let host = format!("tcp://{addr}");
+        let connect = tokio::spawn(async move {
+            let _ = crate::docker::BollardRuntime::connect(Some(&host)).await;
+        });
+        let (mut server_side, client_addr) = listener.accept().await.unwrap();
+        first_byte(&mut server_side).await;
+        assert_eq!(nodelay_of(client_addr, addr), Some(true));
+        connect.abort();
+    }
+
+    /// The TCP transport speaks to a daemon end to end (URIs built from `tcp://`).
+    #[tokio::test]
+    async fn the_docker_client_over_tcp_reaches_the_daemon() {
+        use wiremock::matchers::{method, path_regex};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path_regex(r"^(/v1\.\d+)?/version$"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({ "ApiVersion": "1.47" })),
+            )
+            .mount(&server)
+            .await;
+        let host = format!("tcp://{}", server.address());
+        let rt = crate::docker::BollardRuntime::connect(Some(&host))
+            .await
+            .unwrap();
+        assert_eq!(rt.api_version(), "1.47");
     }
 
     /// The MQTT client's options ask for TCP_NODELAY (rumqttc's default is off).
