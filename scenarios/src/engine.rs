@@ -386,6 +386,22 @@ fn inject(world: &World, f: &Fault) -> Result<(), ScenarioError> {
                 })
                 .map_err(|e| ScenarioError::Harness(e.to_string()))
         }
+        Fault::SlowPulls {
+            docker,
+            image,
+            count,
+            every,
+        } => {
+            fake_of(world, docker)?
+                .admin()
+                .pull_fault(fake_docker::PullFault {
+                    image: image.clone(),
+                    count: Some(*count),
+                    step_delay_ms: every.as_millis() as u64,
+                    error: None,
+                });
+            Ok(())
+        }
         Fault::FailPulls {
             docker,
             image,
@@ -468,6 +484,11 @@ fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
         duration_ms: b.duration.map(|d| d.as_millis() as u64).unwrap_or(0),
         hang: b.hang,
         oom_killed: b.oom_kill,
+        flood: b.flood.map(|f| fake_docker::Flood {
+            lines: f.lines,
+            line_bytes: f.line_bytes,
+        }),
+        no_trailing_newline: b.no_trailing_newline,
         ..Default::default()
     };
     vec![(

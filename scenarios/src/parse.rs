@@ -133,9 +133,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
                     Fault::DropConnection { launcher: l }
                     | Fault::DuplicateNextMessage { launcher: l }
                     | Fault::DelayNextMessage { launcher: l, .. } => launcher(l)?,
-                    Fault::DockerErrors { docker: d, .. } | Fault::FailPulls { docker: d, .. } => {
-                        docker(d)?
-                    }
+                    Fault::DockerErrors { docker: d, .. }
+                    | Fault::FailPulls { docker: d, .. }
+                    | Fault::SlowPulls { docker: d, .. } => docker(d)?,
                     Fault::BrokerDown { .. }
                     | Fault::BrokerUp
                     | Fault::HttpErrors { .. }

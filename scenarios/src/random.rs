@@ -1,176 +1,584 @@
-//! Random fault schedules for property tests: a small topology, a sequence of runs and
-//! faults, and no expectations beyond the invariants every scenario keeps.
+//! Random fault schedules: a topology of one to three launchers of mixed capacity on one
+//! fake daemon, a sequence of [`Op`]s (runs and every fault the fixed cases use), and the
+//! outcome each run's behaviour implies, widened where a fault legitimately changes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use protocol::api::RunType;
 use protocol::{Arch, RunState};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{
     BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault,
-    LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology, WorkerVersion,
+    Flood, ImageTopology, LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step,
+    Topology, WorkerVersion,
 };
 
-/// One thing that happens, before it is placed in a scenario.
-#[derive(Debug, Clone, PartialEq)]
+/// What a run prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    Plain,
+    /// The launchers' masked value (`DEPLOY_TOKEN`), which must reach nothing unmasked.
+    Secret,
+    /// Many lines, or very long ones.
+    Flood { lines: u32, line_bytes: usize },
+    /// Escape sequences, a bell, a carriage return and a tab.
+    Control,
+    /// The last line has no newline.
+    NoNewline,
+}
+
+/// Which image a run asks for (the daemon is amd64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Image {
+    /// The launcher's default runner image.
+    Default,
+    /// amd64 and arm64: runs.
+    Multi,
+    /// arm64 only: an architecture mismatch.
+    ArmOnly,
+    /// The image [`Op::FailPulls`] and [`Op::SlowPulls`] aim at.
+    Flaky,
+}
+
+/// One thing that happens, before it is placed in a scenario. Launcher indexes wrap around
+/// the topology's launchers; a run index counts back from the latest run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Run {
         exit_code: i64,
         millis: u64,
+        image: Image,
+        output: Output,
     },
-    /// Cancel the most recently scheduled run, if any.
-    CancelLast,
-    DropConnection {
-        launcher: usize,
-    },
-    HttpErrors {
-        count: u32,
-        status: u16,
-    },
-    Duplicate {
-        launcher: usize,
-    },
-    Delay {
-        launcher: usize,
-        millis: u64,
-    },
+    /// Cancel the `back`-th most recent run (0 = the latest), if there is one.
+    Cancel { back: usize },
+    DropConnection { launcher: usize },
+    HttpErrors { count: u32, status: u16 },
+    Duplicate { launcher: usize },
+    Delay { launcher: usize, millis: u64 },
     CorruptDownload,
-    Drain {
-        launcher: usize,
-    },
+    SlowDownload,
+    /// Publish a new worker version (during a slow download, if one is armed).
     PublishVersion,
+    Drain { launcher: usize },
+    Undrain { launcher: usize },
+    Cycle { launcher: usize },
+    /// SIGTERM: the launcher drains and exits.
+    Signal { launcher: usize },
+    CrashLauncher { launcher: usize },
+    /// Start a launcher (crashing it first if it is running).
+    StartLauncher { launcher: usize },
+    RestartDocker { keep_containers: bool },
+    BrokerDown { millis: u64 },
+    RestartBackend,
+    DockerErrors { route: DockerRoute, count: u32 },
+    FailPulls { count: u32 },
+    SlowPulls { millis: u64 },
 }
 
-pub const LAUNCHERS: usize = 2;
+/// Docker routes a schedule fails (fake-docker's route keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DockerRoute {
+    ImagesCreate,
+    ContainersCreate,
+    ContainersStart,
+    ContainersList,
+}
 
-/// Builds a scenario from operations. Drained launchers are undrained at the end so every
-/// run can finish (liveness is checked, so the schedule must allow it).
+impl DockerRoute {
+    pub fn key(self) -> &'static str {
+        match self {
+            DockerRoute::ImagesCreate => "images.create",
+            DockerRoute::ContainersCreate => "containers.create",
+            DockerRoute::ContainersStart => "containers.start",
+            DockerRoute::ContainersList => "containers.list",
+        }
+    }
+}
+
+impl Op {
+    /// Ops after which any run may legitimately fail (the launcher, its daemon or its
+    /// backend went away, or Docker refused something a retry need not survive).
+    pub fn disturbs_runs(&self) -> bool {
+        matches!(
+            self,
+            Op::Signal { .. }
+                | Op::CrashLauncher { .. }
+                | Op::StartLauncher { .. }
+                | Op::RestartDocker { .. }
+                | Op::BrokerDown { .. }
+                | Op::RestartBackend
+                | Op::DockerErrors { .. }
+                | Op::FailPulls { .. }
+        )
+    }
+}
+
+/// A whole random schedule: the launchers' capacities (one launcher each) and the ops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub seed: u64,
+    pub capacities: Vec<u32>,
+    pub ops: Vec<Op>,
+}
+
+impl Schedule {
+    /// The schedule `seed` stands for: the same seed always gives the same schedule.
+    pub fn generate(seed: u64, max_ops: usize) -> Schedule {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let launchers = rng.random_range(1..=3usize);
+        let capacities = (0..launchers).map(|_| rng.random_range(1..=3u32)).collect();
+        let n = rng.random_range(1..=max_ops.max(1));
+        let ops = (0..n).map(|_| random_op(&mut rng, launchers)).collect();
+        Schedule {
+            seed,
+            capacities,
+            ops,
+        }
+    }
+
+    pub fn scenario(&self) -> Scenario {
+        scenario(self.seed, &self.capacities, &self.ops)
+    }
+}
+
+fn random_op(rng: &mut ChaCha8Rng, launchers: usize) -> Op {
+    let l = rng.random_range(0..launchers);
+    // Weights: runs dominate, so faults have something to act on.
+    match rng.random_range(0..100u32) {
+        0..=29 => Op::Run {
+            exit_code: [0, 0, 0, 1, 3][rng.random_range(0..5)],
+            millis: rng.random_range(0..1500),
+            image: match rng.random_range(0..10) {
+                0 => Image::ArmOnly,
+                1 => Image::Multi,
+                2 | 3 => Image::Flaky,
+                _ => Image::Default,
+            },
+            output: match rng.random_range(0..10) {
+                0 => Output::Secret,
+                1 => Output::Control,
+                2 => Output::NoNewline,
+                3 => Output::Flood {
+                    lines: [2000, 20, 2][rng.random_range(0..3)],
+                    line_bytes: [100, 20_000, 300_000][rng.random_range(0..3)],
+                },
+                _ => Output::Plain,
+            },
+        },
+        30..=37 => Op::Cancel {
+            back: rng.random_range(0..3),
+        },
+        38..=40 => Op::DropConnection { launcher: l },
+        41..=43 => Op::HttpErrors {
+            count: rng.random_range(1..4),
+            status: [500, 503, 429][rng.random_range(0..3)],
+        },
+        44..=46 => Op::Duplicate { launcher: l },
+        47..=49 => Op::Delay {
+            launcher: l,
+            millis: rng.random_range(100..1500),
+        },
+        50..=52 => Op::CorruptDownload,
+        53..=55 => Op::SlowDownload,
+        56..=59 => Op::PublishVersion,
+        60..=62 => Op::Drain { launcher: l },
+        63..=64 => Op::Undrain { launcher: l },
+        65..=66 => Op::Cycle { launcher: l },
+        67..=68 => Op::Signal { launcher: l },
+        69..=72 => Op::CrashLauncher { launcher: l },
+        73..=75 => Op::StartLauncher { launcher: l },
+        76..=78 => Op::RestartDocker {
+            keep_containers: rng.random_bool(0.5),
+        },
+        79..=81 => Op::BrokerDown {
+            millis: rng.random_range(200..3000),
+        },
+        82..=84 => Op::RestartBackend,
+        85..=89 => Op::DockerErrors {
+            route: [
+                DockerRoute::ImagesCreate,
+                DockerRoute::ContainersCreate,
+                DockerRoute::ContainersStart,
+                DockerRoute::ContainersList,
+            ][rng.random_range(0..4)],
+            count: rng.random_range(1..3),
+        },
+        90..=94 => Op::FailPulls {
+            count: rng.random_range(1..3),
+        },
+        _ => Op::SlowPulls {
+            millis: rng.random_range(50..500),
+        },
+    }
+}
+
+/// The masked variable every launcher of a random schedule whitelists.
+pub const SECRET_ENV: &str = "DEPLOY_TOKEN";
+const DOCKER: &str = "d1";
+const MULTI_IMAGE: &str = "example/multi:latest";
+const ARM_ONLY_IMAGE: &str = "example/arm-only:latest";
+const FLAKY_IMAGE: &str = "example/flaky:latest";
+
+fn secret_value(seed: u64) -> String {
+    format!("dtok-{seed:016x}")
+}
+
+fn behaviour(run: &str, exit_code: i64, millis: u64, output: Output, secret: &str) -> Behaviour {
+    let mut b = Behaviour {
+        stdout: vec![format!("output of {run}")],
+        exit_code,
+        duration: Some(Duration::from_millis(millis)),
+        ..Behaviour::default()
+    };
+    match output {
+        Output::Plain => {}
+        Output::Secret => b.stdout.push(format!("token={secret} ok")),
+        Output::Flood { lines, line_bytes } => b.flood = Some(Flood { lines, line_bytes }),
+        Output::Control => b
+            .stdout
+            .push("\u{1b}[1mbold\u{1b}[0m bell\u{7} tab\there cr\rend".to_string()),
+        Output::NoNewline => {
+            b.stdout.push(format!("last line of {run}"));
+            b.no_trailing_newline = true;
+        }
+    }
+    b
+}
+
+/// What the generator tracks while placing ops, so every op it emits can run and every run
+/// can end (liveness is checked).
+#[derive(Default)]
+struct Placement {
+    steps: Vec<Step>,
+    runs: Vec<String>,
+    canceled: BTreeSet<String>,
+    drained: BTreeSet<String>,
+    /// Launchers not running (crashed, signalled, cycled): restarted at the end.
+    down: BTreeSet<String>,
+    versions: u32,
+}
+
+/// Builds a scenario from operations. At the end, drained launchers are undrained and
+/// stopped ones started again so every run can finish.
 pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
-    let launcher = |i: usize| format!("l{}", i % LAUNCHERS + 1);
-    let mut steps = Vec::new();
-    let mut runs = 0usize;
-    let mut drained = std::collections::BTreeSet::new();
-    let mut versions = 1;
-    let mut expect = Expectations::default();
-    let mut canceled = std::collections::BTreeSet::new();
+    let count = capacities.len().max(1);
+    let launcher = |i: usize| format!("l{}", i % count + 1);
+    let secret = secret_value(seed);
+    let mut p = Placement {
+        versions: 1,
+        ..Placement::default()
+    };
+    let mut outcomes: BTreeMap<String, (RunState, Option<i64>, Option<&str>)> = BTreeMap::new();
     for op in ops {
         match op {
-            Op::Run { exit_code, millis } => {
-                runs += 1;
-                // Every fault in a random schedule is one the launcher must ride out, so
-                // each run's outcome is fixed by its exit code (unless it is canceled).
-                expect.runs.insert(
-                    format!("r{runs}"),
-                    RunExpectation {
-                        state: Some(if *exit_code == 0 {
-                            RunState::Finished
-                        } else {
-                            RunState::Failed
-                        }),
-                        exit_code: Some(*exit_code),
-                        ..RunExpectation::default()
-                    },
+            Op::Run {
+                exit_code,
+                millis,
+                image,
+                output,
+            } => {
+                let run = format!("r{}", p.runs.len() + 1);
+                let (image, outcome) = match image {
+                    Image::Default => (None, None),
+                    Image::Multi => (Some(MULTI_IMAGE), None),
+                    Image::Flaky => (Some(FLAKY_IMAGE), None),
+                    Image::ArmOnly => (
+                        Some(ARM_ONLY_IMAGE),
+                        Some((RunState::Failed, None, Some("architecture_mismatch"))),
+                    ),
+                };
+                let by_exit = if *exit_code == 0 {
+                    RunState::Finished
+                } else {
+                    RunState::Failed
+                };
+                outcomes.insert(
+                    run.clone(),
+                    outcome.unwrap_or((by_exit, Some(*exit_code), None)),
                 );
-                steps.push(Step::Schedule(ScheduleStep {
-                    run: format!("r{runs}"),
-                    image: None,
+                p.steps.push(Step::Schedule(ScheduleStep {
+                    run: run.clone(),
+                    image: image.map(str::to_string),
                     run_type: RunType::Tracked,
-                    behaviour: Behaviour {
-                        stdout: vec![format!("output of r{runs}")],
-                        exit_code: *exit_code,
-                        duration: Some(Duration::from_millis(*millis)),
-                        ..Behaviour::default()
-                    },
+                    behaviour: behaviour(&run, *exit_code, *millis, *output, &secret),
                     env: BTreeMap::new(),
                     vendor: None,
                 }));
+                p.runs.push(run);
             }
-            Op::CancelLast if runs > 0 => {
-                canceled.insert(format!("r{runs}"));
-                steps.push(Step::Cancel {
-                    run: format!("r{runs}"),
-                })
+            Op::Cancel { back } => {
+                if let Some(run) = p.runs.iter().rev().nth(*back).cloned() {
+                    p.canceled.insert(run.clone());
+                    p.steps.push(Step::Cancel { run });
+                }
             }
-            Op::CancelLast => {}
-            Op::DropConnection { launcher: l } => steps.push(Step::Fault(Fault::DropConnection {
-                launcher: launcher(*l),
-            })),
-            Op::HttpErrors { count, status } => steps.push(Step::Fault(Fault::HttpErrors {
+            Op::DropConnection { launcher: l } => {
+                // Dropping waits for a connection: only a running launcher has one.
+                if !p.down.contains(&launcher(*l)) {
+                    p.steps.push(Step::Fault(Fault::DropConnection {
+                        launcher: launcher(*l),
+                    }))
+                }
+            }
+            Op::HttpErrors { count, status } => p.steps.push(Step::Fault(Fault::HttpErrors {
                 count: *count,
                 status: *status,
                 retry_after_secs: Some(1),
                 path: None,
             })),
-            Op::Duplicate { launcher: l } => steps.push(Step::Fault(Fault::DuplicateNextMessage {
-                launcher: launcher(*l),
-            })),
+            Op::Duplicate { launcher: l } => {
+                p.steps.push(Step::Fault(Fault::DuplicateNextMessage {
+                    launcher: launcher(*l),
+                }))
+            }
             Op::Delay {
                 launcher: l,
                 millis,
-            } => steps.push(Step::Fault(Fault::DelayNextMessage {
+            } => p.steps.push(Step::Fault(Fault::DelayNextMessage {
                 launcher: launcher(*l),
                 by: Duration::from_millis(*millis),
             })),
-            Op::CorruptDownload => steps.push(Step::Fault(Fault::CorruptDownloads { count: 1 })),
-            Op::Drain { launcher: l } => {
-                if drained.insert(launcher(*l)) {
-                    steps.push(Step::Drain {
-                        launcher: launcher(*l),
-                    });
-                }
-            }
+            Op::CorruptDownload => p
+                .steps
+                .push(Step::Fault(Fault::CorruptDownloads { count: 1 })),
+            Op::SlowDownload => p.steps.push(Step::Fault(Fault::SlowDownloads {
+                count: 1,
+                chunk_bytes: 64,
+                every: Duration::from_millis(20),
+            })),
             Op::PublishVersion => {
-                versions += 1;
-                steps.push(Step::PublishVersion(WorkerVersion {
-                    version: format!("v{versions}"),
+                p.versions += 1;
+                p.steps.push(Step::PublishVersion(WorkerVersion {
+                    version: format!("v{}", p.versions),
                     arch: Arch::Amd64,
                     kind: BinaryKind::Elf,
                 }));
             }
+            Op::Drain { launcher: l } => {
+                if p.drained.insert(launcher(*l)) {
+                    p.steps.push(Step::Drain {
+                        launcher: launcher(*l),
+                    });
+                }
+            }
+            Op::Undrain { launcher: l } => {
+                if p.drained.remove(&launcher(*l)) {
+                    p.steps.push(Step::Undrain {
+                        launcher: launcher(*l),
+                    });
+                }
+            }
+            Op::Cycle { launcher: l } | Op::Signal { launcher: l } => {
+                let name = launcher(*l);
+                if p.down.insert(name.clone()) {
+                    p.steps.push(match op {
+                        Op::Cycle { .. } => Step::Cycle { launcher: name },
+                        _ => Step::Signal {
+                            launcher: name,
+                            count: 1,
+                        },
+                    });
+                }
+            }
+            Op::CrashLauncher { launcher: l } => {
+                let name = launcher(*l);
+                if p.down.insert(name.clone()) {
+                    p.steps.push(Step::CrashLauncher { launcher: name });
+                }
+            }
+            Op::StartLauncher { launcher: l } => {
+                let name = launcher(*l);
+                p.down.remove(&name);
+                // A fresh worker is not drained.
+                p.drained.remove(&name);
+                p.steps.push(Step::StartLauncher { launcher: name });
+            }
+            Op::RestartDocker { keep_containers } => p.steps.push(Step::RestartDocker {
+                docker: DOCKER.into(),
+                keep_containers: *keep_containers,
+            }),
+            Op::BrokerDown { millis } => p.steps.push(Step::Fault(Fault::BrokerDown {
+                for_: Some(Duration::from_millis(*millis)),
+            })),
+            Op::RestartBackend => p.steps.push(Step::RestartBackend),
+            Op::DockerErrors { route, count } => p.steps.push(Step::Fault(Fault::DockerErrors {
+                docker: DOCKER.into(),
+                route: route.key().into(),
+                count: *count,
+                status: 500,
+                message: None,
+            })),
+            Op::FailPulls { count } => p.steps.push(Step::Fault(Fault::FailPulls {
+                docker: DOCKER.into(),
+                image: FLAKY_IMAGE.into(),
+                count: Some(*count),
+            })),
+            Op::SlowPulls { millis } => p.steps.push(Step::Fault(Fault::SlowPulls {
+                docker: DOCKER.into(),
+                image: Some(FLAKY_IMAGE.into()),
+                count: 1,
+                every: Duration::from_millis(*millis),
+            })),
         }
     }
-    for l in drained {
-        steps.push(Step::Undrain { launcher: l });
+    for l in std::mem::take(&mut p.drained) {
+        p.steps.push(Step::Undrain { launcher: l });
     }
-    // A canceled run may still finish first: only the invariants apply to it.
-    for r in canceled {
-        expect.runs.remove(&r);
+    for l in std::mem::take(&mut p.down) {
+        p.steps.push(Step::StartLauncher { launcher: l });
+    }
+    let disturbed = ops.iter().any(Op::disturbs_runs);
+    let mut expect = Expectations::default();
+    for (run, (state, exit_code, reason)) in outcomes {
+        // A canceled run may still finish first: only the invariants apply to it.
+        if p.canceled.contains(&run) {
+            continue;
+        }
+        let e = if disturbed && state != RunState::Failed {
+            RunExpectation {
+                one_of: vec![state, RunState::Failed],
+                ..RunExpectation::default()
+            }
+        } else if disturbed {
+            RunExpectation {
+                state: Some(state),
+                ..RunExpectation::default()
+            }
+        } else {
+            RunExpectation {
+                state: Some(state),
+                exit_code,
+                reason: reason.map(str::to_string),
+                ..RunExpectation::default()
+            }
+        };
+        expect.runs.insert(run, e);
     }
     Scenario {
         description: "random fault schedule".into(),
         seed,
-        topology: Topology {
-            backend: BackendTopology {
-                lease_ttl: Duration::from_secs(10),
-                heartbeat_interval: Duration::from_secs(1),
-            },
-            dockers: vec![DockerTopology {
-                name: "d1".into(),
-                arch: Arch::Amd64,
-                api_version: None,
-                images: Vec::new(),
-                kind: DockerKind::Fake,
-            }],
-            launchers: (0..LAUNCHERS)
-                .map(|i| LauncherTopology {
-                    name: launcher(i),
-                    docker: "d1".into(),
-                    capacity: capacities.get(i).copied().unwrap_or(1),
-                    env: BTreeMap::new(),
-                    autostart: true,
-                })
-                .collect(),
-            worker_versions: vec![WorkerVersion {
-                version: "v1".into(),
-                arch: Arch::Amd64,
-                kind: BinaryKind::Elf,
-            }],
-        },
+        topology: topology(capacities, &secret),
         phases: vec![Phase {
             name: "random".into(),
-            steps,
+            steps: p.steps,
         }],
         expect,
+    }
+}
+
+fn topology(capacities: &[u32], secret: &str) -> Topology {
+    let count = capacities.len().max(1);
+    let image = |name: &str, platforms: &[&str]| ImageTopology {
+        name: name.into(),
+        platforms: platforms.iter().map(|p| p.to_string()).collect(),
+    };
+    let env: BTreeMap<String, String> = [
+        ("SPACELIFT_WHITELIST_ENVS", SECRET_ENV),
+        ("SPACELIFT_MASK_ENVS", SECRET_ENV),
+        (SECRET_ENV, secret),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Topology {
+        backend: BackendTopology {
+            lease_ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+        },
+        dockers: vec![DockerTopology {
+            name: DOCKER.into(),
+            arch: Arch::Amd64,
+            api_version: None,
+            images: vec![
+                image(MULTI_IMAGE, &["linux/amd64", "linux/arm64"]),
+                image(ARM_ONLY_IMAGE, &["linux/arm64"]),
+            ],
+            kind: DockerKind::Fake,
+        }],
+        launchers: (0..count)
+            .map(|i| LauncherTopology {
+                name: format!("l{}", i + 1),
+                docker: DOCKER.into(),
+                capacity: capacities.get(i).copied().unwrap_or(1),
+                env: env.clone(),
+                autostart: true,
+            })
+            .collect(),
+        worker_versions: vec![WorkerVersion {
+            version: "v1".into(),
+            arch: Arch::Amd64,
+            kind: BinaryKind::Elf,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        for seed in 0..50 {
+            assert_eq!(Schedule::generate(seed, 12), Schedule::generate(seed, 12));
+        }
+        assert_ne!(Schedule::generate(1, 12), Schedule::generate(2, 12));
+    }
+
+    #[test]
+    fn stopped_launchers_restart_and_drained_ones_undrain_at_the_end() {
+        let ops = [
+            Op::Drain { launcher: 0 },
+            Op::CrashLauncher { launcher: 1 },
+            Op::DropConnection { launcher: 1 },
+        ];
+        let s = scenario(1, &[1, 2], &ops);
+        let steps = &s.phases[0].steps;
+        assert_eq!(
+            steps[1..],
+            [
+                Step::CrashLauncher {
+                    launcher: "l2".into()
+                },
+                Step::Undrain {
+                    launcher: "l1".into()
+                },
+                Step::StartLauncher {
+                    launcher: "l2".into()
+                },
+            ],
+            "no drop on a crashed launcher"
+        );
+    }
+
+    #[test]
+    fn a_disturbing_fault_widens_the_expected_outcome() {
+        let run = Op::Run {
+            exit_code: 0,
+            millis: 0,
+            image: Image::Default,
+            output: Output::Plain,
+        };
+        let calm = scenario(1, &[1], std::slice::from_ref(&run));
+        assert_eq!(calm.expect.runs["r1"].state, Some(RunState::Finished));
+        let crashed = scenario(1, &[1], &[run, Op::CrashLauncher { launcher: 0 }]);
+        assert_eq!(
+            crashed.expect.runs["r1"].one_of,
+            vec![RunState::Finished, RunState::Failed]
+        );
+    }
+
+    #[test]
+    fn every_generated_scenario_is_valid() {
+        for seed in 0..200 {
+            let s = Schedule::generate(seed, 12).scenario();
+            let yaml = serde_yaml::to_string(&s).expect("serializes");
+            let back = crate::parse::parse(std::path::Path::new("random.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(back, s);
+        }
     }
 }
