@@ -301,6 +301,7 @@ async fn step_once(
             });
         }
         Step::RestartBackend => world.restart_backend().await?,
+        Step::RevokeCredentials => world.revoke_credentials()?,
         Step::Fault(f) => {
             if let Fault::DropConnection { launcher } = f {
                 // Dropping needs a connection: after an earlier drop, wait for the reconnect.

@@ -248,6 +248,9 @@ pub enum Step {
         keep_containers: bool,
     },
     RestartBackend,
+    /// Reset the pool's certificate (`pool reset`): the launchers' key is refused from now
+    /// on; launchers started later get the new credentials.
+    RevokeCredentials,
     Fault(Fault),
 }
 

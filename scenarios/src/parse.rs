@@ -128,7 +128,7 @@ fn validate(s: &Scenario) -> Result<(), String> {
                 | Step::StartLauncher { launcher: l }
                 | Step::WaitLauncherExit { launcher: l, .. } => launcher(l)?,
                 Step::RestartDocker { docker: d, .. } => docker(d)?,
-                Step::PublishVersion(_) | Step::RestartBackend => {}
+                Step::PublishVersion(_) | Step::RestartBackend | Step::RevokeCredentials => {}
                 Step::Fault(f) => match f {
                     Fault::DropConnection { launcher: l }
                     | Fault::DuplicateNextMessage { launcher: l }

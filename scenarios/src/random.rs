@@ -78,6 +78,8 @@ pub enum Op {
     DockerErrors { route: DockerRoute, count: u32 },
     FailPulls { count: u32 },
     SlowPulls { millis: u64 },
+    /// Reset the pool's certificate: every running launcher is refused and exits.
+    RevokeCredentials,
 }
 
 /// Docker routes a schedule fails (fake-docker's route keys).
@@ -114,6 +116,7 @@ impl Op {
                 | Op::RestartBackend
                 | Op::DockerErrors { .. }
                 | Op::FailPulls { .. }
+                | Op::RevokeCredentials
         )
     }
 }
@@ -208,7 +211,8 @@ fn random_op(rng: &mut ChaCha8Rng, launchers: usize) -> Op {
             ][rng.random_range(0..4)],
             count: rng.random_range(1..3),
         },
-        90..=94 => Op::FailPulls {
+        90..=91 => Op::RevokeCredentials,
+        92..=94 => Op::FailPulls {
             count: rng.random_range(1..3),
         },
         _ => Op::SlowPulls {
@@ -418,6 +422,11 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 image: FLAKY_IMAGE.into(),
                 count: Some(*count),
             })),
+            Op::RevokeCredentials => {
+                p.steps.push(Step::RevokeCredentials);
+                // Refused, each launcher exits by itself; the end starts them again.
+                p.down.extend((0..count).map(launcher));
+            }
             Op::SlowPulls { millis } => p.steps.push(Step::Fault(Fault::SlowPulls {
                 docker: DOCKER.into(),
                 image: Some(FLAKY_IMAGE.into()),
