@@ -194,6 +194,22 @@ async fn step_once(
                 )));
             }
         }
+        Step::AwaitRun { run, state, within } => {
+            let ulid = world.run_ulid(run).expect("validated").to_string();
+            let backend = world.backend();
+            let deadline = tokio::time::Instant::now() + *within;
+            let reached = || {
+                backend.run(&ulid).is_some_and(|r| {
+                    r.history.contains(state) || r.state == *state || r.state.is_terminal()
+                })
+            };
+            if !wait_until(world, deadline, reached).await {
+                return Ok(Err(format!(
+                    "run {run} neither reached {state} nor ended within {}",
+                    humantime::format_duration(*within)
+                )));
+            }
+        }
         Step::WaitEvent {
             event,
             run,

@@ -198,6 +198,15 @@ pub enum Step {
         #[serde(default = "default_wait", with = "duration")]
         within: Duration,
     },
+    /// Wait until a run reaches a state or ends, whichever comes first: a timing point
+    /// (random schedules cancel and fault at it), a failure only past `within`.
+    AwaitRun {
+        run: String,
+        #[serde(deserialize_with = "wire_name::run_state")]
+        state: RunState,
+        #[serde(default = "default_wait", with = "duration")]
+        within: Duration,
+    },
     /// Wait until the backend records an event of this kind (optionally for a run/launcher).
     WaitEvent {
         event: String,

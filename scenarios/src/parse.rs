@@ -108,7 +108,7 @@ fn validate(s: &Scenario) -> Result<(), String> {
                         return Err(format!("{at}: run {:?} is scheduled twice", sch.run));
                     }
                 }
-                Step::WaitRun { run, .. } => known_run(&runs, run)?,
+                Step::WaitRun { run, .. } | Step::AwaitRun { run, .. } => known_run(&runs, run)?,
                 Step::WaitEvent {
                     run, launcher: l, ..
                 } => {

@@ -56,6 +56,9 @@ pub enum Op {
     },
     /// Cancel the `back`-th most recent run (0 = the latest), if there is one.
     Cancel { back: usize },
+    /// Wait until the `back`-th most recent run reaches `state` or ends (a timing point for
+    /// the ops that follow), while some launcher can take it.
+    Await { back: usize, state: RunState },
     DropConnection { launcher: usize },
     HttpErrors { count: u32, status: u16 },
     Duplicate { launcher: usize },
@@ -173,8 +176,13 @@ fn random_op(rng: &mut ChaCha8Rng, launchers: usize) -> Op {
                 _ => Output::Plain,
             },
         },
-        30..=37 => Op::Cancel {
+        30..=35 => Op::Cancel {
             back: rng.random_range(0..3),
+        },
+        36..=37 => Op::Await {
+            back: rng.random_range(0..2),
+            state: [RunState::Claimed, RunState::Preparing, RunState::Running]
+                [rng.random_range(0..3)],
         },
         38..=40 => Op::DropConnection { launcher: l },
         41..=43 => Op::HttpErrors {
@@ -319,6 +327,18 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 if let Some(run) = p.runs.iter().rev().nth(*back).cloned() {
                     p.canceled.insert(run.clone());
                     p.steps.push(Step::Cancel { run });
+                }
+            }
+            Op::Await { back, state } => {
+                let serving = (0..count)
+                    .map(launcher)
+                    .any(|l| !p.down.contains(&l) && !p.drained.contains(&l));
+                if let Some(run) = p.runs.iter().rev().nth(*back).filter(|_| serving) {
+                    p.steps.push(Step::AwaitRun {
+                        run: run.clone(),
+                        state: *state,
+                        within: Duration::from_secs(60),
+                    });
                 }
             }
             Op::DropConnection { launcher: l } => {

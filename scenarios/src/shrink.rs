@@ -162,6 +162,10 @@ pub fn simpler(op: &Op) -> Vec<Op> {
             }
         }
         Op::Cancel { back } if *back > 0 => out.push(Op::Cancel { back: 0 }),
+        Op::Await { back, state } if *back > 0 => out.push(Op::Await {
+            back: 0,
+            state: *state,
+        }),
         Op::HttpErrors { count, status } if *count > 1 => out.push(Op::HttpErrors {
             count: 1,
             status: *status,
