@@ -190,9 +190,10 @@ fn write_failure(
     for f in &failures {
         text.push_str(&format!("#   {}\n", f.replace('\n', " ")));
     }
-    text.push_str(&serde_yaml::to_string(&scenario).map_err(|e| {
-        ScenarioError::Harness(format!("writing {}: {e}", file.display()))
-    })?);
+    text.push_str(
+        &serde_yaml::to_string(&scenario)
+            .map_err(|e| ScenarioError::Harness(format!("writing {}: {e}", file.display())))?,
+    );
     std::fs::write(&file, text).map_err(|e| io(&file, e))?;
     if let Ok(report) = verdict {
         write_timeline(report, &file);
@@ -223,11 +224,8 @@ mod tests {
         let crash = steps
             .iter()
             .position(|s| matches!(s, Step::CrashLauncher { .. }));
-        let bug = crash.is_some_and(|c| {
-            steps[c..]
-                .iter()
-                .any(|s| matches!(s, Step::Cancel { .. }))
-        });
+        let bug =
+            crash.is_some_and(|c| steps[c..].iter().any(|s| matches!(s, Step::Cancel { .. })));
         let failures = if bug {
             vec!["run r1: canceled after a crash and lost".to_string()]
         } else {
@@ -253,9 +251,10 @@ mod tests {
             explore(&options(dir.path()), &mut cancel_after_crash, &mut log).expect("explores");
         assert_eq!(summary.explored, 300);
         assert!(!summary.found.is_empty(), "the planted bug was not found");
-        assert!(summary
-            .line()
-            .starts_with("explored 300 schedules: ") && summary.line().ends_with(" failed"));
+        assert!(
+            summary.line().starts_with("explored 300 schedules: ")
+                && summary.line().ends_with(" failed")
+        );
         let first = &summary.found[0];
         let minimal = [
             Op::Run {
@@ -273,7 +272,10 @@ mod tests {
             first.shrunk.ops,
             first.original.ops
         );
-        assert!(first.original.ops.len() > 3, "nothing to shrink: pick another seed");
+        assert!(
+            first.original.ops.len() > 3,
+            "nothing to shrink: pick another seed"
+        );
         assert_eq!(first.shrunk.capacities.len(), 1);
     }
 

@@ -12,9 +12,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault,
-    Flood, ImageTopology, LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step,
-    Topology, WorkerVersion,
+    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault, Flood,
+    ImageTopology, LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology,
+    WorkerVersion,
 };
 
 /// What a run prints.
@@ -24,7 +24,10 @@ pub enum Output {
     /// The launchers' masked value (`DEPLOY_TOKEN`), which must reach nothing unmasked.
     Secret,
     /// Many lines, or very long ones.
-    Flood { lines: u32, line_bytes: usize },
+    Flood {
+        lines: u32,
+        line_bytes: usize,
+    },
     /// Escape sequences, a bell, a carriage return and a tab.
     Control,
     /// The last line has no newline.
@@ -55,32 +58,70 @@ pub enum Op {
         output: Output,
     },
     /// Cancel the `back`-th most recent run (0 = the latest), if there is one.
-    Cancel { back: usize },
+    Cancel {
+        back: usize,
+    },
     /// Wait until the `back`-th most recent run reaches `state` or ends (a timing point for
     /// the ops that follow), while some launcher can take it.
-    Await { back: usize, state: RunState },
-    DropConnection { launcher: usize },
-    HttpErrors { count: u32, status: u16 },
-    Duplicate { launcher: usize },
-    Delay { launcher: usize, millis: u64 },
+    Await {
+        back: usize,
+        state: RunState,
+    },
+    DropConnection {
+        launcher: usize,
+    },
+    HttpErrors {
+        count: u32,
+        status: u16,
+    },
+    Duplicate {
+        launcher: usize,
+    },
+    Delay {
+        launcher: usize,
+        millis: u64,
+    },
     CorruptDownload,
     SlowDownload,
     /// Publish a new worker version (during a slow download, if one is armed).
     PublishVersion,
-    Drain { launcher: usize },
-    Undrain { launcher: usize },
-    Cycle { launcher: usize },
+    Drain {
+        launcher: usize,
+    },
+    Undrain {
+        launcher: usize,
+    },
+    Cycle {
+        launcher: usize,
+    },
     /// SIGTERM: the launcher drains and exits.
-    Signal { launcher: usize },
-    CrashLauncher { launcher: usize },
+    Signal {
+        launcher: usize,
+    },
+    CrashLauncher {
+        launcher: usize,
+    },
     /// Start a launcher (crashing it first if it is running).
-    StartLauncher { launcher: usize },
-    RestartDocker { keep_containers: bool },
-    BrokerDown { millis: u64 },
+    StartLauncher {
+        launcher: usize,
+    },
+    RestartDocker {
+        keep_containers: bool,
+    },
+    BrokerDown {
+        millis: u64,
+    },
     RestartBackend,
-    DockerErrors { route: DockerRoute, count: u32 },
-    FailPulls { count: u32 },
-    SlowPulls { millis: u64 },
+    DockerErrors {
+        route: DockerRoute,
+        count: u32,
+    },
+    FailPulls {
+        count: u32,
+    },
+    SlowPulls {
+        millis: u64,
+    },
     /// Reset the pool's certificate: every running launcher is refused and exits.
     RevokeCredentials,
 }
@@ -606,7 +647,8 @@ mod tests {
         for seed in 0..200 {
             let s = Schedule::generate(seed, 12).scenario();
             let yaml = serde_yaml::to_string(&s).expect("serializes");
-            let back = crate::parse::parse(std::path::Path::new("random.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            let back = crate::parse::parse(std::path::Path::new("random.yaml"), &yaml)
+                .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             assert_eq!(back, s);
         }
     }

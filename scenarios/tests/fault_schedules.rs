@@ -31,7 +31,14 @@ fn invariants_hold_under_random_faults() {
     let found: Vec<String> = summary
         .found
         .iter()
-        .map(|f| format!("{:?}\n  {}\n  replay: {}", f.failures, f.file.display(), f.replay))
+        .map(|f| {
+            format!(
+                "{:?}\n  {}\n  replay: {}",
+                f.failures,
+                f.file.display(),
+                f.replay
+            )
+        })
         .collect();
     assert!(
         summary.found.is_empty(),
