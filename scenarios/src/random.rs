@@ -413,8 +413,9 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 .push(Step::Fault(Fault::CorruptDownloads { count: 1 })),
             Op::SlowDownload => p.steps.push(Step::Fault(Fault::SlowDownloads {
                 count: 1,
-                chunk_bytes: 64,
-                every: Duration::from_millis(20),
+                // The stub is ~100 bytes: a trickle of about half a second.
+                chunk_bytes: 16,
+                every: Duration::from_millis(80),
             })),
             Op::PublishVersion => {
                 p.versions += 1;
