@@ -127,6 +127,15 @@ pub fn explore(
         let schedule = Schedule::generate(seed, opts.max_ops);
         let verdict = run(runner, &schedule);
         explored += 1;
+        // About twenty progress lines per exploration.
+        if explored % (opts.schedules / 20).max(1) == 0 && explored < opts.schedules {
+            let _ = writeln!(
+                log,
+                "{explored}/{} schedules, {} failed",
+                opts.schedules,
+                found.len()
+            );
+        }
         if !failed(&verdict) {
             continue;
         }
