@@ -46,6 +46,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         shrink_budget: usize,
     },
+    /// Print the scenario file of one explored schedule (its seed, as `explore` logs it).
+    Schedule {
+        seed: u64,
+        #[arg(long, default_value_t = 12)]
+        max_ops: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,19 @@ fn main() -> ExitCode {
         opts.max_ops = max_ops;
         opts.shrink_budget = shrink_budget;
         return explore(&opts);
+    }
+    if let Command::Schedule { seed, max_ops } = cli.command {
+        let s = scenarios::random::Schedule::generate(seed, max_ops).scenario();
+        return match serde_yaml::to_string(&s) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     tokio::runtime::Runtime::new()
         .expect("a tokio runtime")
@@ -95,7 +114,9 @@ fn explore(opts: &scenarios::explore::Options) -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Explore { .. } => unreachable!("handled before the runtime starts"),
+        Command::Explore { .. } | Command::Schedule { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Check { files } => {
             let mut ok = true;
             for f in files {
