@@ -441,6 +441,10 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             }
             Op::Cycle { launcher: l } | Op::Signal { launcher: l } => {
                 let name = launcher(*l);
+                if matches!(op, Op::Cycle { .. }) {
+                    // Cycling drains the worker, and its restart re-registers it drained.
+                    p.drained.insert(name.clone());
+                }
                 if p.down.insert(name.clone()) {
                     p.steps.push(match op {
                         Op::Cycle { .. } => Step::Cycle { launcher: name },
@@ -459,9 +463,8 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             }
             Op::StartLauncher { launcher: l } => {
                 let name = launcher(*l);
+                // A restarted launcher re-registers its worker, drained if it was.
                 p.down.remove(&name);
-                // A fresh worker is not drained.
-                p.drained.remove(&name);
                 p.steps.push(Step::StartLauncher { launcher: name });
             }
             Op::RestartDocker { keep_containers } => p.steps.push(Step::RestartDocker {
@@ -497,11 +500,12 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             })),
         }
     }
-    for l in std::mem::take(&mut p.drained) {
-        p.steps.push(Step::Undrain { launcher: l });
-    }
+    // Started first: an undrain then reaches the worker the launcher registered.
     for l in std::mem::take(&mut p.down) {
         p.steps.push(Step::StartLauncher { launcher: l });
+    }
+    for l in std::mem::take(&mut p.drained) {
+        p.steps.push(Step::Undrain { launcher: l });
     }
     let disturbed = ops.iter().any(Op::disturbs_runs);
     let mut expect = Expectations::default();
@@ -615,14 +619,29 @@ mod tests {
                 Step::CrashLauncher {
                     launcher: "l2".into()
                 },
-                Step::Undrain {
-                    launcher: "l1".into()
-                },
                 Step::StartLauncher {
                     launcher: "l2".into()
                 },
+                Step::Undrain {
+                    launcher: "l1".into()
+                },
             ],
             "no drop on a crashed launcher"
+        );
+    }
+
+    #[test]
+    fn a_cycled_launcher_is_restarted_then_undrained() {
+        // Found by explore: the restart re-registers the cycled worker, still drained.
+        let s = scenario(1, &[1], &[Op::Cycle { launcher: 0 }]);
+        let l1 = || "l1".to_string();
+        assert_eq!(
+            s.phases[0].steps,
+            [
+                Step::Cycle { launcher: l1() },
+                Step::StartLauncher { launcher: l1() },
+                Step::Undrain { launcher: l1() },
+            ]
         );
     }
 
