@@ -73,6 +73,8 @@ pub struct Summary {
     pub explored: u64,
     pub found: Vec<Found>,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent shrinking failures.
+    pub shrinking: Duration,
 }
 
 impl Summary {
@@ -85,8 +87,10 @@ impl Summary {
         )
     }
 
+    /// Schedules explored per second, shrinking aside.
     pub fn rate(&self) -> f64 {
-        self.explored as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let exploring = self.elapsed.saturating_sub(self.shrinking);
+        self.explored as f64 / exploring.as_secs_f64().max(1e-9)
     }
 }
 
@@ -123,6 +127,7 @@ pub fn explore(
     let started = Instant::now();
     let mut found = Vec::new();
     let mut explored = 0;
+    let mut shrinking = Duration::ZERO;
     for seed in schedule_seeds(opts.seed, opts.schedules) {
         let schedule = Schedule::generate(seed, opts.max_ops);
         let verdict = run(runner, &schedule);
@@ -145,6 +150,7 @@ pub fn explore(
             schedule.ops.len(),
             failures_of(&verdict)
         );
+        let shrink_started = Instant::now();
         let (shrunk, verdict) = if found.len() < opts.max_shrunk {
             let mut budget = Budget(opts.shrink_budget);
             let shrunk = shrink(&schedule, &mut budget, &mut |s| failed(&run(runner, s)));
@@ -158,6 +164,7 @@ pub fn explore(
         } else {
             (schedule.clone(), verdict)
         };
+        shrinking += shrink_started.elapsed();
         let f = write_failure(&opts.out, &schedule, &shrunk, &verdict)?;
         let _ = writeln!(
             log,
@@ -172,6 +179,7 @@ pub fn explore(
         explored,
         found,
         elapsed: started.elapsed(),
+        shrinking,
     })
 }
 
