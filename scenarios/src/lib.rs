@@ -7,8 +7,8 @@
 //! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace,
 //!   and the secret oracle over what [`secrets`] knows.
 //! - [`report`]: the verdict.
-//! - [`random`]: random fault schedules; [`explore`]: runs many and writes failures,
-//!   which [`shrink`] makes minimal.
+//! - [`random`]: random fault schedules, [`placement`]: one as a scenario; [`explore`]:
+//!   runs many and writes failures, which [`shrink`] makes minimal.
 
 pub mod checks;
 pub mod engine;
@@ -17,6 +17,7 @@ pub mod explore;
 pub mod launcher_node;
 pub mod model;
 pub mod parse;
+pub mod placement;
 pub mod random;
 pub mod report;
 pub mod secrets;
