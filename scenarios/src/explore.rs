@@ -113,6 +113,22 @@ fn failures_of(v: &Result<Report, ScenarioError>) -> Vec<String> {
     }
 }
 
+/// A failure message without its numbers and names with digits (run names, ULIDs, counts
+/// change as a schedule shrinks), so a shrink keeps the same failure instead of drifting to
+/// another one.
+pub fn signature(failure: &str) -> String {
+    failure
+        .split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `v` fails with the failure `sig` names.
+fn fails_as(v: &Result<Report, ScenarioError>, sig: &str) -> bool {
+    failed(v) && failures_of(v).iter().any(|f| signature(f) == sig)
+}
+
 fn run(runner: &mut Runner<'_>, s: &Schedule) -> Result<Report, ScenarioError> {
     let scenario = s.scenario();
     runner(&scenario, scenario.seed)
@@ -133,7 +149,7 @@ pub fn explore(
         let verdict = run(runner, &schedule);
         explored += 1;
         // About twenty progress lines per exploration.
-        if explored % (opts.schedules / 20).max(1) == 0 && explored < opts.schedules {
+        if explored % opts.schedules.div_ceil(20).max(1) == 0 && explored < opts.schedules {
             let _ = writeln!(
                 log,
                 "{explored}/{} schedules, {} failed",
@@ -153,7 +169,10 @@ pub fn explore(
         let shrink_started = Instant::now();
         let (shrunk, verdict) = if found.len() < opts.max_shrunk {
             let mut budget = Budget(opts.shrink_budget);
-            let shrunk = shrink(&schedule, &mut budget, &mut |s| failed(&run(runner, s)));
+            let sig = signature(failures_of(&verdict).first().map_or("", String::as_str));
+            let shrunk = shrink(&schedule, &mut budget, &mut |s| {
+                fails_as(&run(runner, s), &sig)
+            });
             // The shrunk schedule's own verdict, for its file and timeline.
             let v = run(runner, &shrunk);
             if failed(&v) {
@@ -294,6 +313,47 @@ mod tests {
             "nothing to shrink: pick another seed"
         );
         assert_eq!(first.shrunk.capacities.len(), 1);
+    }
+
+    #[test]
+    fn shrinking_keeps_the_failure_it_found_and_does_not_drift_to_another() {
+        // Two planted bugs; the first failure reported names the one to keep.
+        let mut two_bugs = |s: &Scenario, seed: u64| {
+            let steps: Vec<&Step> = s.phases.iter().flat_map(|p| &p.steps).collect();
+            let mut r = cancel_after_crash(s, seed)?;
+            if steps
+                .iter()
+                .any(|s| matches!(s, Step::Schedule(s) if s.behaviour.exit_code != 0))
+            {
+                r.failures.push("run r2 exited 3 and was lost".into());
+                r.passed = false;
+            }
+            Ok(r)
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = options(dir.path());
+        opts.max_shrunk = usize::MAX;
+        let summary = explore(&opts, &mut two_bugs, &mut std::io::sink()).expect("explores");
+        let both: Vec<&Found> = summary
+            .found
+            .iter()
+            .filter(|f| {
+                f.original
+                    .ops
+                    .iter()
+                    .any(|o| matches!(o, Op::Run { exit_code, .. } if *exit_code != 0))
+                    && f.failures[0].contains("after a crash")
+            })
+            .collect();
+        assert!(!both.is_empty(), "no schedule with both bugs, crash first");
+        for f in both {
+            assert_eq!(f.shrunk.ops.len(), 3, "{:?}", f.shrunk.ops);
+            assert!(f.shrunk.ops.contains(&Op::CrashLauncher { launcher: 0 }));
+        }
+        assert_eq!(
+            signature("run r12 never reached a terminal state (stuck in scheduled)"),
+            "run never reached a terminal state (stuck in scheduled)"
+        );
     }
 
     #[test]
