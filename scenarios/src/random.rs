@@ -203,10 +203,13 @@ fn random_op(rng: &mut ChaCha8Rng, launchers: usize) -> Op {
                 0 => Output::Secret,
                 1 => Output::Control,
                 2 => Output::NoNewline,
-                3 => Output::Flood {
-                    lines: [2000, 20, 2][rng.random_range(0..3)],
-                    line_bytes: [100, 20_000, 300_000][rng.random_range(0..3)],
-                },
+                3 => {
+                    // Volume, long lines, very long lines: a few MB at most (2,000 lines of
+                    // 20 kB, 40 MB, did not finish within the 90s settle bound in wire mode).
+                    let (lines, line_bytes) =
+                        [(5000, 100), (50, 40_000), (2, 1_000_000)][rng.random_range(0..3)];
+                    Output::Flood { lines, line_bytes }
+                }
                 _ => Output::Plain,
             },
         },
