@@ -68,6 +68,34 @@ pub struct Behaviour {
     pub exec_format_error: bool,
     /// Fail `start` with HTTP 400 and this message (e.g. `executable file not found in $PATH`).
     pub start_error: Option<String>,
+    /// After the other output, a flood of generated stdout lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<Flood>,
+    /// Write the last output line without its newline.
+    pub no_trailing_newline: bool,
+}
+
+/// `lines` stdout lines of exactly `line_bytes` bytes each (before the newline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flood {
+    pub lines: u32,
+    pub line_bytes: usize,
+}
+
+impl Flood {
+    /// Line `i` of the flood: its number, then filler up to `line_bytes`.
+    pub fn line(&self, i: u32) -> String {
+        let mut text = format!("flood line {i} ");
+        let filler = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut k = 0;
+        while text.len() < self.line_bytes {
+            text.push(filler[k % filler.len()] as char);
+            k += 1;
+        }
+        text.truncate(self.line_bytes);
+        text
+    }
 }
 
 impl Behaviour {
@@ -291,6 +319,21 @@ mod tests {
             },
         }];
         assert_eq!(choose(&rules, &s, "x", &[]).exit_code, 7);
+    }
+
+    #[test]
+    fn flood_lines_have_the_asked_length_and_their_number() {
+        let f = Flood {
+            lines: 3,
+            line_bytes: 100,
+        };
+        assert_eq!(f.line(2).len(), 100);
+        assert!(f.line(2).starts_with("flood line 2 "));
+        let short = Flood {
+            lines: 1,
+            line_bytes: 5,
+        };
+        assert_eq!(short.line(0), "flood");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use admin::{Admin, ContainerInfo, RestartOptions};
-pub use behaviour::{Behaviour, Line, Match, Rule, Stream, BEHAVIOUR_ENV};
+pub use behaviour::{Behaviour, Flood, Line, Match, Rule, Stream, BEHAVIOUR_ENV};
 pub use config::Config;
 pub use error::{ApiError, Error};
 pub use events::Event;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::behaviour::{elf_arch, exec_format_error_line, Behaviour};
+use crate::behaviour::{elf_arch, exec_format_error_line, Behaviour, Line, Stream};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{Container, Daemon, Runner, State, Status};
 
@@ -208,13 +208,27 @@ async fn read_elf_arch(path: &str) -> Option<&'static str> {
 async fn play(daemon: Arc<Daemon>, id: String, gen: u64, b: Behaviour) {
     // Let the start reply and attach streams go out before the first output.
     tokio::task::yield_now().await;
-    for line in b.output() {
+    let lines = b.output();
+    let flood = b.flood.unwrap_or_default();
+    let total = lines.len() + flood.lines as usize;
+    let flooded = (0..flood.lines).map(|i| Line {
+        stream: Stream::Stdout,
+        text: flood.line(i),
+        delay_ms: 0,
+    });
+    for (n, line) in lines.into_iter().chain(flooded).enumerate() {
         if line.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(line.delay_ms)).await;
         }
         let mut text = line.text;
-        text.push('\n');
+        if !(b.no_trailing_newline && n + 1 == total) {
+            text.push('\n');
+        }
         daemon.append_output(&id, gen, line.stream, Bytes::from(text));
+        if n % 256 == 255 {
+            // A flood must not starve the streams reading it.
+            tokio::task::yield_now().await;
+        }
     }
     if b.duration_ms > 0 {
         tokio::time::sleep(Duration::from_millis(b.duration_ms)).await;

@@ -275,6 +275,16 @@ pub fn expectations(scenario: &Scenario, world: &World) -> Vec<String> {
                 ));
             }
         }
+        if !exp.one_of.is_empty() && !exp.one_of.contains(&run.state) {
+            out.push(format!(
+                "run {name}: expected one of {:?}, got {} (reason {:?})",
+                exp.one_of.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                run.state,
+                run.reason
+                    .as_ref()
+                    .map(|r| format!("{}: {}", r.code, r.message))
+            ));
+        }
         if let Some(code) = exp.exit_code {
             if run.exit_code != Some(code) {
                 out.push(format!(

@@ -207,6 +207,22 @@ async fn step_once(
                 )));
             }
         }
+        Step::AwaitRun { run, state, within } => {
+            let ulid = world.run_ulid(run).expect("validated").to_string();
+            let backend = world.backend();
+            let deadline = tokio::time::Instant::now() + *within;
+            let reached = || {
+                backend.run(&ulid).is_some_and(|r| {
+                    r.history.contains(state) || r.state == *state || r.state.is_terminal()
+                })
+            };
+            if !wait_until(world, deadline, reached).await {
+                return Ok(Err(format!(
+                    "run {run} neither reached {state} nor ended within {}",
+                    humantime::format_duration(*within)
+                )));
+            }
+        }
         Step::WaitEvent {
             event,
             run,
@@ -314,6 +330,7 @@ async fn step_once(
             });
         }
         Step::RestartBackend => world.restart_backend().await?,
+        Step::RevokeCredentials => world.revoke_credentials()?,
         Step::Fault(f) => {
             if let Fault::DropConnection { launcher } = f {
                 // Dropping needs a connection: after an earlier drop, wait for the reconnect.
@@ -399,6 +416,22 @@ fn inject(world: &World, f: &Fault) -> Result<(), ScenarioError> {
                 })
                 .map_err(|e| ScenarioError::Harness(e.to_string()))
         }
+        Fault::SlowPulls {
+            docker,
+            image,
+            count,
+            every,
+        } => {
+            fake_of(world, docker)?
+                .admin()
+                .pull_fault(fake_docker::PullFault {
+                    image: image.clone(),
+                    count: Some(*count),
+                    step_delay_ms: every.as_millis() as u64,
+                    error: None,
+                });
+            Ok(())
+        }
         Fault::FailPulls {
             docker,
             image,
@@ -481,6 +514,11 @@ fn behaviour_env(b: &Behaviour, real: bool) -> Vec<(String, String)> {
         duration_ms: b.duration.map(|d| d.as_millis() as u64).unwrap_or(0),
         hang: b.hang,
         oom_killed: b.oom_kill,
+        flood: b.flood.map(|f| fake_docker::Flood {
+            lines: f.lines,
+            line_bytes: f.line_bytes,
+        }),
+        no_trailing_newline: b.no_trailing_newline,
         ..Default::default()
     };
     vec![(

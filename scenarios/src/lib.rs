@@ -7,16 +7,21 @@
 //! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace,
 //!   and the secret oracle over what [`secrets`] knows.
 //! - [`report`]: the verdict; [`timeline`]: the execution drawn as an HTML timeline.
+//! - [`random`]: random fault schedules, [`placement`]: one as a scenario; [`explore`]:
+//!   runs many and writes failures, which [`shrink`] makes minimal.
 
 pub mod checks;
 pub mod engine;
 pub mod error;
+pub mod explore;
 pub mod launcher_node;
 pub mod model;
 pub mod parse;
+pub mod placement;
 pub mod random;
 pub mod report;
 pub mod secrets;
+pub mod shrink;
 pub mod timeline;
 pub mod world;
 
@@ -105,7 +110,12 @@ pub fn on_real_docker(scenario: &Scenario) -> Option<Scenario> {
         .flat_map(|p| &p.steps)
         .any(|s| match s {
             Step::RestartDocker { .. } => true,
-            Step::Fault(Fault::DockerErrors { .. } | Fault::FailPulls { .. }) => true,
+            Step::Fault(
+                Fault::DockerErrors { .. } | Fault::FailPulls { .. } | Fault::SlowPulls { .. },
+            ) => true,
+            Step::Schedule(s) if s.behaviour.flood.is_some() || s.behaviour.no_trailing_newline => {
+                true
+            }
             Step::Schedule(s) => s.image.is_some() || s.behaviour.oom_kill,
             _ => false,
         });

@@ -170,6 +170,20 @@ pub struct Behaviour {
     pub hang: bool,
     #[serde(default)]
     pub oom_kill: bool,
+    /// Extra output after `stdout`: many lines, possibly very long (an output flood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<Flood>,
+    /// The last line of output ends without a newline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_trailing_newline: bool,
+}
+
+/// `lines` lines of `line_bytes` bytes each (fake-docker writes them; see its `Flood`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Flood {
+    pub lines: u32,
+    pub line_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -178,6 +192,15 @@ pub enum Step {
     Schedule(ScheduleStep),
     /// Wait until a run reaches a state.
     WaitRun {
+        run: String,
+        #[serde(deserialize_with = "wire_name::run_state")]
+        state: RunState,
+        #[serde(default = "default_wait", with = "duration")]
+        within: Duration,
+    },
+    /// Wait until a run reaches a state or ends, whichever comes first: a timing point
+    /// (random schedules cancel and fault at it), a failure only past `within`.
+    AwaitRun {
         run: String,
         #[serde(deserialize_with = "wire_name::run_state")]
         state: RunState,
@@ -234,6 +257,9 @@ pub enum Step {
         keep_containers: bool,
     },
     RestartBackend,
+    /// Reset the pool's certificate (`pool reset`): the launchers' key is refused from now
+    /// on; launchers started later get the new credentials.
+    RevokeCredentials,
     Fault(Fault),
 }
 
@@ -323,6 +349,16 @@ pub enum Fault {
         #[serde(default)]
         message: Option<String>,
     },
+    /// Make the next `count` pulls (of `image`, or of any image) trickle: `every` between
+    /// progress lines.
+    SlowPulls {
+        docker: String,
+        #[serde(default)]
+        image: Option<String>,
+        count: u32,
+        #[serde(with = "duration")]
+        every: Duration,
+    },
     /// Make pulls of an image fail in-stream after some progress.
     FailPulls {
         docker: String,
@@ -346,6 +382,13 @@ pub struct Expectations {
 pub struct RunExpectation {
     #[serde(default, deserialize_with = "wire_name::opt_run_state")]
     pub state: Option<RunState>,
+    /// The run ends in one of these states (a fault may legitimately change the outcome).
+    #[serde(
+        default,
+        deserialize_with = "wire_name::run_states",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub one_of: Vec<RunState>,
     #[serde(default)]
     pub exit_code: Option<i64>,
     #[serde(default)]
@@ -400,6 +443,13 @@ mod wire_name {
         Option::<String>::deserialize(d)?
             .map(|text| parse("state", &text, &RunState::ALL))
             .transpose()
+    }
+
+    pub fn run_states<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RunState>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| parse("state", text, &RunState::ALL))
+            .collect()
     }
 
     pub fn run_type<'de, D: Deserializer<'de>>(d: D) -> Result<RunType, D::Error> {

@@ -108,7 +108,7 @@ fn validate(s: &Scenario) -> Result<(), String> {
                         return Err(format!("{at}: run {:?} is scheduled twice", sch.run));
                     }
                 }
-                Step::WaitRun { run, .. } => known_run(&runs, run)?,
+                Step::WaitRun { run, .. } | Step::AwaitRun { run, .. } => known_run(&runs, run)?,
                 Step::WaitEvent {
                     run, launcher: l, ..
                 } => {
@@ -128,14 +128,14 @@ fn validate(s: &Scenario) -> Result<(), String> {
                 | Step::StartLauncher { launcher: l }
                 | Step::WaitLauncherExit { launcher: l, .. } => launcher(l)?,
                 Step::RestartDocker { docker: d, .. } => docker(d)?,
-                Step::PublishVersion(_) | Step::RestartBackend => {}
+                Step::PublishVersion(_) | Step::RestartBackend | Step::RevokeCredentials => {}
                 Step::Fault(f) => match f {
                     Fault::DropConnection { launcher: l }
                     | Fault::DuplicateNextMessage { launcher: l }
                     | Fault::DelayNextMessage { launcher: l, .. } => launcher(l)?,
-                    Fault::DockerErrors { docker: d, .. } | Fault::FailPulls { docker: d, .. } => {
-                        docker(d)?
-                    }
+                    Fault::DockerErrors { docker: d, .. }
+                    | Fault::FailPulls { docker: d, .. }
+                    | Fault::SlowPulls { docker: d, .. } => docker(d)?,
                     Fault::BrokerDown { .. }
                     | Fault::BrokerUp
                     | Fault::HttpErrors { .. }

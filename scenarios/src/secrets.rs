@@ -155,6 +155,10 @@ impl Secrets {
         let mut s = Secrets::default();
         s.add_pool_key("the pool private key", &world.key);
         s.add("the pool token", &world.token);
+        for (i, (key, token)) in world.revoked.iter().enumerate() {
+            s.add_pool_key(&format!("a revoked pool private key #{}", i + 1), key);
+            s.add(&format!("a revoked pool token #{}", i + 1), token);
+        }
         for (i, k) in world.other_keys().iter().enumerate() {
             s.add_pool_key(&format!("another pool's private key #{}", i + 1), k);
         }

@@ -53,6 +53,8 @@ pub struct World {
     pub runs: Vec<(String, String)>,
     /// Keys of other pools handed to launchers (`${OTHER_POOL_KEY}`): secrets too.
     other_keys: std::sync::Mutex<Vec<String>>,
+    /// This pool's (key, token) pairs before `revoke_credentials`: still secrets.
+    pub revoked: Vec<(String, String)>,
 }
 
 fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
@@ -94,6 +96,7 @@ impl World {
             launchers: BTreeMap::new(),
             runs: Vec::new(),
             other_keys: Default::default(),
+            revoked: Vec::new(),
         };
         for v in &scenario.topology.worker_versions {
             world.publish(v)?;
@@ -313,6 +316,22 @@ impl World {
             .await
             .map_err(|e| harness("restarting the fake backend", e))?;
         self.backend = Some(b);
+        Ok(())
+    }
+
+    /// Resets the pool's certificate: the backend refuses the old key from now on and
+    /// closes its connections; launchers started later get the new key and token.
+    pub fn revoke_credentials(&mut self) -> Result<(), ScenarioError> {
+        let creds = self
+            .backend()
+            .reset_pool(&self.pool, None)
+            .map_err(|e| harness("revoking the pool's credentials", e))?;
+        let key = creds
+            .private_key_b64
+            .ok_or_else(|| harness("revoking the pool's credentials", "no new key"))?;
+        let key = std::mem::replace(&mut self.key, key);
+        let token = std::mem::replace(&mut self.token, creds.token);
+        self.revoked.push((key, token));
         Ok(())
     }
 
