@@ -6,8 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::backoff::Backoff;
 use crate::container_spec::{labels, Ids};
-use crate::ports::ContainerRuntime;
+use crate::ports::{ContainerRuntime, ContainerSummary, RuntimeError};
+
+/// Listing attempts at start. A daemon that fails them all leaves the containers to the
+/// next start; one failed answer must not (the backoff spans about half a minute).
+const LIST_ATTEMPTS: u32 = 6;
 
 /// Removes leftover containers and returns every run to report as `launcher_restarted`.
 pub async fn reap(
@@ -17,11 +22,11 @@ pub async fn reap(
 ) -> BTreeSet<String> {
     let mut runs: BTreeSet<String> = held_runs.iter().cloned().collect();
     let filter = BTreeMap::from([(labels::WORKER.to_string(), worker_ulid.to_string())]);
-    let leftovers = match runtime.list_by_labels(&filter).await {
+    let leftovers = match list_with_retries(runtime, &filter).await {
         Ok(list) => list,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot look for containers left by an earlier launcher; \
-                the next start will try again");
+            tracing::warn!(error = %e, attempts = LIST_ATTEMPTS,
+                "cannot look for containers left by an earlier launcher; the next start will try again");
             return runs;
         }
     };
@@ -35,6 +40,25 @@ pub async fn reap(
         runs.extend(run);
     }
     runs
+}
+
+/// Listing is read-only, so any failed answer is worth another try.
+async fn list_with_retries(
+    runtime: &dyn ContainerRuntime,
+    filter: &BTreeMap<String, String>,
+) -> Result<Vec<ContainerSummary>, RuntimeError> {
+    let mut backoff = Backoff::standard(0);
+    loop {
+        match runtime.list_by_labels(filter).await {
+            Ok(list) => return Ok(list),
+            Err(e) if backoff.attempts() + 1 < LIST_ATTEMPTS => {
+                let delay = backoff.next_delay(None);
+                tracing::warn!(error = %e, ?delay, "listing leftover containers failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Removes (forcibly) every container this launcher process created. For a fatal exit,

@@ -840,6 +840,29 @@ async fn third_signal_exits_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
+    let h = with_leftovers().await;
+    let mut r = h.start();
+    reaped_and_reported(&h).await;
+    // A redelivered run.scheduled for a reaped run is not claimed.
+    r.schedule("R0").await;
+    r.schedule("R1").await;
+    h.until_terminal("R1").await;
+    assert_eq!(h.backend.claims(), ["R1"]);
+}
+
+/// Found by `scenario explore`: one failed listing at start left the earlier launcher's
+/// containers running until the next restart.
+#[tokio::test(start_paused = true)]
+async fn leftovers_are_reaped_although_the_daemon_fails_the_first_listings() {
+    let h = with_leftovers().await;
+    h.runtime.with(|s| s.list_errors = 2);
+    let _r = h.start();
+    reaped_and_reported(&h).await;
+}
+
+/// A harness whose daemon holds two containers of this worker's earlier process (runs R0
+/// and R7) and one of another worker; the backend says R0 and R9 were held.
+async fn with_leftovers() -> Harness {
     let mut h = Harness::new();
     h.held_runs = vec!["R0".into(), "R9".into()];
     let labels_for = |worker: &str, run: &str| {
@@ -848,7 +871,6 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
             (labels::WORKER.to_string(), worker.to_string()),
         ])
     };
-    // Ours (from the previous process, same worker ULID) and someone else's.
     for (worker, run) in [("WORKER1", "R0"), ("WORKER1", "R7"), ("OTHER", "X1")] {
         let spec = ContainerSpec {
             name: format!("spacelift-{run}"),
@@ -867,20 +889,18 @@ async fn leftovers_of_an_earlier_launcher_are_reaped_and_reported() {
         let id = h.runtime.create(&spec).await.unwrap();
         h.runtime.start(&id).await.unwrap();
     }
-    let mut r = h.start();
+    h
+}
+
+async fn reaped_and_reported(h: &Harness) {
     for run in ["R0", "R7", "R9"] {
         h.until_terminal(run).await;
-        ended_with(&h, run, Failed, reason_codes::LAUNCHER_RESTARTED);
+        ended_with(h, run, Failed, reason_codes::LAUNCHER_RESTARTED);
     }
     let left: Vec<String> = h
         .runtime
         .with(|s| s.containers.values().map(|c| c.spec.name.clone()).collect());
     assert_eq!(left, ["spacelift-X1"]);
-    // A redelivered run.scheduled for a reaped run is not claimed.
-    r.schedule("R0").await;
-    r.schedule("R1").await;
-    h.until_terminal("R1").await;
-    assert_eq!(h.backend.claims(), ["R1"]);
 }
 
 #[tokio::test(start_paused = true)]

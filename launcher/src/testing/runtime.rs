@@ -105,6 +105,8 @@ pub struct RuntimeState {
     pub calls_hang: bool,
     /// The next this many `remove`s fail with an API error (which is not retried).
     pub remove_errors: u32,
+    /// The next this many `list_by_labels` fail with an API error (a daemon answering 500).
+    pub list_errors: u32,
     pub running_now: usize,
     pub max_running: usize,
     /// Bytes of container output the launcher has read (the rest waits, as in Docker).
@@ -465,7 +467,11 @@ impl ContainerRuntime for MemRuntime {
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
         self.maybe_hang().await;
-        let s = self.check("list".into())?;
+        let mut s = self.check("list".into())?;
+        if s.list_errors > 0 {
+            s.list_errors -= 1;
+            return Err(RuntimeError::Api("500 Internal Server Error".into()));
+        }
         Ok(s.containers
             .values()
             .filter(|c| labels.iter().all(|(k, v)| c.spec.labels.get(k) == Some(v)))
