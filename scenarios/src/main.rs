@@ -1,5 +1,6 @@
-//! `scenario run FILE... [--seed S] [--repeat N]`: runs scenario files and prints a trace
-//! and a verdict; on failure, the seed and the command that reproduces it.
+//! `scenario run FILE... [--seed S] [--repeat N] [--mode sim|wire]`: runs scenario files
+//! and prints a trace and a verdict; on failure, the seed and the command that reproduces
+//! it. The default mode is sim (see `Command::Run::mode`), wire for files limited to it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,13 +25,17 @@ enum Command {
         /// Run each file this many times and check the repeats agree.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// `sim` (default): in-memory adapters on paused time, fast, and the same seed
+        /// replays byte for byte, so a failure is reproduced exactly. `wire`: real
+        /// sockets, TLS and time. A file limited to one mode runs in that one by default.
+        #[arg(long)]
+        mode: Option<scenarios::Mode>,
     },
     /// Parse scenario files and report errors, without running them.
     Check { files: Vec<PathBuf> },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -59,11 +64,13 @@ async fn main() -> ExitCode {
             files,
             seed,
             repeat,
+            mode,
         } => {
             let mut failed = 0;
             for f in &files {
                 println!("scenario {}", f.display());
-                match scenarios::run_file(f, seed, repeat).await {
+                let mode = mode.unwrap_or_else(|| default_mode(f));
+                match scenarios::run_file_in(f, seed, repeat, mode) {
                     Ok(outcome) if outcome.skipped.is_some() => {
                         println!("  skipped: {}", outcome.skipped.unwrap_or_default());
                     }
@@ -80,7 +87,10 @@ async fn main() -> ExitCode {
                         if !outcome.passed() {
                             failed += 1;
                             let s = outcome.reports.first().map(|r| r.seed).unwrap_or(0);
-                            println!("  reproduce: {}", scenarios::repro_command(f, s));
+                            println!(
+                                "  reproduce: {}",
+                                scenarios::repro_command_in(f, s, mode)
+                            );
                         }
                     }
                     Err(e) => {
@@ -96,5 +106,13 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Sim unless the file runs only in wire mode (an unreadable file errors in the run).
+fn default_mode(path: &std::path::Path) -> scenarios::Mode {
+    match scenarios::parse::load(path) {
+        Ok(s) if s.runs_in(scenarios::Mode::Sim).is_err() => scenarios::Mode::Wire,
+        _ => scenarios::Mode::Sim,
     }
 }

@@ -172,5 +172,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             steps,
         }],
         expect,
+        modes: None,
+        mode_reason: None,
     }
 }

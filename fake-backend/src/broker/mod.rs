@@ -211,7 +211,7 @@ impl Broker {
         }
     }
 
-    fn kick_all(&self, reason: &str) {
+    pub(crate) fn kick_all(&self, reason: &str) {
         for e in self.sessions().values() {
             let _ = e.tx.send(SessionCmd::Kick {
                 fire_will: false,
