@@ -47,12 +47,25 @@ impl Report {
     }
 }
 
-/// The full trace of a world (see [`Report::full`]).
+/// The full trace of a world (see [`Report::full`]). Pool certificates are the one thing
+/// not drawn from the seed (keys come from the OS's RNG): their fingerprints are named by
+/// order of appearance.
 pub fn full_trace(world: &crate::world::World) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(b) = &world.backend {
-        for e in b.events() {
-            out.push(format!(
+        let events = b.events();
+        let fingerprints: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.str("fingerprint").map(str::to_string))
+            .collect();
+        let stable = |line: String| {
+            fingerprints
+                .iter()
+                .enumerate()
+                .fold(line, |l, (i, f)| l.replace(f.as_str(), &format!("cert#{i}")))
+        };
+        for e in events {
+            out.push(stable(format!(
                 "backend {} {} {} pool={} worker={} run={} {}",
                 e.seq,
                 e.at_ms,
@@ -61,7 +74,7 @@ pub fn full_trace(world: &crate::world::World) -> Vec<String> {
                 e.worker.as_deref().unwrap_or("-"),
                 e.run.as_deref().unwrap_or("-"),
                 e.data
-            ));
+            )));
         }
     }
     for (name, d) in &world.dockers {

@@ -106,4 +106,8 @@ impl Workspaces for MemoryWorkspaces {
         lock(&self.0).remove(run_ulid);
         Ok(())
     }
+
+    fn removal_blocks(&self) -> bool {
+        false
+    }
 }
