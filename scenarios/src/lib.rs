@@ -102,7 +102,7 @@ pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcom
 /// paused time). Blocking: call it outside any runtime. Same scenario and seed, same
 /// [`Report::full`], byte for byte.
 pub fn execute_sim(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioError> {
-    let rt = sim::runtime().map_err(|e| ScenarioError::Harness(format!("sim runtime: {e}")))?;
+    let rt = sim::runtime(seed).map_err(|e| ScenarioError::Harness(format!("sim runtime: {e}")))?;
     let capture = launcher_node::Captured::default();
     let _logs = tracing::dispatcher::set_default(&capture.sim_dispatch());
     rt.block_on(engine::execute_in(scenario, seed, Mode::Sim, capture))

@@ -20,12 +20,17 @@ use std::sync::{Arc, Mutex};
 use fake_backend::BackendHandle;
 
 /// The runtime a sim world runs on: one thread, tokio's clock paused (it jumps to the next
-/// timer whenever every task waits).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
+/// timer whenever every task waits). Built with `--cfg tokio_unstable`, its RNG (the order
+/// `select!` polls ready branches in) is seeded too; without it, tasks racing at the same
+/// virtual instant may interleave differently from one repeat to the next.
+pub fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_time().start_paused(true);
+    #[cfg(tokio_unstable)]
+    b.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    #[cfg(not(tokio_unstable))]
+    let _ = seed;
+    b.build()
 }
 
 /// Where the launchers find the backend: replaced on a restart, empty while it is down.
