@@ -87,10 +87,7 @@ fn main() -> ExitCode {
                         if !outcome.passed() {
                             failed += 1;
                             let s = outcome.reports.first().map(|r| r.seed).unwrap_or(0);
-                            println!(
-                                "  reproduce: {}",
-                                scenarios::repro_command_in(f, s, mode)
-                            );
+                            println!("  reproduce: {}", scenarios::repro_command_in(f, s, mode));
                         }
                     }
                     Err(e) => {

@@ -51,7 +51,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
         .iter()
         .any(|d| d.kind == crate::model::DockerKind::Real);
     if real && s.runs_in(crate::model::Mode::Sim).is_ok() {
-        return Err("a real docker daemon cannot run in sim mode: add modes: [wire] and mode_reason".into());
+        return Err(
+            "a real docker daemon cannot run in sim mode: add modes: [wire] and mode_reason".into(),
+        );
     }
     let t = &s.topology;
     if t.dockers.is_empty() {

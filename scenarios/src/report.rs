@@ -59,10 +59,9 @@ pub fn full_trace(world: &crate::world::World) -> Vec<String> {
             .filter_map(|e| e.str("fingerprint").map(str::to_string))
             .collect();
         let stable = |line: String| {
-            fingerprints
-                .iter()
-                .enumerate()
-                .fold(line, |l, (i, f)| l.replace(f.as_str(), &format!("cert#{i}")))
+            fingerprints.iter().enumerate().fold(line, |l, (i, f)| {
+                l.replace(f.as_str(), &format!("cert#{i}"))
+            })
         };
         for e in events {
             out.push(stable(format!(

@@ -12,7 +12,8 @@ fn run_case(path: &str, mode: Mode) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let path = Path::new(path);
-    let outcome = scenarios::run_file_in(path, None, repeat, mode).unwrap_or_else(|e| panic!("{e}"));
+    let outcome =
+        scenarios::run_file_in(path, None, repeat, mode).unwrap_or_else(|e| panic!("{e}"));
     if let Some(why) = &outcome.skipped {
         if why.starts_with("not in ") {
             println!("skipped: {why}");

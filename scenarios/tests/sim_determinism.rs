@@ -8,7 +8,9 @@ use scenarios::random::{scenario, Op};
 use scenarios::Mode;
 
 fn case(name: &str) -> scenarios::Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cases").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cases")
+        .join(name);
     scenarios::parse::load(&path).expect("parses")
 }
 
@@ -30,7 +32,11 @@ fn twice(s: &scenarios::Scenario, seed: u64) -> (String, String) {
 
 #[test]
 fn same_file_and_seed_give_a_byte_identical_trace() {
-    for name in ["happy_path.yaml", "crash_and_restart.yaml", "http_error_storms.yaml"] {
+    for name in [
+        "happy_path.yaml",
+        "crash_and_restart.yaml",
+        "http_error_storms.yaml",
+    ] {
         let s = case(name);
         let (a, b) = twice(&s, s.seed);
         assert_eq!(a, b, "{name}");
@@ -49,11 +55,23 @@ fn another_seed_gives_another_trace() {
 #[test]
 fn a_random_fault_schedule_replays_byte_for_byte() {
     let ops = [
-        Op::Run { exit_code: 0, millis: 300 },
-        Op::HttpErrors { count: 2, status: 503 },
-        Op::Run { exit_code: 3, millis: 900 },
+        Op::Run {
+            exit_code: 0,
+            millis: 300,
+        },
+        Op::HttpErrors {
+            count: 2,
+            status: 503,
+        },
+        Op::Run {
+            exit_code: 3,
+            millis: 900,
+        },
         Op::CorruptDownload,
-        Op::Run { exit_code: 0, millis: 50 },
+        Op::Run {
+            exit_code: 0,
+            millis: 50,
+        },
         Op::CancelLast,
     ];
     // One launcher of capacity 2 and one idle: no two launchers race at one instant (see

@@ -29,14 +29,26 @@ pub(crate) fn register(
     core.register(&c.pool, req).map_err(ApiError::from)
 }
 
-pub(crate) fn claim(core: &Core, peer: &Peer, run: &str, req: ClaimRequest) -> Result<ClaimResponse, ApiError> {
+pub(crate) fn claim(
+    core: &Core,
+    peer: &Peer,
+    run: &str,
+    req: ClaimRequest,
+) -> Result<ClaimResponse, ApiError> {
     let c = caller(core, peer, &paths::claim(run))?;
-    core.claim(&c.pool, run, &req.worker_ulid).map_err(ApiError::from)
+    core.claim(&c.pool, run, &req.worker_ulid)
+        .map_err(ApiError::from)
 }
 
-pub(crate) fn lease(core: &Core, peer: &Peer, run: &str, req: LeaseRequest) -> Result<Lease, ApiError> {
+pub(crate) fn lease(
+    core: &Core,
+    peer: &Peer,
+    run: &str,
+    req: LeaseRequest,
+) -> Result<Lease, ApiError> {
     let c = caller(core, peer, &paths::lease(run))?;
-    core.renew(&c.pool, run, &req.worker_ulid).map_err(ApiError::from)
+    core.renew(&c.pool, run, &req.worker_ulid)
+        .map_err(ApiError::from)
 }
 
 pub(crate) fn transition(
@@ -49,7 +61,12 @@ pub(crate) fn transition(
     core.transition(&c.pool, run, req).map_err(ApiError::from)
 }
 
-pub(crate) fn logs(core: &Core, peer: &Peer, run: &str, batch: LogBatch) -> Result<LogAck, ApiError> {
+pub(crate) fn logs(
+    core: &Core,
+    peer: &Peer,
+    run: &str,
+    batch: LogBatch,
+) -> Result<LogAck, ApiError> {
     let c = caller(core, peer, &paths::logs(run))?;
     core.logs(&c.pool, run, batch).map_err(ApiError::from)
 }
@@ -61,10 +78,15 @@ pub(crate) fn policy_sample(
     sample: PolicySample,
 ) -> Result<PolicySampleAck, ApiError> {
     let c = caller(core, peer, &paths::policy_samples(run))?;
-    core.policy_sample(&c.pool, run, sample).map_err(ApiError::from)
+    core.policy_sample(&c.pool, run, sample)
+        .map_err(ApiError::from)
 }
 
-pub(crate) fn latest_binary(core: &Core, peer: &Peer, arch: Arch) -> Result<WorkerBinary, ApiError> {
+pub(crate) fn latest_binary(
+    core: &Core,
+    peer: &Peer,
+    arch: Arch,
+) -> Result<WorkerBinary, ApiError> {
     caller(core, peer, paths::LATEST_BINARY)?;
     core.latest_binary(arch)
         .map(|b| WorkerBinary {
@@ -124,7 +146,11 @@ impl DirectApi {
         }
     }
 
-    fn call<T>(&self, path: &str, f: impl FnOnce(&Core, &Peer) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    fn call<T>(
+        &self,
+        path: &str,
+        f: impl FnOnce(&Core, &Peer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         match http_fault(&self.core, path) {
             Some(e) => Err(e),
             None => f(&self.core, &self.peer),
@@ -140,7 +166,11 @@ impl DirectApi {
     pub fn lease(&self, run: &str, req: LeaseRequest) -> Result<Lease, ApiError> {
         self.call(&paths::lease(run), |c, p| lease(c, p, run, req))
     }
-    pub fn transition(&self, run: &str, req: TransitionRequest) -> Result<TransitionResponse, ApiError> {
+    pub fn transition(
+        &self,
+        run: &str,
+        req: TransitionRequest,
+    ) -> Result<TransitionResponse, ApiError> {
         self.call(&paths::state(run), |c, p| transition(c, p, run, req))
     }
     pub fn logs(&self, run: &str, batch: LogBatch) -> Result<LogAck, ApiError> {
@@ -157,8 +187,14 @@ impl DirectApi {
             logs(c, p, run, batch)
         })
     }
-    pub fn policy_sample(&self, run: &str, sample: PolicySample) -> Result<PolicySampleAck, ApiError> {
-        self.call(&paths::policy_samples(run), |c, p| policy_sample(c, p, run, sample))
+    pub fn policy_sample(
+        &self,
+        run: &str,
+        sample: PolicySample,
+    ) -> Result<PolicySampleAck, ApiError> {
+        self.call(&paths::policy_samples(run), |c, p| {
+            policy_sample(c, p, run, sample)
+        })
     }
     pub fn latest_binary(&self, arch: Arch) -> Result<WorkerBinary, ApiError> {
         self.call(paths::LATEST_BINARY, |c, p| latest_binary(c, p, arch))
@@ -171,14 +207,18 @@ impl DirectApi {
             download::serve(c, p, version, &arch.to_string(), range.as_deref(), None)
         })?;
         match served {
-            Served::Bytes { etag, body, slow, .. } => Ok(Download {
+            Served::Bytes {
+                etag, body, slow, ..
+            } => Ok(Download {
                 etag: etag.trim_matches('"').to_string(),
                 bytes: match slow {
                     None => futures_util::stream::iter([Bytes::from(body)]).boxed(),
                     Some((chunk, delay)) => download::trickle(body, chunk, delay).boxed(),
                 },
             }),
-            Served::NotModified { .. } => Err(ApiError::new(304, error_codes::BAD_REQUEST, "not modified")),
+            Served::NotModified { .. } => {
+                Err(ApiError::new(304, error_codes::BAD_REQUEST, "not modified"))
+            }
             Served::Unsatisfiable { range, len } => Err(ApiError::new(
                 416,
                 error_codes::BAD_REQUEST,

@@ -66,8 +66,13 @@ fn parse_range(header: Option<&str>, len: u64) -> RangeSpec {
 /// What a download request gets, before any transport: the HTTPS handler writes it as a
 /// response, the in-process API (`super::direct`) hands the bytes over as they are.
 pub(crate) enum Served {
-    NotModified { etag: String },
-    Unsatisfiable { range: String, len: u64 },
+    NotModified {
+        etag: String,
+    },
+    Unsatisfiable {
+        range: String,
+        len: u64,
+    },
     Bytes {
         partial: bool,
         start: u64,
@@ -187,14 +192,20 @@ pub(crate) fn trickle(
     chunk: usize,
     delay_ms: u64,
 ) -> impl futures_util::Stream<Item = Bytes> + Send {
-    let chunks: Vec<Bytes> = body.chunks(chunk.max(1)).map(Bytes::copy_from_slice).collect();
-    futures_util::stream::unfold((chunks.into_iter(), true), move |(mut it, first)| async move {
-        let next = it.next()?;
-        if !first {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        }
-        Some((next, (it, false)))
-    })
+    let chunks: Vec<Bytes> = body
+        .chunks(chunk.max(1))
+        .map(Bytes::copy_from_slice)
+        .collect();
+    futures_util::stream::unfold(
+        (chunks.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            Some((next, (it, false)))
+        },
+    )
 }
 
 pub(super) async fn download(
@@ -245,9 +256,10 @@ pub(super) async fn download(
     let sent = body.len() as u64;
     let body = match slow {
         None => Body::from(body),
-        Some((chunk, delay_ms)) => Body::from_stream(
-            futures_util::StreamExt::map(trickle(body, chunk, delay_ms), Ok::<Bytes, std::io::Error>),
-        ),
+        Some((chunk, delay_ms)) => Body::from_stream(futures_util::StreamExt::map(
+            trickle(body, chunk, delay_ms),
+            Ok::<Bytes, std::io::Error>,
+        )),
     };
     let status = if partial {
         StatusCode::PARTIAL_CONTENT

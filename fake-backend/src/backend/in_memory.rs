@@ -10,7 +10,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{open_core, set_endpoints, spawn_rules_tasks, BackendConfig, BackendHandle, FakeBackend, Inner};
+use super::{
+    open_core, set_endpoints, spawn_rules_tasks, BackendConfig, BackendHandle, FakeBackend, Inner,
+};
 use crate::api::DirectApi;
 use crate::broker::{Broker, MemorySession, Refused};
 use crate::error::Result;
@@ -35,7 +37,14 @@ impl FakeBackend {
             api: IN_MEMORY_API.to_string(),
         };
         set_endpoints(&core, &endpoints);
-        spawn_rules_tasks(&core, Bus::Embedded(broker.clone()), in_rx, out_rx, &shutdown, &mut tasks);
+        spawn_rules_tasks(
+            &core,
+            Bus::Embedded(broker.clone()),
+            in_rx,
+            out_rx,
+            &shutdown,
+            &mut tasks,
+        );
         let handle = BackendHandle {
             inner: Arc::new(Inner {
                 core: core.clone(),

@@ -255,7 +255,9 @@ impl FakeBackend {
 
 /// The rules over the data dir (state, events, PKI), and the receiver of their outgoing
 /// messages.
-fn open_core(config: &BackendConfig) -> Result<(Arc<Core>, mpsc::UnboundedReceiver<crate::rules::Outbound>)> {
+fn open_core(
+    config: &BackendConfig,
+) -> Result<(Arc<Core>, mpsc::UnboundedReceiver<crate::rules::Outbound>)> {
     let dir = &config.data_dir;
     let store = Store::open(dir)?;
     let pki = Pki::load_or_create(dir)?;

@@ -22,7 +22,10 @@ pub struct Refused {
 /// What a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Message { topic: String, payload: Bytes },
+    Message {
+        topic: String,
+        payload: Bytes,
+    },
     /// The broker closed the session (a kick, an outage, a takeover, the backend stopping).
     Closed(String),
 }
@@ -52,9 +55,10 @@ impl Broker {
         will: Option<(String, Bytes)>,
     ) -> Result<MemorySession, Refused> {
         let refuse = |code: String, reason: String| {
-            self.core.record(NewEvent::new(kinds::MQTT_REFUSED).data(json!({
-                "peer": "in-memory", "client_id": client_id, "reason": reason,
-            })));
+            self.core
+                .record(NewEvent::new(kinds::MQTT_REFUSED).data(json!({
+                    "peer": "in-memory", "client_id": client_id, "reason": reason,
+                })));
             Refused { code, reason }
         };
         if self.is_down() {
@@ -72,10 +76,11 @@ impl Broker {
         let (tx, rx) = mpsc::unbounded_channel();
         let key = (pool, client_id.to_string());
         let conn_id = self.register(&key, fingerprint, tx);
-        self.core.record(ev(&key, kinds::MQTT_CONNECTED).data(json!({
-            "peer": "in-memory", "keep_alive_s": 0, "clean_session": true,
-            "has_will": will.is_some(),
-        })));
+        self.core
+            .record(ev(&key, kinds::MQTT_CONNECTED).data(json!({
+                "peer": "in-memory", "keep_alive_s": 0, "clean_session": true,
+                "has_will": will.is_some(),
+            })));
         Ok(MemorySession {
             broker: self.clone(),
             key,
@@ -93,7 +98,8 @@ impl MemorySession {
         let core = &self.broker.core;
         let (pool, id) = &self.key;
         if acl::may_subscribe(&core.namespace, pool, id, filter) {
-            self.broker.add_subscription(&self.key, self.conn_id, filter);
+            self.broker
+                .add_subscription(&self.key, self.conn_id, filter);
             core.record(ev(&self.key, kinds::MQTT_SUBSCRIBED).data(json!({ "filter": filter })));
             true
         } else {
@@ -152,9 +158,11 @@ impl MemorySession {
         self.closed = true;
         self.broker.unregister(&self.key, self.conn_id);
         let will_fired = !clean && fire_will && self.will.is_some();
-        self.broker.core.record(ev(&self.key, kinds::MQTT_DISCONNECTED).data(json!({
-            "clean": clean, "will_fired": will_fired, "reason": reason,
-        })));
+        self.broker
+            .core
+            .record(ev(&self.key, kinds::MQTT_DISCONNECTED).data(json!({
+                "clean": clean, "will_fired": will_fired, "reason": reason,
+            })));
         if will_fired {
             if let Some((topic, payload)) = self.will.take() {
                 let _ = self.broker.inbound.send((topic, payload));

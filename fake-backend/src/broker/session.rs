@@ -271,7 +271,10 @@ pub(super) fn connect_check(
             format!("last will topic {topic:?} is not this client's writeonly topic"),
         )
     } else if broker.is_down() {
-        (ConnectReturnCode::ServiceUnavailable, "broker down".to_string())
+        (
+            ConnectReturnCode::ServiceUnavailable,
+            "broker down".to_string(),
+        )
     } else {
         return None;
     };

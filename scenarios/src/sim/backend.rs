@@ -88,7 +88,11 @@ impl Backend for SimBackend {
         let req = ClaimRequest {
             worker_ulid: self.worker()?,
         };
-        match self.api()?.claim(run_ulid, req).map_err(|e| map(e, "claim")) {
+        match self
+            .api()?
+            .claim(run_ulid, req)
+            .map_err(|e| map(e, "claim"))
+        {
             Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
             Err(BackendError::Conflict { message }) => Ok(ClaimOutcome::Refused(message)),
             Err(e) => Err(e),
@@ -99,7 +103,9 @@ impl Backend for SimBackend {
         let req = LeaseRequest {
             worker_ulid: self.worker()?,
         };
-        self.api()?.lease(run_ulid, req).map_err(|e| map(e, "lease"))
+        self.api()?
+            .lease(run_ulid, req)
+            .map_err(|e| map(e, "lease"))
     }
 
     async fn transition(

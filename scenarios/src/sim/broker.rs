@@ -117,7 +117,12 @@ impl Driver {
                 &self.cfg.worker_ulid,
                 Some((self.writeonly.clone(), Bytes::from(will))),
             )
-            .map_err(|r| (r.code == "NotAuthorized", format!("{}: {}", r.code, r.reason)))
+            .map_err(|r| {
+                (
+                    r.code == "NotAuthorized",
+                    format!("{}: {}", r.code, r.reason),
+                )
+            })
     }
 }
 
@@ -146,13 +151,20 @@ async fn drive(
             Ok(s) => s,
             Err((true, why)) => {
                 let _ = fatal.send(Some(MqttError::Unauthorized(why.clone())));
-                let _ = d.events.send(BackendEvent::Disconnected(format!("fatal: {why}"))).await;
+                let _ = d
+                    .events
+                    .send(BackendEvent::Disconnected(format!("fatal: {why}")))
+                    .await;
                 return;
             }
             Err((false, why)) => {
                 if !announced_down {
                     announced_down = true;
-                    if d.events.send(BackendEvent::Disconnected(why)).await.is_err() {
+                    if d.events
+                        .send(BackendEvent::Disconnected(why))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -165,7 +177,10 @@ async fn drive(
         if !session.subscribe(&d.readonly.clone()) {
             let why = format!("subscription to {} refused", d.readonly);
             let _ = fatal.send(Some(MqttError::Unauthorized(why.clone())));
-            let _ = d.events.send(BackendEvent::Disconnected(format!("fatal: {why}"))).await;
+            let _ = d
+                .events
+                .send(BackendEvent::Disconnected(format!("fatal: {why}")))
+                .await;
             return;
         }
         backoff.reset();
@@ -225,7 +240,11 @@ async fn drive(
         };
         // Announced here; a failing reconnect says nothing more until it is back.
         announced_down = true;
-        if d.events.send(BackendEvent::Disconnected(lost.clone())).await.is_err() {
+        if d.events
+            .send(BackendEvent::Disconnected(lost.clone()))
+            .await
+            .is_err()
+        {
             return;
         }
         tracing::warn!(error = %lost, "MQTT connection lost");

@@ -22,7 +22,8 @@ async fn exchange(
 ) -> Result<hyper::Response<hyper::body::Incoming>, bollard::errors::Error> {
     let (client, server) = tokio::io::duplex(64 * 1024);
     daemon.serve_io(server);
-    let io_error = |e: hyper::Error| bollard::errors::Error::from(std::io::Error::other(e.to_string()));
+    let io_error =
+        |e: hyper::Error| bollard::errors::Error::from(std::io::Error::other(e.to_string()));
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
         .await
         .map_err(io_error)?;

@@ -161,7 +161,12 @@ async fn run(
         .map(|c| fake_backend::pki::fingerprint(c.as_ref()))
         .unwrap_or_default();
     let backend = SimBackend::new(w.net.clone(), leaf.clone(), &w.name);
-    let previous = w.disk.worker_file.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let previous = w
+        .disk
+        .worker_file
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let request = RegisterRequest {
         protocol_version: protocol::PROTOCOL_VERSION,
         arch,
@@ -171,7 +176,9 @@ async fn run(
         previous_worker_ulid: previous.as_ref().map(|p| p.worker_ulid.clone()),
     };
     let mut backoff = Backoff::standard(seed.wrapping_add(1));
-    let register = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || backend.register(&request));
+    let register = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
+        backend.register(&request)
+    });
     let (reg, reaped) = reap_then_register(&runtime, previous.as_ref(), || async move {
         register.await.map_err(Error::from)
     })
@@ -179,7 +186,10 @@ async fn run(
     backend.set_worker_ulid(&reg.worker_ulid);
     let reaped_workspaces = w.disk.workspaces.reap();
     if reaped_workspaces > 0 {
-        tracing::warn!(count = reaped_workspaces, "removed run workspaces left by an earlier launcher");
+        tracing::warn!(
+            count = reaped_workspaces,
+            "removed run workspaces left by an earlier launcher"
+        );
     }
     tracing::info!(worker_ulid = %reg.worker_ulid, pool_ulid = %reg.pool_ulid,
         held_runs = reg.held_runs.len(), capacity = settings.capacity, "registered");
@@ -229,7 +239,13 @@ async fn run(
     let serving = supervisor.with_fatal(fatal_rx).run(signals);
     tokio::pin!(serving);
     // The guard `wait_for` returns is not Send: clone the error out before any await.
-    let fatal = async { push_fatal.wait_for(Option::is_some).await.ok().and_then(|e| e.clone()) };
+    let fatal = async {
+        push_fatal
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|e| e.clone())
+    };
     let result = tokio::select! {
         r = &mut serving => r,
         e = fatal => {
