@@ -30,6 +30,17 @@ pub async fn execute_in(
     mode: Mode,
     capture: Captured,
 ) -> Result<Report, ScenarioError> {
+    execute_inspect(scenario, seed, mode, capture, |_| {}).await
+}
+
+/// [`execute_in`], with `inspect` called on the world once checked, before it is torn down.
+pub async fn execute_inspect(
+    scenario: &Scenario,
+    seed: u64,
+    mode: Mode,
+    capture: Captured,
+    inspect: impl FnOnce(&World),
+) -> Result<Report, ScenarioError> {
     let mut world = World::build(scenario, seed, mode, capture).await?;
     let mut trace = Trace::default();
     let mut failures = Vec::new();
@@ -78,6 +89,7 @@ pub async fn execute_in(
         trace,
         full,
     };
+    inspect(&world);
     if let Some(b) = world.backend.take() {
         b.shutdown().await;
     }

@@ -17,6 +17,7 @@ pub mod model;
 pub mod parse;
 pub mod random;
 pub mod report;
+pub mod scale;
 pub mod secrets;
 pub mod sim;
 pub mod world;
@@ -102,10 +103,25 @@ pub async fn run(scenario: &Scenario, seed: u64, repeat: usize) -> Result<Outcom
 /// paused time). Blocking: call it outside any runtime. Same scenario and seed, same
 /// [`Report::full`], byte for byte.
 pub fn execute_sim(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioError> {
+    execute_sim_with(scenario, seed, |_| {})
+}
+
+/// [`execute_sim`], with `inspect` called on the world before it is torn down.
+pub fn execute_sim_with(
+    scenario: &Scenario,
+    seed: u64,
+    inspect: impl FnOnce(&world::World),
+) -> Result<Report, ScenarioError> {
     let rt = sim::runtime(seed).map_err(|e| ScenarioError::Harness(format!("sim runtime: {e}")))?;
     let capture = launcher_node::Captured::default();
     let _logs = tracing::dispatcher::set_default(&capture.sim_dispatch());
-    rt.block_on(engine::execute_in(scenario, seed, Mode::Sim, capture))
+    rt.block_on(engine::execute_inspect(
+        scenario,
+        seed,
+        Mode::Sim,
+        capture,
+        inspect,
+    ))
 }
 
 /// Runs `scenario` `repeat` times (at least once) with `seed` in `mode`, each on a

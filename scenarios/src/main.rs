@@ -33,6 +33,21 @@ enum Command {
     },
     /// Parse scenario files and report errors, without running them.
     Check { files: Vec<PathBuf> },
+    /// A pool of many launchers and many runs with faults, in sim mode: virtual time to
+    /// drain the queue, runs per launcher, claims refused.
+    Scale {
+        #[arg(long, default_value_t = 100)]
+        launchers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        capacity: u32,
+        /// One fault per this many runs (0: none).
+        #[arg(long, default_value_t = 50)]
+        fault_every: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +58,35 @@ fn main() -> ExitCode {
             .init();
     }
     match cli.command {
+        Command::Scale {
+            launchers,
+            runs,
+            capacity,
+            fault_every,
+            seed,
+        } => {
+            let opts = scenarios::scale::ScaleOptions {
+                launchers,
+                runs,
+                capacity,
+                fault_every,
+                seed,
+            };
+            match scenarios::scale::run(&opts) {
+                Ok(r) => {
+                    println!("{r}");
+                    if r.report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    println!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { files } => {
             let mut ok = true;
             for f in files {
