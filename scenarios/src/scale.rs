@@ -59,7 +59,11 @@ impl std::fmt::Display for ScaleReport {
             counts.iter().min().copied().unwrap_or(0),
             counts.iter().max().copied().unwrap_or(0),
         );
-        writeln!(f, "verdict: {}", if self.report.passed { "PASS" } else { "FAIL" })?;
+        writeln!(
+            f,
+            "verdict: {}",
+            if self.report.passed { "PASS" } else { "FAIL" }
+        )?;
         for x in self.report.failures.iter().take(20) {
             writeln!(f, "  ! {x}")?;
         }
@@ -74,7 +78,9 @@ impl std::fmt::Display for ScaleReport {
         writeln!(
             f,
             "virtual time to drain the queue: {}",
-            humantime::format_duration(Duration::from_millis(self.virtual_drain.as_millis() as u64))
+            humantime::format_duration(
+                Duration::from_millis(self.virtual_drain.as_millis() as u64)
+            )
         )?;
         write!(f, "real time: {:.1?}", self.real)
     }
@@ -224,11 +230,14 @@ fn figures(world: &crate::world::World) -> Figures {
         (Some(a), Some(z)) => Duration::from_millis(z.saturating_sub(a)),
         _ => Duration::ZERO,
     };
-    let mut per: BTreeMap<String, usize> =
-        world.launchers.keys().map(|n| (n.clone(), 0)).collect();
+    let mut per: BTreeMap<String, usize> = world.launchers.keys().map(|n| (n.clone(), 0)).collect();
     for r in b.runs() {
         if r.state.is_terminal() {
-            if let Some(l) = r.worker.as_deref().and_then(|w| world.launcher_of_worker(w)) {
+            if let Some(l) = r
+                .worker
+                .as_deref()
+                .and_then(|w| world.launcher_of_worker(w))
+            {
                 *per.entry(l.to_string()).or_default() += 1;
             }
         }
