@@ -29,6 +29,9 @@ fn run_case(path: &str, mode: Mode) {
     if let Some(n) = &outcome.nondeterminism {
         panic!("nondeterministic: {n}");
     }
+    if mode == Mode::Wire {
+        same_as_sim(path, &outcome.reports[0]);
+    }
     if !outcome.passed() {
         let seed = outcome.reports[0].seed;
         panic!(
@@ -38,6 +41,22 @@ fn run_case(path: &str, mode: Mode) {
             scenarios::repro_command_in(path, seed, mode)
         );
     }
+}
+
+/// The wire execution's verdict and canonical trace (each run's states, outcome, launcher,
+/// worker version; each launcher's exits) are the sim execution's: one world, two modes.
+fn same_as_sim(path: &Path, wire: &scenarios::Report) {
+    let scenario = scenarios::parse::load(path).expect("parses");
+    if scenario.runs_in(Mode::Sim).is_err() {
+        return;
+    }
+    let sim = scenarios::execute_sim(&scenario, wire.seed).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (sim.passed, &sim.trace.canonical),
+        (wire.passed, &wire.trace.canonical),
+        "sim and wire disagree on {}:\nsim:\n{sim}\nwire:\n{wire}",
+        path.display()
+    );
 }
 
 include!(concat!(env!("OUT_DIR"), "/cases.rs"));
