@@ -181,6 +181,11 @@ impl Admin {
         d.record(&mut st, "daemon", "restart", "", attrs);
     }
 
+    /// The daemon's clock now: the time its next event would carry.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.daemon.clock.now()
+    }
+
     /// The whole ordered event log.
     pub fn events(&self) -> Vec<Event> {
         self.daemon.lock().log.all().to_vec()

@@ -11,6 +11,7 @@ use crate::error::ScenarioError;
 use crate::launcher_node::Captured;
 use crate::model::{Behaviour, DockerKind, Fault, Mode, Scenario, ScheduleStep, Step};
 use crate::report::{Report, Trace};
+use crate::timeline::Recorder;
 use crate::world::World;
 
 /// How long the engine waits, at the end, for every run to reach a terminal state and for
@@ -41,14 +42,25 @@ pub async fn execute_inspect(
     capture: Captured,
     inspect: impl FnOnce(&World),
 ) -> Result<Report, ScenarioError> {
+    let mut rec = Recorder::start();
     let mut world = World::build(scenario, seed, mode, capture).await?;
+    rec.observe(&world);
     let mut trace = Trace::default();
     let mut failures = Vec::new();
 
     'phases: for phase in &scenario.phases {
         trace.note(format!("phase {}", phase.name));
         for (i, step) in phase.steps.iter().enumerate() {
-            if let Err(msg) = step_once(&mut world, step, &mut trace).await? {
+            let began = rec.now_ms();
+            let outcome = step_once(&mut world, step, &mut trace).await?;
+            rec.step(
+                &world,
+                &phase.name,
+                step,
+                began,
+                outcome.as_ref().err().map(String::as_str),
+            );
+            if let Err(msg) = outcome {
                 failures.push(format!("phase {:?} step {}: {msg}", phase.name, i + 1));
                 break 'phases;
             }
@@ -80,6 +92,7 @@ pub async fn execute_inspect(
     failures.extend(real_leftovers(&world).await);
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));
+    trace.timeline = rec.finish(&world, &failures, &trace);
     let full = crate::report::full_trace(&world);
     let report = Report {
         seed,

@@ -6,7 +6,7 @@
 //! - [`launcher_node`]: an in-process launcher that can be signalled and crashed.
 //! - [`engine`]: runs the steps; [`checks`]: invariants, expectations, canonical trace,
 //!   and the secret oracle over what [`secrets`] knows.
-//! - [`report`]: the verdict.
+//! - [`report`]: the verdict; [`timeline`]: the execution drawn as an HTML timeline.
 //! - [`sim`]: sim mode's adapters and runtime ([`run_in`] picks the mode).
 
 pub mod checks;
@@ -20,6 +20,7 @@ pub mod report;
 pub mod scale;
 pub mod secrets;
 pub mod sim;
+pub mod timeline;
 pub mod world;
 
 use std::path::Path;

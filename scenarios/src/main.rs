@@ -1,6 +1,7 @@
-//! `scenario run FILE... [--seed S] [--repeat N] [--mode sim|wire]`: runs scenario files
-//! and prints a trace and a verdict; on failure, the seed and the command that reproduces
-//! it. The default mode is sim (see `Command::Run::mode`), wire for files limited to it.
+//! `scenario run FILE... [--seed S] [--repeat N] [--mode sim|wire] [--timeline OUT]`: runs
+//! scenario files and prints a trace and a verdict; on failure, the seed and the command
+//! that reproduces it. The default mode is sim (see `Command::Run::mode`), wire for files
+//! limited to it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ enum Command {
         /// sockets, TLS and time. A file limited to one mode runs in that one by default.
         #[arg(long)]
         mode: Option<scenarios::Mode>,
+        /// Write each execution's timeline (HTML): to OUT for one file, else OUT/<case>.html.
+        #[arg(long, value_name = "OUT")]
+        timeline: Option<PathBuf>,
     },
     /// Parse scenario files and report errors, without running them.
     Check { files: Vec<PathBuf> },
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             seed,
             repeat,
             mode,
+            timeline,
         } => {
             let mut failed = 0;
             for f in &files {
@@ -125,6 +130,17 @@ fn main() -> ExitCode {
                             }
                             println!("{r}");
                         }
+                        if let Some(out) = &timeline {
+                            let path = scenarios::timeline::output_path(out, f, files.len());
+                            // The first failing repeat, else the first.
+                            let shown = outcome.reports.iter().find(|r| !r.passed);
+                            if let Some(r) = shown.or(outcome.reports.first()) {
+                                match scenarios::timeline::write(r, &path) {
+                                    Ok(()) => println!("  timeline: {}", path.display()),
+                                    Err(e) => println!("  timeline not written: {e}"),
+                                }
+                            }
+                        }
                         if let Some(n) = &outcome.nondeterminism {
                             println!("  ! NONDETERMINISTIC: {n}");
                         }
@@ -132,6 +148,10 @@ fn main() -> ExitCode {
                             failed += 1;
                             let s = outcome.reports.first().map(|r| r.seed).unwrap_or(0);
                             println!("  reproduce: {}", scenarios::repro_command_in(f, s, mode));
+                            if timeline.is_none() {
+                                let f = f.display();
+                                println!("  see it:    scripts/timeline.sh {f} --seed {s}");
+                            }
                         }
                     }
                     Err(e) => {

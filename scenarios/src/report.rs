@@ -10,6 +10,8 @@ pub struct Trace {
     pub notes: Vec<String>,
     /// The canonical part, compared across repeats.
     pub canonical: Vec<String>,
+    /// The execution on a time axis, for [`crate::timeline`] (not compared across repeats).
+    pub timeline: crate::timeline::Timeline,
 }
 
 impl Trace {

@@ -123,6 +123,33 @@ impl Secrets {
             .collect()
     }
 
+    /// Replaces, in each of `texts`, every spelling of every secret with the launcher's
+    /// mask, longest first (so a value is not half-replaced by one of its own lines).
+    /// Secrets are looked for once in all the texts together, then only those found are
+    /// replaced text by text: most texts hold none, and a search's setup costs the length
+    /// of the secret (a pool key is kilobytes).
+    pub fn redact_all(&self, texts: &mut [&mut String]) {
+        let all = texts
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join("\u{0}");
+        let mut found: Vec<&str> = self
+            .needles
+            .iter()
+            .map(|n| n.text.as_str())
+            .filter(|n| all.contains(n))
+            .collect();
+        found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        for t in texts.iter_mut() {
+            for n in &found {
+                if t.contains(n) {
+                    **t = t.replace(n, launcher::masking::MASK);
+                }
+            }
+        }
+    }
+
     /// Every secret `world` knows.
     pub fn of_world(world: &World) -> Secrets {
         let mut s = Secrets::default();

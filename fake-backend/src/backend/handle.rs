@@ -286,6 +286,10 @@ impl BackendHandle {
     pub fn events_since(&self, seq: u64) -> Vec<Event> {
         self.inner.core.events.since(seq)
     }
+    /// The backend's clock now: the `at_ms` an event logged now would carry.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.core.clock.now_ms()
+    }
     pub fn last_seq(&self) -> u64 {
         self.inner.core.events.last_seq()
     }
