@@ -10,6 +10,9 @@
 # this script fails at once when it cannot start dockerd, and every test that misses
 # a component (dockerd, mosquitto, openssl, the docker CLI) fails instead of skipping.
 #
+# The scenario cases run in both modes (scenarios/tests/cases.rs: `<case>_sim` and
+# `<case>_wire`, verdicts must agree); SCENARIO_MODE=sim|wire narrows them to one.
+#
 # Usage: scripts/test.sh [extra cargo test args...]   e.g. scripts/test.sh -- --nocapture
 # Env:   TEST_DOCKER_HOST       already set: use that daemon, start nothing
 #        SPACELIFT_TEST_NO_DOCKERD=1   do not start a real dockerd

@@ -29,12 +29,13 @@ use std::collections::BTreeMap;
 use protocol::api::RunType;
 use serde::{Deserialize, Serialize};
 
-pub use api::{ApiError, MAX_BODY};
+pub use api::{ApiError, DirectApi, Download, MAX_BODY};
 pub use backend::{
     create_pool_offline, reset_pool_offline, BackendConfig, BackendHandle, BrokerMode, FakeBackend,
     PoolCredentials, DEFAULT_HTTPS_BIND, DEFAULT_MQTT_BIND,
 };
 pub use binaries::BinaryContent;
+pub use broker::{Delivery, MemorySession, Refused};
 pub use error::BackendError;
 pub use events::{kinds, Event};
 pub use faults::Fault;

@@ -81,6 +81,20 @@ impl FakeDocker {
             _dir: dir,
         })
     }
+
+    /// A daemon with no listener at all: clients reach it through
+    /// [`FakeDockerHandle::serve_io`] (an in-memory pipe per connection), so a whole
+    /// world can run on one paused-time runtime. `socket_path` is a name only.
+    pub fn in_memory(config: Config) -> Result<FakeDockerHandle, Error> {
+        let daemon = state::Daemon::new(config)?;
+        Ok(FakeDockerHandle {
+            socket: PathBuf::from("/in-memory/docker.sock"),
+            admin: Admin { daemon },
+            shutdown: None,
+            task: None,
+            _dir: None,
+        })
+    }
 }
 
 /// A running in-process daemon.
@@ -106,6 +120,15 @@ impl FakeDockerHandle {
         &self.admin
     }
 
+    /// Serves one client connection over any byte stream (the same router, faults and
+    /// restarts as a socket connection; refused while the daemon is "restarting").
+    pub fn serve_io<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        server::spawn_conn(self.admin.daemon.clone(), stream);
+    }
+
     /// Stops accepting, drops every connection, stops all containers, and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -113,6 +136,11 @@ impl FakeDockerHandle {
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        } else {
+            // In memory: no accept loop; drop the connections and containers the same way.
+            let d = &self.admin.daemon;
+            d.epoch.send_modify(|e| *e = e.wrapping_add(1));
+            d.lose_containers();
         }
     }
 }

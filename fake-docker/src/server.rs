@@ -71,7 +71,7 @@ async fn accept(l: &Listener) -> std::io::Result<Conn> {
     }
 }
 
-fn spawn_conn<S>(daemon: Arc<Daemon>, stream: S)
+pub(crate) fn spawn_conn<S>(daemon: Arc<Daemon>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -74,6 +74,19 @@ impl BollardRuntime {
     /// Fails with `Unavailable` when the daemon cannot be reached.
     pub async fn connect(docker_host: Option<&str>) -> Result<BollardRuntime, RuntimeError> {
         let host = docker_host.unwrap_or(DEFAULT_DOCKER_HOST).to_string();
+        let make = |v: &ClientVersion| client(&host, v);
+        BollardRuntime::connect_with(&host, make).await
+    }
+
+    /// [`BollardRuntime::connect`] with the bollard client made by `make` for each API
+    /// version tried (e.g. over `Docker::connect_with_custom_transport`); `host` names the
+    /// daemon in messages.
+    pub async fn connect_with(
+        host: &str,
+        make: impl Fn(&ClientVersion) -> Result<Docker, RuntimeError>,
+    ) -> Result<BollardRuntime, RuntimeError> {
+        let host = host.to_string();
+        let client = |_: &str, v: &ClientVersion| make(v);
         let docker = client(&host, &NEWEST)?;
         let (docker, version) = match docker.version().await {
             Ok(v) => {

@@ -47,6 +47,11 @@ pub trait Workspaces: Send + Sync + 'static {
     fn create(&self, run_ulid: &str) -> Result<PathBuf, WorkspaceError>;
     /// Removes it with everything in it; a missing one is not an error.
     fn remove(&self, run_ulid: &str) -> Result<(), WorkspaceError>;
+    /// Whether `remove` may block (a directory tree): then it runs on tokio's blocking
+    /// pool. An implementation that never blocks says false and is called in place.
+    fn removal_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// The production [`Workspaces`]: directories under `<data_dir>/workspaces`.
@@ -197,7 +202,11 @@ impl WorkspaceGuard {
     pub async fn remove(mut self) {
         self.armed = false;
         let (ws, run) = (self.workspaces.clone(), self.run_ulid.clone());
-        let done = tokio::task::spawn_blocking(move || ws.remove(&run)).await;
+        let done = if ws.removal_blocks() {
+            tokio::task::spawn_blocking(move || ws.remove(&run)).await
+        } else {
+            Ok(ws.remove(&run))
+        };
         match done {
             Ok(Ok(())) => tracing::debug!("run workspace removed"),
             Ok(Err(e)) => {
@@ -220,8 +229,8 @@ impl Drop for WorkspaceGuard {
             }
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => drop(h.spawn_blocking(remove)),
-            Err(_) => remove(),
+            Ok(h) if self.workspaces.removal_blocks() => drop(h.spawn_blocking(remove)),
+            _ => remove(),
         }
     }
 }

@@ -489,9 +489,11 @@ mod tests {
         let failures = secret_leaks(&secrets, &leaky);
         let report = Report {
             seed: 1,
+            mode: crate::model::Mode::Wire,
             passed: failures.is_empty(),
             failures,
             trace: Trace::default(),
+            full: Vec::new(),
         };
         assert!(!report.passed);
         assert!(

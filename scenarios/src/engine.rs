@@ -8,7 +8,8 @@ use launcher::container_spec::labels;
 
 use crate::checks;
 use crate::error::ScenarioError;
-use crate::model::{Behaviour, DockerKind, Fault, Scenario, ScheduleStep, Step};
+use crate::launcher_node::Captured;
+use crate::model::{Behaviour, DockerKind, Fault, Mode, Scenario, ScheduleStep, Step};
 use crate::report::{Report, Trace};
 use crate::timeline::Recorder;
 use crate::world::World;
@@ -17,9 +18,32 @@ use crate::world::World;
 /// launchers to drain.
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// One execution in wire mode (real sockets, real time).
 pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioError> {
+    execute_in(scenario, seed, Mode::Wire, Captured::default()).await
+}
+
+/// One execution in `mode`. Sim mode must run on [`crate::sim::runtime`]; its launchers'
+/// logs go to `capture`, which the caller installs as the thread's subscriber.
+pub async fn execute_in(
+    scenario: &Scenario,
+    seed: u64,
+    mode: Mode,
+    capture: Captured,
+) -> Result<Report, ScenarioError> {
+    execute_inspect(scenario, seed, mode, capture, |_| {}).await
+}
+
+/// [`execute_in`], with `inspect` called on the world once checked, before it is torn down.
+pub async fn execute_inspect(
+    scenario: &Scenario,
+    seed: u64,
+    mode: Mode,
+    capture: Captured,
+    inspect: impl FnOnce(&World),
+) -> Result<Report, ScenarioError> {
     let mut rec = Recorder::start();
-    let mut world = World::build(scenario, seed).await?;
+    let mut world = World::build(scenario, seed, mode, capture).await?;
     rec.observe(&world);
     let mut trace = Trace::default();
     let mut failures = Vec::new();
@@ -69,17 +93,23 @@ pub async fn execute(scenario: &Scenario, seed: u64) -> Result<Report, ScenarioE
     failures.extend(checks::expectations(scenario, &world));
     trace.extend(checks::canonical(scenario, &world));
     trace.timeline = rec.finish(&world, &failures, &trace);
+    let full = crate::report::full_trace(&world);
     let report = Report {
         seed,
+        mode,
         passed: failures.is_empty(),
         failures,
         trace,
+        full,
     };
+    inspect(&world);
     if let Some(b) = world.backend.take() {
         b.shutdown().await;
     }
+    // Launchers are gone: their in-memory connections dropped every other holder.
+    world.launchers.clear();
     for (_, d) in std::mem::take(&mut world.dockers) {
-        if let Some(f) = d.fake {
+        if let Some(f) = d.fake.and_then(|f| std::sync::Arc::try_unwrap(f).ok()) {
             f.shutdown().await;
         }
     }
@@ -455,7 +485,7 @@ fn fake_of<'w>(
 ) -> Result<&'w fake_docker::FakeDockerHandle, ScenarioError> {
     world.dockers[docker]
         .fake
-        .as_ref()
+        .as_deref()
         .ok_or_else(|| ScenarioError::Harness(format!("docker {docker} is real: no faults")))
 }
 

@@ -19,7 +19,13 @@ use crate::shrink::{shrink, Budget};
 pub type Runner<'r> = dyn FnMut(&Scenario, u64) -> Result<Report, ScenarioError> + 'r;
 
 /// Today's runner: the wire-mode engine, one runtime for all schedules.
-// MERGE(sim): switch `scenario explore` to the sim runner here (one line).
+/// Sim mode: the launcher's core on virtual time, one seed per schedule (what `scenario
+/// explore` uses).
+pub fn sim_runner() -> impl FnMut(&Scenario, u64) -> Result<Report, ScenarioError> {
+    crate::execute_sim
+}
+
+/// Wire mode: real sockets and real time, seconds per schedule (for comparing modes).
 pub fn wire_runner() -> impl FnMut(&Scenario, u64) -> Result<Report, ScenarioError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -275,6 +281,8 @@ mod tests {
         };
         Ok(Report {
             seed,
+            mode: crate::Mode::Sim,
+            full: Vec::new(),
             passed: failures.is_empty(),
             failures,
             trace: Trace::default(),

@@ -20,6 +20,22 @@ impl Captured {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 
+    /// A subscriber for sim mode: as [`Captured::dispatch`], without timestamps (the
+    /// wall clock means nothing there), and only the launcher's and the sim adapters'
+    /// own lines (the fakes run on the same thread).
+    pub fn sim_dispatch(&self) -> tracing::Dispatch {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,launcher=debug,scenarios::sim=info",
+            ))
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    }
+
     /// A subscriber writing here: the launcher's own crate down to debug (what
     /// `SPACELIFT_DEBUG` can show), everything else at info (the binary's default).
     fn dispatch(&self) -> tracing::Dispatch {

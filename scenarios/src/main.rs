@@ -1,7 +1,10 @@
-//! `scenario run FILE... [--seed S] [--repeat N] [--timeline OUT]`: runs scenario files and
-//! prints a trace and a verdict; on failure, the seed and the command that reproduces it.
-//! `scenario explore --schedules N [--seed S] [--out DIR]`: random fault schedules; each
-//! failure is shrunk and written as a scenario file with the command that replays it.
+//! `scenario run FILE... [--seed S] [--repeat N] [--mode sim|wire] [--timeline OUT]`: runs
+//! scenario files and prints a trace and a verdict; on failure, the seed and the command
+//! that reproduces it. The default mode is sim (see `Command::Run::mode`), wire for files
+//! limited to it.
+//! `scenario explore --schedules N [--seed S] [--out DIR]`: random fault schedules in sim
+//! mode; each failure is shrunk and written as a scenario file with the command that
+//! replays it. `scenario scale`: a large simulated pool.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +29,11 @@ enum Command {
         /// Run each file this many times and check the repeats agree.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// `sim` (default): in-memory adapters on paused time, fast, and the same seed
+        /// replays byte for byte, so a failure is reproduced exactly. `wire`: real
+        /// sockets, TLS and time. A file limited to one mode runs in that one by default.
+        #[arg(long)]
+        mode: Option<scenarios::Mode>,
         /// Write each execution's timeline (HTML): to OUT for one file, else OUT/<case>.html.
         #[arg(long, value_name = "OUT")]
         timeline: Option<PathBuf>,
@@ -54,6 +62,21 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 12)]
         max_ops: usize,
+    },
+    /// A pool of many launchers and many runs with faults, in sim mode: virtual time to
+    /// drain the queue, runs per launcher, claims refused.
+    Scale {
+        #[arg(long, default_value_t = 100)]
+        launchers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        capacity: u32,
+        /// One fault per this many runs (0: none).
+        #[arg(long, default_value_t = 50)]
+        fault_every: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -90,6 +113,36 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Scale {
+        launchers,
+        runs,
+        capacity,
+        fault_every,
+        seed,
+    } = cli.command
+    {
+        let opts = scenarios::scale::ScaleOptions {
+            launchers,
+            runs,
+            capacity,
+            fault_every,
+            seed,
+        };
+        return match scenarios::scale::run(&opts) {
+            Ok(r) => {
+                println!("{r}");
+                if r.report.passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                println!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tokio::runtime::Runtime::new()
         .expect("a tokio runtime")
         .block_on(run(cli))
@@ -97,7 +150,7 @@ fn main() -> ExitCode {
 
 /// Explores outside any runtime: the runner owns its own.
 fn explore(opts: &scenarios::explore::Options) -> ExitCode {
-    let mut runner = scenarios::explore::wire_runner();
+    let mut runner = scenarios::explore::sim_runner();
     match scenarios::explore::explore(opts, &mut runner, &mut std::io::stdout()) {
         Ok(summary) => {
             println!("rate: {:.2} schedules/s", summary.rate());
@@ -120,6 +173,35 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Explore { .. } | Command::Schedule { .. } => {
             unreachable!("handled before the runtime starts")
         }
+        Command::Scale {
+            launchers,
+            runs,
+            capacity,
+            fault_every,
+            seed,
+        } => {
+            let opts = scenarios::scale::ScaleOptions {
+                launchers,
+                runs,
+                capacity,
+                fault_every,
+                seed,
+            };
+            match scenarios::scale::run(&opts) {
+                Ok(r) => {
+                    println!("{r}");
+                    if r.report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    println!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { files } => {
             let mut ok = true;
             for f in files {
@@ -141,12 +223,14 @@ async fn run(cli: Cli) -> ExitCode {
             files,
             seed,
             repeat,
+            mode,
             timeline,
         } => {
             let mut failed = 0;
             for f in &files {
                 println!("scenario {}", f.display());
-                match scenarios::run_file(f, seed, repeat).await {
+                let mode = mode.unwrap_or_else(|| default_mode(f));
+                match scenarios::run_file_in(f, seed, repeat, mode) {
                     Ok(outcome) if outcome.skipped.is_some() => {
                         println!("  skipped: {}", outcome.skipped.unwrap_or_default());
                     }
@@ -174,7 +258,7 @@ async fn run(cli: Cli) -> ExitCode {
                         if !outcome.passed() {
                             failed += 1;
                             let s = outcome.reports.first().map(|r| r.seed).unwrap_or(0);
-                            println!("  reproduce: {}", scenarios::repro_command(f, s));
+                            println!("  reproduce: {}", scenarios::repro_command_in(f, s, mode));
                             if timeline.is_none() {
                                 let f = f.display();
                                 println!("  see it:    scripts/timeline.sh {f} --seed {s}");
@@ -194,5 +278,13 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Sim unless the file runs only in wire mode (an unreadable file errors in the run).
+fn default_mode(path: &std::path::Path) -> scenarios::Mode {
+    match scenarios::parse::load(path) {
+        Ok(s) if s.runs_in(scenarios::Mode::Sim).is_err() => scenarios::Mode::Wire,
+        _ => scenarios::Mode::Sim,
     }
 }

@@ -24,6 +24,57 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     #[serde(default)]
     pub expect: Expectations,
+    /// The modes this scenario can run in (both when absent); a scenario limited to one
+    /// says why in `mode_reason` (a real daemon, a subprocess, a real signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<Vec<Mode>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
+}
+
+/// How a scenario's world is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The launcher's core on in-memory adapters, one thread, paused (virtual) time.
+    Sim,
+    /// Real sockets and TLS, launchers on their own threads, real time.
+    Wire,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Sim, Mode::Wire];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sim => "sim",
+            Mode::Wire => "wire",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "sim" => Ok(Mode::Sim),
+            "wire" => Ok(Mode::Wire),
+            other => Err(format!("unknown mode {other:?} (sim or wire)")),
+        }
+    }
+}
+
+impl Scenario {
+    /// Whether this scenario runs in `mode`; when not, why (its `mode_reason`).
+    pub fn runs_in(&self, mode: Mode) -> Result<(), String> {
+        match &self.modes {
+            Some(m) if !m.contains(&mode) => Err(self
+                .mode_reason
+                .clone()
+                .unwrap_or_else(|| format!("the scenario does not run in {} mode", mode.as_str()))),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

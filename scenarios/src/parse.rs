@@ -37,6 +37,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 }
 
 fn validate(s: &Scenario) -> Result<(), String> {
+    if let Some(m) = &s.modes {
+        if m.is_empty() {
+            return Err("modes: name at least one mode (sim, wire), or leave it out".into());
+        }
+        if m.len() < crate::model::Mode::ALL.len() && s.mode_reason.is_none() {
+            return Err("modes: a scenario limited to one mode says why in mode_reason".into());
+        }
+    }
+    let real = s
+        .topology
+        .dockers
+        .iter()
+        .any(|d| d.kind == crate::model::DockerKind::Real);
+    if real && s.runs_in(crate::model::Mode::Sim).is_ok() {
+        return Err(
+            "a real docker daemon cannot run in sim mode: add modes: [wire] and mode_reason".into(),
+        );
+    }
     let t = &s.topology;
     if t.dockers.is_empty() {
         return Err("topology.dockers: at least one docker daemon is needed".into());

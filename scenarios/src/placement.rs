@@ -289,6 +289,8 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             steps: p.steps,
         }],
         expect,
+        modes: None,
+        mode_reason: None,
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::model::Mode;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Trace {
     /// Readable progress notes (not compared across repeats).
@@ -25,9 +27,68 @@ impl Trace {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub seed: u64,
+    pub mode: Mode,
     pub passed: bool,
     pub failures: Vec<String>,
     pub trace: Trace,
+    /// Everything the fakes recorded, in order, on their clocks (the backend's events,
+    /// every daemon's events): byte-identical across repeats of a sim execution.
+    pub full: Vec<String>,
+}
+
+impl Report {
+    /// SHA-256 of [`Report::full`] (hex), to compare repeats.
+    pub fn full_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for line in &self.full {
+            h.update(line.as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The full trace of a world (see [`Report::full`]). Pool certificates are the one thing
+/// not drawn from the seed (keys come from the OS's RNG): their fingerprints are named by
+/// order of appearance.
+pub fn full_trace(world: &crate::world::World) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(b) = &world.backend {
+        let events = b.events();
+        let fingerprints: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.str("fingerprint").map(str::to_string))
+            .collect();
+        let stable = |line: String| {
+            fingerprints.iter().enumerate().fold(line, |l, (i, f)| {
+                l.replace(f.as_str(), &format!("cert#{i}"))
+            })
+        };
+        for e in events {
+            out.push(stable(format!(
+                "backend {} {} {} pool={} worker={} run={} {}",
+                e.seq,
+                e.at_ms,
+                e.kind,
+                e.pool.as_deref().unwrap_or("-"),
+                e.worker.as_deref().unwrap_or("-"),
+                e.run.as_deref().unwrap_or("-"),
+                e.data
+            )));
+        }
+    }
+    for (name, d) in &world.dockers {
+        if let Some(f) = &d.fake {
+            for e in f.admin().events() {
+                out.push(format!(
+                    "docker {name} {} {} {} {} {} {:?}",
+                    e.seq, e.time, e.kind, e.action, e.id, e.attributes
+                ));
+            }
+        }
+    }
+    out
 }
 
 impl fmt::Display for Report {
@@ -43,9 +104,10 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "  verdict: {} (seed {})",
+            "  verdict: {} (seed {}, {} mode)",
             if self.passed { "PASS" } else { "FAIL" },
-            self.seed
+            self.seed,
+            self.mode.as_str()
         )
     }
 }

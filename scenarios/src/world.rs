@@ -9,11 +9,14 @@ use fake_backend::{BackendConfig, BackendHandle, BinaryContent, FakeBackend};
 use fake_docker::{FakeDocker, FakeDockerHandle};
 use launcher::config::MapEnv;
 
+use std::sync::Arc;
+
 use crate::error::ScenarioError;
 use crate::launcher_node::{Captured, LauncherNode, NodeExit};
 use crate::model::{
-    BinaryKind, DockerKind, DockerTopology, LauncherTopology, Scenario, WorkerVersion,
+    BinaryKind, DockerKind, DockerTopology, LauncherTopology, Mode, Scenario, WorkerVersion,
 };
+use crate::sim;
 
 /// Images the real test daemon has (scripts/dockerd.sh builds them).
 pub const REAL_AMD64_IMAGE: &str = "busybox:latest";
@@ -24,22 +27,61 @@ pub const OTHER_POOL_KEY: &str = "${OTHER_POOL_KEY}";
 pub struct Docker {
     pub topology: DockerTopology,
     /// The in-process fake, or None for the real daemon.
-    pub fake: Option<FakeDockerHandle>,
+    pub fake: Option<Arc<FakeDockerHandle>>,
     pub host: String,
+}
+
+/// A running launcher: on its own thread (wire) or a task of the sim runtime (sim).
+pub enum Node {
+    Wire(LauncherNode),
+    Sim(sim::node::SimNode),
+}
+
+impl Node {
+    pub async fn signal(&self) {
+        match self {
+            Node::Wire(n) => n.signal().await,
+            Node::Sim(n) => n.signal().await,
+        }
+    }
+    pub async fn crash(&mut self) -> NodeExit {
+        match self {
+            Node::Wire(n) => n.crash().await,
+            Node::Sim(n) => n.crash().await,
+        }
+    }
+    pub async fn wait(&mut self) -> NodeExit {
+        match self {
+            Node::Wire(n) => n.wait().await,
+            Node::Sim(n) => n.wait().await,
+        }
+    }
+    pub fn exited(&self) -> Option<&NodeExit> {
+        match self {
+            Node::Wire(n) => n.exited(),
+            Node::Sim(n) => n.exited(),
+        }
+    }
 }
 
 pub struct Launcher {
     pub topology: LauncherTopology,
-    pub node: Option<LauncherNode>,
+    pub node: Option<Node>,
     pub worker_ulid: Option<String>,
     pub data_dir: PathBuf,
     /// Every exit this launcher had, in order.
     pub exits: Vec<NodeExit>,
-    /// What it logged, over all its starts.
+    /// What it logged, over all its starts (in sim mode, what every launcher logged:
+    /// one thread runs them all).
     pub output: Captured,
+    /// Sim mode: its worker.json and workspaces across restarts.
+    pub disk: sim::node::Disk,
 }
 
 pub struct World {
+    pub mode: Mode,
+    /// Sim mode: where launchers find the backend.
+    pub net: sim::Net,
     pub seed: u64,
     pub dir: tempfile::TempDir,
     pub backend: Option<BackendHandle>,
@@ -62,7 +104,13 @@ fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
 }
 
 impl World {
-    pub async fn build(scenario: &Scenario, seed: u64) -> Result<World, ScenarioError> {
+    /// Builds the world of `mode`; in sim mode every launcher's log goes to `capture`.
+    pub async fn build(
+        scenario: &Scenario,
+        seed: u64,
+        mode: Mode,
+        capture: Captured,
+    ) -> Result<World, ScenarioError> {
         let dir = tempfile::Builder::new()
             .prefix("scenario")
             .tempdir()
@@ -73,9 +121,13 @@ impl World {
         backend_config.heartbeat_interval = scenario.topology.backend.heartbeat_interval;
         backend_config.pool_key_bits = 2048;
         backend_config.admin = false;
-        let backend = FakeBackend::start(backend_config.clone())
+        let backend = start_backend(mode, backend_config.clone())
             .await
             .map_err(|e| harness("starting the fake backend", e))?;
+        let net = sim::Net::default();
+        if mode == Mode::Sim {
+            net.set(Some(backend.clone()));
+        }
         let creds = backend
             .create_pool()
             .map_err(|e| harness("creating a pool", e))?;
@@ -85,6 +137,8 @@ impl World {
             .ok_or_else(|| harness("creating a pool", "no private key"))?;
 
         let mut world = World {
+            mode,
+            net,
             seed,
             dir,
             pool: creds.pool_ulid.clone(),
@@ -102,7 +156,7 @@ impl World {
             world.publish(v)?;
         }
         for (i, d) in scenario.topology.dockers.iter().enumerate() {
-            let docker = start_docker(d, seed.wrapping_add(i as u64)).await?;
+            let docker = start_docker(d, seed.wrapping_add(i as u64), mode).await?;
             world.dockers.insert(d.name.clone(), docker);
         }
         for l in &scenario.topology.launchers {
@@ -115,7 +169,11 @@ impl World {
                     worker_ulid: None,
                     data_dir,
                     exits: Vec::new(),
-                    output: Captured::default(),
+                    output: match mode {
+                        Mode::Sim => capture.clone(),
+                        Mode::Wire => Captured::default(),
+                    },
+                    disk: sim::node::Disk::default(),
                 },
             );
         }
@@ -220,9 +278,34 @@ impl World {
                 .push(exit);
         }
         let since = self.backend().last_seq();
+        let node = match self.mode {
+            Mode::Wire => {
+                let l = &self.launchers[name];
+                Node::Wire(
+                    LauncherNode::start_captured(name, config, l.output.clone())
+                        .map_err(|e| harness("launcher thread", e))?,
+                )
+            }
+            Mode::Sim => {
+                let l = &self.launchers[name];
+                let docker = self
+                    .dockers
+                    .get(&l.topology.docker)
+                    .and_then(|d| d.fake.clone())
+                    .ok_or_else(|| harness("launcher", "sim mode needs a fake docker"))?;
+                Node::Sim(sim::node::SimNode::start(
+                    config,
+                    sim::node::Wiring {
+                        name: name.to_string(),
+                        net: self.net.clone(),
+                        docker_name: l.topology.docker.clone(),
+                        docker,
+                        disk: l.disk.clone(),
+                    },
+                ))
+            }
+        };
         let l = self.launchers.get_mut(name).expect("known launcher");
-        let node = LauncherNode::start_captured(name, config, l.output.clone())
-            .map_err(|e| harness("launcher thread", e))?;
         l.node = Some(node);
         let backend = self.backend.as_ref().expect("backend running");
         let mut exited = None;
@@ -309,12 +392,16 @@ impl World {
     /// Restarts the backend from its data dir, on the same ports.
     pub async fn restart_backend(&mut self) -> Result<(), ScenarioError> {
         // The backend comes back on the ports its tokens name (it reuses recorded ports).
+        self.net.set(None);
         if let Some(b) = self.backend.take() {
             b.shutdown().await;
         }
-        let b = FakeBackend::start(self.backend_config.clone())
+        let b = start_backend(self.mode, self.backend_config.clone())
             .await
             .map_err(|e| harness("restarting the fake backend", e))?;
+        if self.mode == Mode::Sim {
+            self.net.set(Some(b.clone()));
+        }
         self.backend = Some(b);
         Ok(())
     }
@@ -340,8 +427,21 @@ impl World {
     }
 }
 
-async fn start_docker(d: &DockerTopology, seed: u64) -> Result<Docker, ScenarioError> {
+async fn start_backend(
+    mode: Mode,
+    config: BackendConfig,
+) -> Result<BackendHandle, fake_backend::BackendError> {
+    match mode {
+        Mode::Wire => FakeBackend::start(config).await,
+        Mode::Sim => FakeBackend::start_in_memory(config).await,
+    }
+}
+
+async fn start_docker(d: &DockerTopology, seed: u64, mode: Mode) -> Result<Docker, ScenarioError> {
     match d.kind {
+        DockerKind::Real if mode == Mode::Sim => Err(ScenarioError::Harness(
+            "a real docker daemon cannot run in sim mode".into(),
+        )),
         DockerKind::Real => {
             let host = std::env::var("TEST_DOCKER_HOST").map_err(|_| {
                 ScenarioError::Harness("TEST_DOCKER_HOST not set (needed by kind: real)".into())
@@ -361,9 +461,11 @@ async fn start_docker(d: &DockerTopology, seed: u64) -> Result<Docker, ScenarioE
             if let Some(v) = &d.api_version {
                 config.api_version = v.clone();
             }
-            let handle = FakeDocker::start(config)
-                .await
-                .map_err(|e| harness("starting fake-docker", e))?;
+            let handle = match mode {
+                Mode::Wire => FakeDocker::start(config).await,
+                Mode::Sim => FakeDocker::in_memory(config),
+            }
+            .map_err(|e| harness("starting fake-docker", e))?;
             for img in &d.images {
                 let platforms: Vec<&str> = img.platforms.iter().map(String::as_str).collect();
                 let res = if platforms.is_empty() {
@@ -373,10 +475,13 @@ async fn start_docker(d: &DockerTopology, seed: u64) -> Result<Docker, ScenarioE
                 };
                 res.map_err(|e| harness(&format!("image {}", img.name), e))?;
             }
-            let host = handle.docker_host();
+            let host = match mode {
+                Mode::Wire => handle.docker_host(),
+                Mode::Sim => sim::docker::host(&d.name),
+            };
             Ok(Docker {
                 topology: d.clone(),
-                fake: Some(handle),
+                fake: Some(Arc::new(handle)),
                 host,
             })
         }

@@ -63,15 +63,41 @@ fn parse_range(header: Option<&str>, len: u64) -> RangeSpec {
     }
 }
 
-pub(super) async fn download(
-    State(core): State<Arc<Core>>,
-    Extension(peer): Extension<Peer>,
-    Path((version, arch)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let c = caller(&core, &peer, paths::BINARIES)?;
-    let arch = parse_arch(&arch)?;
-    let rec = core.find_binary(&version, arch).ok_or_else(|| {
+/// What a download request gets, before any transport: the HTTPS handler writes it as a
+/// response, the in-process API (`super::direct`) hands the bytes over as they are.
+pub(crate) enum Served {
+    NotModified {
+        etag: String,
+    },
+    Unsatisfiable {
+        range: String,
+        len: u64,
+    },
+    Bytes {
+        partial: bool,
+        start: u64,
+        end: u64,
+        len: u64,
+        etag: String,
+        body: Vec<u8>,
+        /// A slow-download fault: `(chunk bytes, delay between chunks in ms)`.
+        slow: Option<(usize, u64)>,
+    },
+}
+
+/// The download rules: the caller's pool, the binary, `If-None-Match`, one `Range`, and
+/// the download faults (recorded as events, like every answer).
+pub(crate) fn serve(
+    core: &Core,
+    peer: &Peer,
+    version: &str,
+    arch: &str,
+    range_header: Option<&str>,
+    if_none_match: Option<&str>,
+) -> Result<Served, ApiError> {
+    let c = caller(core, peer, paths::BINARIES)?;
+    let arch = parse_arch(arch)?;
+    let rec = core.find_binary(version, arch).ok_or_else(|| {
         ApiError::new(
             404,
             error_codes::NOT_FOUND,
@@ -89,42 +115,24 @@ pub(super) async fn download(
                 })),
         );
     };
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
         record(304, None, 0, None);
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(r);
+        return Ok(Served::NotModified { etag });
     }
     let data = core
         .store
         .read_binary(&rec.sha256)
         .map_err(|e| ApiError::new(500, error_codes::INTERNAL, format!("reading binary: {e}")))?;
     let len = data.len() as u64;
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, end) = match parse_range(range_header, len) {
-        RangeSpec::Full => (StatusCode::OK, 0, len.saturating_sub(1)),
-        RangeSpec::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e),
+    let (partial, start, end) = match parse_range(range_header, len) {
+        RangeSpec::Full => (false, 0, len.saturating_sub(1)),
+        RangeSpec::Part(s, e) => (true, s, e),
         RangeSpec::Unsatisfiable => {
             record(416, range_header.map(str::to_string), 0, None);
-            let mut r = ApiError::new(
-                416,
-                error_codes::BAD_REQUEST,
-                format!(
-                    "range {:?} is outside the {len} bytes",
-                    range_header.unwrap_or("")
-                ),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(r);
+            return Ok(Served::Unsatisfiable {
+                range: range_header.unwrap_or("").to_string(),
+                len,
+            });
         }
     };
     let mut body: Vec<u8> = if len == 0 {
@@ -160,29 +168,103 @@ pub(super) async fn download(
                 })),
         );
     }
-    let sent = body.len() as u64;
+    let status = if partial { 206 } else { 200 };
     record(
-        status.as_u16(),
+        status,
         range_header.map(str::to_string),
-        sent,
+        body.len() as u64,
         fault_note,
     );
+    Ok(Served::Bytes {
+        partial,
+        start,
+        end,
+        len,
+        etag,
+        body,
+        slow,
+    })
+}
+
+/// `chunks` of a body, the first at once and each next one `delay_ms` later (tokio time).
+pub(crate) fn trickle(
+    body: Vec<u8>,
+    chunk: usize,
+    delay_ms: u64,
+) -> impl futures_util::Stream<Item = Bytes> + Send {
+    let chunks: Vec<Bytes> = body
+        .chunks(chunk.max(1))
+        .map(Bytes::copy_from_slice)
+        .collect();
+    futures_util::stream::unfold(
+        (chunks.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            Some((next, (it, false)))
+        },
+    )
+}
+
+pub(super) async fn download(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<Peer>,
+    Path((version, arch)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let text = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    let served = serve(
+        &core,
+        &peer,
+        &version,
+        &arch,
+        text(header::RANGE),
+        text(header::IF_NONE_MATCH),
+    )?;
+    let (partial, start, end, len, etag, body, slow) = match served {
+        Served::NotModified { etag } => {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            return Ok(r);
+        }
+        Served::Unsatisfiable { range, len } => {
+            let mut r = ApiError::new(
+                416,
+                error_codes::BAD_REQUEST,
+                format!("range {range:?} is outside the {len} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+        Served::Bytes {
+            partial,
+            start,
+            end,
+            len,
+            etag,
+            body,
+            slow,
+        } => (partial, start, end, len, etag, body, slow),
+    };
+    let sent = body.len() as u64;
     let body = match slow {
         None => Body::from(body),
-        Some((chunk, delay_ms)) => {
-            let chunks: Vec<Bytes> = body.chunks(chunk).map(Bytes::copy_from_slice).collect();
-            let stream = futures_util::stream::unfold(
-                (chunks.into_iter(), true),
-                move |(mut it, first)| async move {
-                    let next = it.next()?;
-                    if !first {
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    }
-                    Some((Ok::<Bytes, std::io::Error>(next), (it, false)))
-                },
-            );
-            Body::from_stream(stream)
-        }
+        Some((chunk, delay_ms)) => Body::from_stream(futures_util::StreamExt::map(
+            trickle(body, chunk, delay_ms),
+            Ok::<Bytes, std::io::Error>,
+        )),
+    };
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
     };
     let mut resp = Response::builder()
         .status(status)
@@ -190,7 +272,7 @@ pub(super) async fn download(
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, etag)
         .header(header::CONTENT_LENGTH, sent);
-    if status == StatusCode::PARTIAL_CONTENT {
+    if partial {
         resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
     }
     resp.body(body)

@@ -3,6 +3,7 @@
 //! pool's certificate (else 401). Injected HTTP faults answer before any handler runs.
 
 mod body;
+mod direct;
 mod download;
 mod error;
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use body::ApiJson;
 pub use body::MAX_BODY;
+pub use direct::{DirectApi, Download};
 pub use error::ApiError;
 
 use crate::events::{kinds, NewEvent};
@@ -97,17 +99,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 async fn http_faults(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if let Some(f) = core.faults.take_http(&path) {
-        core.record(NewEvent::new(kinds::FAULT_TRIGGERED).data(json!({
-            "fault": "http_error", "path": path, "status": f.status, "retry_after_s": f.retry_after_s,
-        })));
-        let code = match f.status {
-            429 => error_codes::RATE_LIMITED,
-            503 => error_codes::UNAVAILABLE,
-            _ => error_codes::INTERNAL,
-        };
-        let mut e = ApiError::new(f.status, code, format!("injected fault: {}", f.status));
-        e.retry_after_s = f.retry_after_s;
+    if let Some(e) = direct::http_fault(&core, &path) {
         return e.into_response();
     }
     next.run(req).await
@@ -118,10 +110,7 @@ async fn register(
     Extension(peer): Extension<Peer>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<protocol::api::RegisterResponse>, ApiError> {
-    let c = caller(&core, &peer, paths::REGISTER)?;
-    core.register(&c.pool, req)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::register(&core, &peer, req).map(Json)
 }
 
 async fn claim(
@@ -130,10 +119,7 @@ async fn claim(
     Path(run): Path<String>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<protocol::api::ClaimResponse>, ApiError> {
-    let c = caller(&core, &peer, &paths::claim(&run))?;
-    core.claim(&c.pool, &run, &req.worker_ulid)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::claim(&core, &peer, &run, req).map(Json)
 }
 
 async fn lease(
@@ -142,10 +128,7 @@ async fn lease(
     Path(run): Path<String>,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<protocol::api::Lease>, ApiError> {
-    let c = caller(&core, &peer, &paths::lease(&run))?;
-    core.renew(&c.pool, &run, &req.worker_ulid)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::lease(&core, &peer, &run, req).map(Json)
 }
 
 async fn transition(
@@ -154,10 +137,7 @@ async fn transition(
     Path(run): Path<String>,
     ApiJson(req): ApiJson<TransitionRequest>,
 ) -> Result<Json<protocol::api::TransitionResponse>, ApiError> {
-    let c = caller(&core, &peer, &paths::state(&run))?;
-    core.transition(&c.pool, &run, req)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::transition(&core, &peer, &run, req).map(Json)
 }
 
 async fn logs(
@@ -166,10 +146,7 @@ async fn logs(
     Path(run): Path<String>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<Json<protocol::api::LogAck>, ApiError> {
-    let c = caller(&core, &peer, &paths::logs(&run))?;
-    core.logs(&c.pool, &run, batch)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::logs(&core, &peer, &run, batch).map(Json)
 }
 
 async fn policy_sample(
@@ -178,10 +155,7 @@ async fn policy_sample(
     Path(run): Path<String>,
     ApiJson(sample): ApiJson<PolicySample>,
 ) -> Result<Json<protocol::api::PolicySampleAck>, ApiError> {
-    let c = caller(&core, &peer, &paths::policy_samples(&run))?;
-    core.policy_sample(&c.pool, &run, sample)
-        .map(Json)
-        .map_err(ApiError::from)
+    direct::policy_sample(&core, &peer, &run, sample).map(Json)
 }
 
 pub(crate) fn parse_arch(s: &str) -> Result<Arch, ApiError> {
@@ -208,22 +182,7 @@ async fn latest_binary(
         .find_map(|kv| kv.strip_prefix("arch="))
         .ok_or_else(|| ApiError::new(400, error_codes::BAD_REQUEST, "missing ?arch=amd64|arm64"))?;
     let arch = parse_arch(arch)?;
-    core.latest_binary(arch)
-        .map(|b| {
-            Json(WorkerBinary {
-                version: b.version,
-                arch: b.arch,
-                size: b.size,
-                sha256: b.sha256,
-            })
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                error_codes::NOT_FOUND,
-                format!("no worker binary for {arch}"),
-            )
-        })
+    direct::latest_binary(&core, &peer, arch).map(Json)
 }
 
 /// Serves the API on `listener` until `shutdown`; each connection gets its peer identity.

@@ -319,6 +319,10 @@ impl BackendHandle {
             .core
             .record(NewEvent::new(kinds::BACKEND_STOPPED));
         self.inner.shutdown.cancel();
+        // In-memory sessions have no accept loop to close them: close them here.
+        if let (Some(b), None) = (&self.inner.broker, self.inner.mqtt_addr) {
+            b.kick_all("backend shutting down");
+        }
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {

@@ -28,6 +28,7 @@ use crate::rules::{Core, Parts, Timing};
 use crate::store::{Endpoints, Store};
 
 mod handle;
+mod in_memory;
 mod offline;
 
 pub use handle::BackendHandle;
@@ -121,26 +122,7 @@ impl FakeBackend {
     pub async fn start(config: BackendConfig) -> Result<BackendHandle> {
         crate::tls::install_default_provider();
         let dir = &config.data_dir;
-        let store = Store::open(dir)?;
-        let pki = Pki::load_or_create(dir)?;
-        let events = EventLog::open(dir)?;
-        let state = store.load()?;
-        let clock = Clock::new(BASE_MS.max(events.last_at_ms() + 1));
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let timing = Timing {
-            lease_ttl: config.lease_ttl,
-            heartbeat_interval: config.heartbeat_interval,
-            offer_ttl: config.lease_ttl,
-        };
-        let parts = Parts {
-            timing,
-            clock,
-            events,
-            store,
-            pki,
-            seed: config.seed,
-        };
-        let core = Arc::new(Core::new(parts, state, out_tx));
+        let (core, out_rx) = open_core(&config)?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -170,7 +152,7 @@ impl FakeBackend {
             shutdown.clone(),
         )));
 
-        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let (in_tx, in_rx) = mpsc::unbounded_channel::<(String, Bytes)>();
         let (bus, broker, mqtt_addr, broker_endpoint) = match &config.broker {
             BrokerMode::Embedded => {
                 let listener = bind("MQTT broker", mqtt_bind).await?;
@@ -179,7 +161,7 @@ impl FakeBackend {
                     .map_err(|e| BackendError::io("local address of", dir, e))?;
                 let acceptor =
                     TlsAcceptor::from(crate::tls::server_config(&core.pki, &server, &[])?);
-                let broker = Broker::new(core.clone(), acceptor, in_tx);
+                let broker = Broker::new(core.clone(), Some(acceptor), in_tx);
                 tasks.push(tokio::spawn(
                     broker.clone().serve(listener, shutdown.clone()),
                 ));
@@ -224,32 +206,7 @@ impl FakeBackend {
         };
         set_endpoints(&core, &endpoints);
 
-        // Inbound: worker publishes (and wills) into the rules.
-        {
-            let core = core.clone();
-            let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        m = in_rx.recv() => match m {
-                            Some((topic, payload)) => crate::broker::on_worker_publish(&core, &topic, &payload),
-                            None => break,
-                        },
-                    }
-                }
-            }));
-        }
-        tasks.push(tokio::spawn(outbox::run(
-            core.clone(),
-            bus,
-            out_rx,
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::rules::run_timers(
-            core.clone(),
-            shutdown.clone(),
-        )));
+        spawn_rules_tasks(&core, bus, in_rx, out_rx, &shutdown, &mut tasks);
 
         let admin_listener = match config.admin {
             true => Some(bind("admin API", config.admin_bind).await?),
@@ -294,6 +251,71 @@ impl FakeBackend {
         })));
         Ok(handle)
     }
+}
+
+/// The rules over the data dir (state, events, PKI), and the receiver of their outgoing
+/// messages.
+fn open_core(
+    config: &BackendConfig,
+) -> Result<(Arc<Core>, mpsc::UnboundedReceiver<crate::rules::Outbound>)> {
+    let dir = &config.data_dir;
+    let store = Store::open(dir)?;
+    let pki = Pki::load_or_create(dir)?;
+    let events = EventLog::open(dir)?;
+    let state = store.load()?;
+    let clock = Clock::new(BASE_MS.max(events.last_at_ms() + 1));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let timing = Timing {
+        lease_ttl: config.lease_ttl,
+        heartbeat_interval: config.heartbeat_interval,
+        offer_ttl: config.lease_ttl,
+    };
+    let parts = Parts {
+        timing,
+        clock,
+        events,
+        store,
+        pki,
+        seed: config.seed,
+    };
+    Ok((Arc::new(Core::new(parts, state, out_tx)), out_rx))
+}
+
+/// The tasks around the rules, whatever the transport: worker publishes (and wills) in,
+/// the outbox out, and the timers (leases, offers, heartbeats).
+fn spawn_rules_tasks(
+    core: &Arc<Core>,
+    bus: Bus,
+    mut in_rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    out_rx: mpsc::UnboundedReceiver<crate::rules::Outbound>,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) {
+    {
+        let core = core.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = in_rx.recv() => match m {
+                        Some((topic, payload)) => crate::broker::on_worker_publish(&core, &topic, &payload),
+                        None => break,
+                    },
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(outbox::run(
+        core.clone(),
+        bus,
+        out_rx,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::rules::run_timers(
+        core.clone(),
+        shutdown.clone(),
+    )));
 }
 
 /// `bind` itself, unless it asks for any port (0) on the same IP a recorded endpoint

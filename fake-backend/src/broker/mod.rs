@@ -5,6 +5,7 @@
 //! `inbound` turns any broker's worker publishes into calls to the rules.
 
 mod acl;
+mod in_memory;
 mod inbound;
 mod session;
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{kinds, NewEvent};
 use crate::rules::Core;
 
+pub use in_memory::{Delivery, MemorySession, Refused};
 pub(crate) use inbound::on_worker_publish;
 
 pub(crate) enum SessionCmd {
@@ -47,13 +49,14 @@ pub(crate) struct Broker {
     next_conn: AtomicU64,
     down: Mutex<Option<(u64, CancellationToken)>>,
     inbound: mpsc::UnboundedSender<(String, Bytes)>,
-    acceptor: TlsAcceptor,
+    /// None for a broker reached only in memory (no listener).
+    acceptor: Option<TlsAcceptor>,
 }
 
 impl Broker {
     pub(crate) fn new(
         core: Arc<Core>,
-        acceptor: TlsAcceptor,
+        acceptor: Option<TlsAcceptor>,
         inbound: mpsc::UnboundedSender<(String, Bytes)>,
     ) -> Arc<Broker> {
         Arc::new(Broker {
@@ -208,7 +211,7 @@ impl Broker {
         }
     }
 
-    fn kick_all(&self, reason: &str) {
+    pub(crate) fn kick_all(&self, reason: &str) {
         for e in self.sessions().values() {
             let _ = e.tx.send(SessionCmd::Kick {
                 fire_will: false,

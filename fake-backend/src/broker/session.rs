@@ -31,7 +31,10 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
             "listener": "mqtt", "peer": peer.to_string(), "error": error,
         })));
     };
-    let tls = match timeout(HANDSHAKE_TIMEOUT, broker.acceptor.accept(tcp)).await {
+    let Some(acceptor) = broker.acceptor.as_ref() else {
+        return refuse_tls("an in-memory broker has no TLS listener".into());
+    };
+    let tls = match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refuse_tls(e.to_string()),
         Err(_) => return refuse_tls("TLS handshake timed out".into()),
@@ -77,33 +80,13 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let ns = core.namespace.clone();
-    let mut code = ConnectReturnCode::Success;
-    let mut why = String::new();
-    if client_id.is_empty() {
-        code = ConnectReturnCode::BadClientId;
-        why = "empty client id (use the worker ULID)".into();
-    } else if client_id.contains(['#', '+', '/']) {
-        // The id is spliced into topic names: a wildcard would widen the ACL.
-        code = ConnectReturnCode::BadClientId;
-        why = "client id contains a topic wildcard or separator (#, + or /)".into();
-    } else if !core.read(|s| s.workers.get(&client_id).is_some_and(|w| w.pool == pool)) {
-        // The same answer for "unknown" and "another pool's worker", so a certificate
-        // cannot probe other pools' worker ids; either way it must not take a session over.
-        code = ConnectReturnCode::NotAuthorized;
-        why = "client id is not a registered worker of this certificate's pool".into();
-    } else if let Some(will) = &connect.last_will {
-        if !acl::may_publish(&ns, &pool, &client_id, &will.topic) {
-            code = ConnectReturnCode::NotAuthorized;
-            why = format!(
-                "last will topic {:?} is not this client's writeonly topic",
-                will.topic
-            );
-        }
-    }
-    if code == ConnectReturnCode::Success && broker.is_down() {
-        code = ConnectReturnCode::ServiceUnavailable;
-        why = "broker down".into();
-    }
+    let (code, why) = connect_check(
+        &broker,
+        &pool,
+        &client_id,
+        connect.last_will.as_ref().map(|w| w.topic.as_str()),
+    )
+    .unwrap_or((ConnectReturnCode::Success, String::new()));
     if code != ConnectReturnCode::Success {
         let _ = conn.write(Packet::ConnAck(ConnAck::new(code, false))).await;
         return refuse(&why, Some(&client_id));
@@ -251,6 +234,51 @@ pub(super) async fn run(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr) {
             let _ = broker.inbound.send((will.topic, will.message));
         }
     }
+}
+
+/// Why a CONNECT from `client_id` of `pool` is refused, if it is: the checks every
+/// connection passes, over TLS or in memory.
+pub(super) fn connect_check(
+    broker: &Broker,
+    pool: &str,
+    client_id: &str,
+    will_topic: Option<&str>,
+) -> Option<(ConnectReturnCode, String)> {
+    let core = &broker.core;
+    let refused = if client_id.is_empty() {
+        (
+            ConnectReturnCode::BadClientId,
+            "empty client id (use the worker ULID)".to_string(),
+        )
+    } else if client_id.contains(['#', '+', '/']) {
+        // The id is spliced into topic names: a wildcard would widen the ACL.
+        (
+            ConnectReturnCode::BadClientId,
+            "client id contains a topic wildcard or separator (#, + or /)".to_string(),
+        )
+    } else if !core.read(|s| s.workers.get(client_id).is_some_and(|w| w.pool == pool)) {
+        // The same answer for "unknown" and "another pool's worker", so a certificate
+        // cannot probe other pools' worker ids; either way it must not take a session over.
+        (
+            ConnectReturnCode::NotAuthorized,
+            "client id is not a registered worker of this certificate's pool".to_string(),
+        )
+    } else if let Some(topic) =
+        will_topic.filter(|t| !acl::may_publish(&core.namespace, pool, client_id, t))
+    {
+        (
+            ConnectReturnCode::NotAuthorized,
+            format!("last will topic {topic:?} is not this client's writeonly topic"),
+        )
+    } else if broker.is_down() {
+        (
+            ConnectReturnCode::ServiceUnavailable,
+            "broker down".to_string(),
+        )
+    } else {
+        return None;
+    };
+    Some(refused)
 }
 
 struct Conn<S> {

@@ -56,7 +56,20 @@ impl Tx<'_> {
                 *load.entry(w.to_string()).or_default() += 1;
             }
         }
+        // Free slots of the workers that can take runs: when none is left, the rest of the
+        // queue waits (without this, a long queue costs queue x workers per dispatch).
+        let mut free: usize = self
+            .st
+            .state
+            .workers
+            .values()
+            .filter(|w| w.online && !w.drained && w.reported_state != Some(WorkerState::Drained))
+            .map(|w| (w.capacity as usize).saturating_sub(load.get(&w.ulid).copied().unwrap_or(0)))
+            .sum();
         for run_id in queued {
+            if free == 0 {
+                break;
+            }
             let pool = self.st.state.runs[&run_id].pool.clone();
             let mut best: Option<(bool, String)> = None;
             for w in self.st.state.workers.values() {
@@ -78,6 +91,7 @@ impl Tx<'_> {
             }
             let Some((_, worker)) = best else { continue };
             *load.entry(worker.clone()).or_default() += 1;
+            free -= 1;
             self.offer(&run_id, &pool, &worker);
         }
     }

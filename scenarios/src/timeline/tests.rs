@@ -45,12 +45,14 @@ fn known() -> Report {
     t.end_ms = 100;
     Report {
         seed: 7,
+        mode: crate::model::Mode::Wire,
         passed: false,
         failures: vec!["run r1 did not reach finished within 1s".into()],
         trace: Trace {
             timeline: t,
             ..Trace::default()
         },
+        full: Vec::new(),
     }
 }
 
