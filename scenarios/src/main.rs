@@ -143,12 +143,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    tokio::runtime::Runtime::new()
-        .expect("a tokio runtime")
-        .block_on(run(cli))
+    run(cli)
 }
 
-/// Explores outside any runtime: the runner owns its own.
+/// The runner owns its runtime.
 fn explore(opts: &scenarios::explore::Options) -> ExitCode {
     let mut runner = scenarios::explore::sim_runner();
     match scenarios::explore::explore(opts, &mut runner, &mut std::io::stdout()) {
@@ -168,7 +166,8 @@ fn explore(opts: &scenarios::explore::Options) -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
+/// Each mode builds its own runtime (sim: one current-thread runtime on paused time).
+fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Explore { .. } | Command::Schedule { .. } => {
             unreachable!("handled before the runtime starts")
