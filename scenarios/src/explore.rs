@@ -4,6 +4,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -21,8 +23,8 @@ pub type Runner<'r> = dyn FnMut(&Scenario, u64) -> Result<Report, ScenarioError>
 /// Today's runner: the wire-mode engine, one runtime for all schedules.
 /// Sim mode: the launcher's core on virtual time, one seed per schedule (what `scenario
 /// explore` uses).
-pub fn sim_runner() -> impl FnMut(&Scenario, u64) -> Result<Report, ScenarioError> {
-    crate::execute_sim
+pub fn sim_runner() -> Box<Runner<'static>> {
+    Box::new(crate::execute_sim)
 }
 
 /// Wire mode: real sockets and real time, seconds per schedule (for comparing modes).
@@ -140,35 +142,111 @@ fn run(runner: &mut Runner<'_>, s: &Schedule) -> Result<Report, ScenarioError> {
     runner(&scenario, scenario.seed)
 }
 
-/// Explores `opts.schedules` schedules; progress and failures go to `log`.
+/// Explores `opts.schedules` schedules one after another; progress and failures go to
+/// `log`.
 pub fn explore(
     opts: &Options,
     runner: &mut Runner<'_>,
     log: &mut dyn Write,
 ) -> Result<Summary, ScenarioError> {
     let started = Instant::now();
-    let mut found = Vec::new();
-    let mut explored = 0;
-    let mut shrinking = Duration::ZERO;
-    for seed in schedule_seeds(opts.seed, opts.schedules) {
+    let mut failing = Vec::new();
+    let every = progress_every(opts);
+    for (i, seed) in schedule_seeds(opts.seed, opts.schedules).enumerate() {
         let schedule = Schedule::generate(seed, opts.max_ops);
         let verdict = run(runner, &schedule);
-        explored += 1;
-        // About twenty progress lines per exploration.
-        if explored % opts.schedules.div_ceil(20).max(1) == 0 && explored < opts.schedules {
+        let explored = i as u64 + 1;
+        if explored % every == 0 && explored < opts.schedules {
             let _ = writeln!(
                 log,
                 "{explored}/{} schedules, {} failed",
                 opts.schedules,
-                found.len()
+                failing.len()
             );
         }
-        if !failed(&verdict) {
-            continue;
+        if failed(&verdict) {
+            failing.push((explored, schedule, verdict));
         }
+    }
+    finish(opts, runner, failing, started, log)
+}
+
+/// Makes one runner per thread (a sim runner owns its runtime and world).
+pub type RunnerFactory<'f> = dyn Fn() -> Box<Runner<'static>> + Sync + 'f;
+
+/// As [`explore`], with the schedules spread over `jobs` threads; the failures are then
+/// shrunk one after another, in schedule order, so the outcome is the sequential one.
+pub fn explore_parallel(
+    opts: &Options,
+    jobs: usize,
+    make_runner: &RunnerFactory<'_>,
+    log: &mut (dyn Write + Send),
+) -> Result<Summary, ScenarioError> {
+    if jobs <= 1 {
+        return explore(opts, &mut *make_runner(), log);
+    }
+    let started = Instant::now();
+    let seeds: Vec<u64> = schedule_seeds(opts.seed, opts.schedules).collect();
+    let next = AtomicUsize::new(0);
+    let explored = AtomicU64::new(0);
+    let failing = Mutex::new(Vec::new());
+    let every = progress_every(opts);
+    let shared_log = Mutex::new(&mut *log);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                let mut runner = make_runner();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let schedule = Schedule::generate(seed, opts.max_ops);
+                    let verdict = run(&mut *runner, &schedule);
+                    let mut failing = lock(&failing);
+                    if failed(&verdict) {
+                        failing.push((i as u64 + 1, schedule, verdict));
+                    }
+                    let n = explored.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % every == 0 && n < opts.schedules {
+                        let _ = writeln!(
+                            lock(&shared_log),
+                            "{n}/{} schedules, {} failed",
+                            opts.schedules,
+                            failing.len()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let mut failing = failing.into_inner().unwrap_or_else(|p| p.into_inner());
+    failing.sort_by_key(|(n, _, _)| *n);
+    finish(opts, &mut *make_runner(), failing, started, log)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// About twenty progress lines per exploration.
+fn progress_every(opts: &Options) -> u64 {
+    opts.schedules.div_ceil(20).max(1)
+}
+
+/// Shrinks (up to `opts.max_shrunk`) and writes every failing schedule, in order.
+fn finish(
+    opts: &Options,
+    runner: &mut Runner<'_>,
+    failing: Vec<(u64, Schedule, Result<Report, ScenarioError>)>,
+    started: Instant,
+    log: &mut dyn Write,
+) -> Result<Summary, ScenarioError> {
+    let mut found = Vec::new();
+    let mut shrinking = Duration::ZERO;
+    for (explored, schedule, verdict) in failing {
         let _ = writeln!(
             log,
-            "schedule {explored} (seed {seed}, {} ops) failed: {:?}",
+            "schedule {explored} (seed {}, {} ops) failed: {:?}",
+            schedule.seed,
             schedule.ops.len(),
             failures_of(&verdict)
         );
@@ -202,7 +280,7 @@ pub fn explore(
         found.push(f);
     }
     Ok(Summary {
-        explored,
+        explored: opts.schedules,
         found,
         elapsed: started.elapsed(),
         shrinking,
@@ -394,6 +472,26 @@ mod tests {
             "{}",
             &page[..80.min(page.len())]
         );
+    }
+
+    #[test]
+    fn threads_find_and_shrink_what_one_thread_does() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        let make = || -> Box<Runner<'static>> { Box::new(cancel_after_crash) };
+        let a = explore_parallel(&options(one.path()), 1, &make, &mut std::io::sink())
+            .expect("explores");
+        let b = explore_parallel(&options(two.path()), 2, &make, &mut std::io::sink())
+            .expect("explores");
+        assert!(!a.found.is_empty());
+        let seeds = |s: &Summary| -> Vec<(u64, usize)> {
+            s.found
+                .iter()
+                .map(|f| (f.original.seed, f.shrunk.ops.len()))
+                .collect()
+        };
+        assert_eq!(seeds(&a), seeds(&b));
+        assert_eq!(a.line(), b.line());
     }
 
     #[test]

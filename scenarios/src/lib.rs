@@ -19,6 +19,7 @@ pub mod launcher_node;
 pub mod model;
 pub mod parse;
 pub mod placement;
+pub mod pool_keys;
 pub mod random;
 pub mod report;
 pub mod scale;

@@ -56,6 +56,10 @@ enum Command {
         /// Runs spent shrinking one failure, at most.
         #[arg(long, default_value_t = 200)]
         shrink_budget: usize,
+        /// Threads running schedules (default: one per core). Failures are shrunk in
+        /// schedule order afterwards, so the outcome does not depend on it.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Print the scenario file of one explored schedule (its seed, as `explore` logs it).
     Schedule {
@@ -93,12 +97,16 @@ fn main() -> ExitCode {
         out,
         max_ops,
         shrink_budget,
+        jobs,
     } = cli.command
     {
         let mut opts = scenarios::explore::Options::new(schedules, seed, out);
         opts.max_ops = max_ops;
         opts.shrink_budget = shrink_budget;
-        return explore(&opts);
+        let jobs = jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        return explore(&opts, jobs);
     }
     if let Command::Schedule { seed, max_ops } = cli.command {
         let s = scenarios::random::Schedule::generate(seed, max_ops).scenario();
@@ -147,9 +155,9 @@ fn main() -> ExitCode {
 }
 
 /// The runner owns its runtime.
-fn explore(opts: &scenarios::explore::Options) -> ExitCode {
-    let mut runner = scenarios::explore::sim_runner();
-    match scenarios::explore::explore(opts, &mut runner, &mut std::io::stdout()) {
+fn explore(opts: &scenarios::explore::Options, jobs: usize) -> ExitCode {
+    let make = scenarios::explore::sim_runner;
+    match scenarios::explore::explore_parallel(opts, jobs, &make, &mut std::io::stdout()) {
         Ok(summary) => {
             println!("rate: {:.2} schedules/s", summary.rate());
             println!("{}", summary.line());

@@ -128,9 +128,7 @@ impl World {
         if mode == Mode::Sim {
             net.set(Some(backend.clone()));
         }
-        let creds = backend
-            .create_pool()
-            .map_err(|e| harness("creating a pool", e))?;
+        let creds = crate::pool_keys::create_pool(&backend, 0)?;
         let key = creds
             .private_key_b64
             .clone()
@@ -348,10 +346,7 @@ impl World {
     }
 
     fn other_pool_key(&self) -> Result<String, ScenarioError> {
-        let creds = self
-            .backend()
-            .create_pool()
-            .map_err(|e| harness("creating a second pool", e))?;
+        let creds = crate::pool_keys::create_pool(self.backend(), self.keys_made())?;
         let key = creds
             .private_key_b64
             .ok_or_else(|| harness("creating a second pool", "no private key"))?;
@@ -409,10 +404,7 @@ impl World {
     /// Resets the pool's certificate: the backend refuses the old key from now on and
     /// closes its connections; launchers started later get the new key and token.
     pub fn revoke_credentials(&mut self) -> Result<(), ScenarioError> {
-        let creds = self
-            .backend()
-            .reset_pool(&self.pool, None)
-            .map_err(|e| harness("revoking the pool's credentials", e))?;
+        let creds = crate::pool_keys::reset_pool(self.backend(), &self.pool, self.keys_made())?;
         let key = creds
             .private_key_b64
             .ok_or_else(|| harness("revoking the pool's credentials", "no new key"))?;
@@ -420,6 +412,16 @@ impl World {
         let token = std::mem::replace(&mut self.token, creds.token);
         self.revoked.push((key, token));
         Ok(())
+    }
+
+    /// Pool keys this world has used (its own first): the next one's index.
+    fn keys_made(&self) -> usize {
+        1 + self.revoked.len()
+            + self
+                .other_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
     }
 
     pub fn data_path(&self) -> &Path {
