@@ -13,6 +13,9 @@
 # The scenario cases run in both modes (scenarios/tests/cases.rs: `<case>_sim` and
 # `<case>_wire`, verdicts must agree); SCENARIO_MODE=sim|wire narrows them to one.
 #
+# Then, unless arguments narrow the run, scripts/explore.sh explores 2,000 random fault
+# schedules in sim mode (release build).
+#
 # Usage: scripts/test.sh [extra cargo test args...]   e.g. scripts/test.sh -- --nocapture
 # Env:   TEST_DOCKER_HOST       already set: use that daemon, start nothing
 #        SPACELIFT_TEST_NO_DOCKERD=1   do not start a real dockerd
@@ -76,4 +79,12 @@ fi
 rc=0
 cargo test --workspace "$@" || rc=$?
 log "cargo test exited with $rc"
+# Thousands of random fault schedules in sim mode (scripts/explore.sh); skipped when
+# arguments narrow the run, or with SPACELIFT_TEST_NO_EXPLORE=1.
+if [ "$#" -eq 0 ] && [ -z "${SPACELIFT_TEST_NO_EXPLORE:-}" ]; then
+    erc=0
+    bash scripts/explore.sh || erc=$?
+    log "scenario explore exited with $erc"
+    [ "$rc" -ne 0 ] || rc=$erc
+fi
 exit "$rc"
