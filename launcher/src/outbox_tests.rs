@@ -175,7 +175,11 @@ async fn batches_waiting_behind_each_other_go_out_in_one_upload() {
     drop(outbox);
     assert_eq!(deliver.await, "R1");
     assert_all_arrived(&h, "R1", &lines);
-    assert_eq!(h.backend.peek(|s| s.uploads), 1, "ten small batches, one upload");
+    assert_eq!(
+        h.backend.peek(|s| s.uploads),
+        1,
+        "ten small batches, one upload"
+    );
 }
 
 fn batch(texts: &[&str]) -> super::Report {
@@ -203,7 +207,10 @@ async fn lines_queued_after_a_split_line_are_numbered_after_its_pieces() {
     drop(outbox);
     deliver.await;
     assert_all_arrived(&h, "R1", &[huge, "after".to_string()]);
-    assert!(h.backend.log_seqs("R1").len() > 2, "the long line went in pieces");
+    assert!(
+        h.backend.log_seqs("R1").len() > 2,
+        "the long line went in pieces"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -245,7 +252,10 @@ async fn lines_the_backend_can_no_longer_take_are_given_up_not_retried_forever()
         tokio::join!(deliver, lose_then_push)
     })
     .await;
-    assert!(delivered.is_ok(), "the outbox kept retrying lines that can never be taken");
+    assert!(
+        delivered.is_ok(),
+        "the outbox kept retrying lines that can never be taken"
+    );
     assert!(h.backend.log_texts("R1").is_empty());
 }
 
@@ -260,6 +270,10 @@ async fn a_backend_refusing_even_small_uploads_as_too_large_gets_them_dropped_at
     tokio::time::timeout(Duration::from_secs(3600), deliver)
         .await
         .expect("the outbox gives up on uploads no backend limit lets through");
-    assert_eq!(h.backend.peek(|s| s.refused_uploads), 1, "no halving down to nothing");
+    assert_eq!(
+        h.backend.peek(|s| s.refused_uploads),
+        1,
+        "no halving down to nothing"
+    );
     assert!(h.backend.log_texts("R1").is_empty());
 }

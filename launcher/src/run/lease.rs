@@ -104,14 +104,20 @@ mod tests {
         let backend: Arc<dyn Backend> = h.backend.clone();
         let t0 = Instant::now();
         keep(backend, "R1".into(), ttl, lost_tx, fatal, 7).await;
-        let why = lost_rx.borrow().clone().expect("keep returns once the lease is lost");
+        let why = lost_rx
+            .borrow()
+            .clone()
+            .expect("keep returns once the lease is lost");
         (t0.elapsed(), why)
     }
 
     #[test]
     fn renewals_go_out_at_a_third_of_the_ttl_never_more_often_than_100ms() {
         assert_eq!(renew_interval(secs(30)), secs(10));
-        assert_eq!(renew_interval(Duration::from_millis(90)), Duration::from_millis(100));
+        assert_eq!(
+            renew_interval(Duration::from_millis(90)),
+            Duration::from_millis(100)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -121,7 +127,10 @@ mod tests {
         let (took, why) = keep_until_lost(&h, secs(3)).await;
         assert_eq!(took, secs(3), "lost at {took:?}: {why}");
         assert!(why.starts_with("the lease expired"), "{why}");
-        assert!(h.backend.peek(|s| s.renewals.len()) > 1, "failures are retried");
+        assert!(
+            h.backend.peek(|s| s.renewals.len()) > 1,
+            "failures are retried"
+        );
     }
 
     #[tokio::test(start_paused = true)]

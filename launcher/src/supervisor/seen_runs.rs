@@ -63,7 +63,10 @@ mod tests {
         seen.forget("A");
         assert!(!seen.contains("A"));
         seen.insert("C");
-        assert!(seen.contains("B") && seen.contains("C"), "room was made by forgetting");
+        assert!(
+            seen.contains("B") && seen.contains("C"),
+            "room was made by forgetting"
+        );
         seen.insert("D");
         assert!(!seen.contains("B"), "B is now the oldest");
         assert!(seen.contains("C") && seen.contains("D"));
