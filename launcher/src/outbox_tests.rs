@@ -134,3 +134,146 @@ async fn a_long_outage_bounds_queued_output_and_loses_nothing() {
         .encode()
         .contains("spacelift_launcher_outbox_queued_bytes 0\n"));
 }
+
+/// R1's outbox delivering to `h`'s backend as the supervisor wires one; keep the sender
+/// of reconnections alive for as long as the outbox runs.
+fn outbox_of(
+    h: &Harness,
+) -> (
+    super::OutboxHandle,
+    impl std::future::Future<Output = String>,
+    tokio::sync::watch::Sender<u64>,
+) {
+    let (connected_tx, connected) = tokio::sync::watch::channel(0u64);
+    let (fatal, _) = super::FatalTx::channel();
+    let (handle, deliver) = super::new(
+        "R1".into(),
+        super::OutboxDeps {
+            backend: h.backend.clone(),
+            connected,
+            fatal,
+            seed: 1,
+            metrics: Metrics::new(),
+            max_queued_bytes: super::DEFAULT_MAX_QUEUED_BYTES,
+        },
+    );
+    (handle, deliver, connected_tx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_waiting_behind_each_other_go_out_in_one_upload() {
+    let h = Harness::new();
+    let (outbox, deliver, _connected) = outbox_of(&h);
+    let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+    for text in &lines {
+        outbox.push(super::Report::Logs(vec![protocol::api::LogLine {
+            seq: 0,
+            stream: protocol::api::LogStream::Stdout,
+            text: text.clone(),
+        }]));
+    }
+    drop(outbox);
+    assert_eq!(deliver.await, "R1");
+    assert_all_arrived(&h, "R1", &lines);
+    assert_eq!(
+        h.backend.peek(|s| s.uploads),
+        1,
+        "ten small batches, one upload"
+    );
+}
+
+fn batch(texts: &[&str]) -> super::Report {
+    super::Report::Logs(
+        texts
+            .iter()
+            .map(|t| protocol::api::LogLine {
+                seq: 0,
+                stream: protocol::api::LogStream::Stdout,
+                text: (*t).to_string(),
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_queued_after_a_split_line_are_numbered_after_its_pieces() {
+    let h = Harness::new();
+    let (outbox, deliver, _connected) = outbox_of(&h);
+    // Over the launcher's own upload size on its own, so nothing is merged with it and
+    // the next batch is numbered only once it has been split.
+    let huge = "x".repeat(super::MAX_UPLOAD_BYTES + 100_000);
+    outbox.push(batch(&[&huge]));
+    outbox.push(batch(&["after"]));
+    drop(outbox);
+    deliver.await;
+    assert_all_arrived(&h, "R1", &[huge, "after".to_string()]);
+    assert!(
+        h.backend.log_seqs("R1").len() > 2,
+        "the long line went in pieces"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_the_backend_took_none_of_is_sent_again() {
+    let h = Harness::new();
+    h.backend.with(|s| s.max_lines_per_upload = Some(0));
+    let (outbox, deliver, _connected) = outbox_of(&h);
+    outbox.push(batch(&["one", "two"]));
+    drop(outbox);
+    let b = h.backend.clone();
+    let changes = h.changes.clone();
+    let recover = async move {
+        changes
+            .until("an upload taken in none", || b.peek(|s| s.uploads) >= 1)
+            .await;
+        b.with(|s| s.max_lines_per_upload = None);
+    };
+    tokio::join!(deliver, recover);
+    assert_all_arrived(&h, "R1", &["one".to_string(), "two".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_the_backend_can_no_longer_take_are_given_up_not_retried_forever() {
+    let h = Harness::new();
+    let (outbox, deliver, _connected) = outbox_of(&h);
+    outbox.push(batch(&["first"]));
+    let b = h.backend.clone();
+    let changes = h.changes.clone();
+    let lose_then_push = async move {
+        changes
+            .until("the first line delivered", || b.log_texts("R1").len() == 1)
+            .await;
+        // The backend lost what it acknowledged: it now expects seq 0 again, and the
+        // next upload starts at 1.
+        b.with(|s| s.logs.clear());
+        outbox.push(batch(&["second"]));
+    };
+    let delivered = tokio::time::timeout(Duration::from_secs(3600), async {
+        tokio::join!(deliver, lose_then_push)
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "the outbox kept retrying lines that can never be taken"
+    );
+    assert!(h.backend.log_texts("R1").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_refusing_even_small_uploads_as_too_large_gets_them_dropped_at_once() {
+    let h = Harness::new();
+    // Smaller than any upload body: every upload is refused (413).
+    h.backend.with(|s| s.body_limit = 10);
+    let (outbox, deliver, _connected) = outbox_of(&h);
+    outbox.push(batch(&["some output"]));
+    drop(outbox);
+    tokio::time::timeout(Duration::from_secs(3600), deliver)
+        .await
+        .expect("the outbox gives up on uploads no backend limit lets through");
+    assert_eq!(
+        h.backend.peek(|s| s.refused_uploads),
+        1,
+        "no halving down to nothing"
+    );
+    assert!(h.backend.log_texts("R1").is_empty());
+}

@@ -172,3 +172,40 @@ pub(super) async fn remove_container(rt: &dyn ContainerRuntime, id: &str, seed: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{remove_container, REMOVE_PATIENCE};
+    use crate::testing::Harness;
+
+    #[tokio::test(start_paused = true)]
+    async fn removal_is_retried_while_the_daemon_is_away_but_not_beyond_the_patience() {
+        let h = Harness::new();
+        h.runtime.with(|s| s.unavailable = true);
+        let t0 = Instant::now();
+        tokio::time::timeout(
+            REMOVE_PATIENCE * 10,
+            remove_container(h.runtime.as_ref(), "c1", 3),
+        )
+        .await
+        .expect("removal gives up once the daemon has been away for the patience");
+        let took = t0.elapsed();
+        // The last retry starts before the patience runs out, a backoff (16 s at most) after
+        // the one before.
+        assert!(
+            took >= REMOVE_PATIENCE && took <= REMOVE_PATIENCE + Duration::from_secs(16),
+            "{took:?}"
+        );
+        let attempts = h
+            .runtime
+            .calls()
+            .iter()
+            .filter(|c| *c == "remove c1")
+            .count();
+        assert!(attempts > 2, "retried: {attempts}");
+    }
+}

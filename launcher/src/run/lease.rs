@@ -77,3 +77,97 @@ pub(crate) async fn keep(
         }
     }
 }
+
+/// Lease keeping on paused time against the in-memory backend: when renewals go out and
+/// exactly when a lease whose renewals fail counts as lost.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+
+    use super::{keep, renew_interval};
+    use crate::outbox::FatalTx;
+    use crate::ports::Backend;
+    use crate::testing::Harness;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// Keeps R1's lease (granted now for `ttl`) until it is lost; how long that took and why.
+    async fn keep_until_lost(h: &Harness, ttl: Duration) -> (Duration, String) {
+        let (lost_tx, lost_rx) = watch::channel(None);
+        let (fatal, _fatal_rx) = FatalTx::channel();
+        let backend: Arc<dyn Backend> = h.backend.clone();
+        let t0 = Instant::now();
+        keep(backend, "R1".into(), ttl, lost_tx, fatal, 7).await;
+        let why = lost_rx
+            .borrow()
+            .clone()
+            .expect("keep returns once the lease is lost");
+        (t0.elapsed(), why)
+    }
+
+    #[test]
+    fn renewals_go_out_at_a_third_of_the_ttl_never_more_often_than_100ms() {
+        assert_eq!(renew_interval(secs(30)), secs(10));
+        assert_eq!(
+            renew_interval(Duration::from_millis(90)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_never_renewed_is_lost_exactly_a_ttl_after_the_grant() {
+        let h = Harness::new();
+        h.backend.with(|s| s.lease_transient = true);
+        let (took, why) = keep_until_lost(&h, secs(3)).await;
+        assert_eq!(took, secs(3), "lost at {took:?}: {why}");
+        assert!(why.starts_with("the lease expired"), "{why}");
+        assert!(
+            h.backend.peek(|s| s.renewals.len()) > 1,
+            "failures are retried"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_extends_the_lease_by_the_ttl_it_returns_from_when_it_was_asked() {
+        let h = Harness::new();
+        // Granted for 3 s; the renewal at 1 s answers 6 s, so the lease holds until 7 s.
+        h.backend.with(|s| s.ttl_ms = 6_000);
+        let b = h.backend.clone();
+        let changes = h.changes.clone();
+        let fail_after_first = async move {
+            changes
+                .until("first renewal", || b.peek(|s| s.renewals.len()) == 1)
+                .await;
+            b.with(|s| s.lease_transient = true);
+        };
+        let ((took, why), ()) = tokio::join!(keep_until_lost(&h, secs(3)), fail_after_first);
+        assert_eq!(took, secs(7), "lost at {took:?}: {why}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_renewal_is_retried_after_the_backends_retry_after() {
+        let h = Harness::new();
+        h.backend.with(|s| {
+            s.lease_transient = true;
+            s.retry_after = Some(secs(4));
+        });
+        let b = h.backend.clone();
+        let changes = h.changes.clone();
+        let t0 = Instant::now();
+        let second_try = async move {
+            changes
+                .until("a retried renewal", || b.peek(|s| s.renewals.len()) == 2)
+                .await;
+            t0.elapsed()
+        };
+        let (_, retried_at) = tokio::join!(keep_until_lost(&h, secs(30)), second_try);
+        // First renewal at 10 s (a third of the ttl), the retry 4 s later.
+        assert_eq!(retried_at, secs(14));
+    }
+}

@@ -39,3 +39,38 @@ impl SeenRuns {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SeenRuns;
+
+    #[test]
+    fn beyond_the_limit_the_oldest_run_is_forgotten_first() {
+        let mut seen = SeenRuns::new(2);
+        seen.insert("A");
+        seen.insert("B");
+        assert!(seen.contains("A") && seen.contains("B"), "both fit");
+        seen.insert("C");
+        assert!(!seen.contains("A"), "the oldest goes");
+        assert!(seen.contains("B") && seen.contains("C"));
+    }
+
+    #[test]
+    fn a_forgotten_run_leaves_the_order_of_the_others_alone() {
+        let mut seen = SeenRuns::new(2);
+        seen.insert("A");
+        seen.insert("B");
+        seen.forget("A");
+        assert!(!seen.contains("A"));
+        seen.insert("C");
+        assert!(
+            seen.contains("B") && seen.contains("C"),
+            "room was made by forgetting"
+        );
+        seen.insert("D");
+        assert!(!seen.contains("B"), "B is now the oldest");
+        assert!(seen.contains("C") && seen.contains("D"));
+        seen.insert("A");
+        assert!(seen.contains("A"), "a forgotten run can be seen again");
+    }
+}

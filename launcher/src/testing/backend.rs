@@ -234,7 +234,7 @@ impl Backend for MemBackend {
             } else if s.lease_transient {
                 Err(BackendError::Transient {
                     message: "503".into(),
-                    retry_after: None,
+                    retry_after: s.retry_after,
                 })
             } else {
                 Ok(Lease { ttl_ms: s.ttl_ms })
