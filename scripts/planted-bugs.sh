@@ -5,8 +5,12 @@
 # Usage: scripts/planted-bugs.sh [NAME...]     (NAME: a patch's stem; default: all)
 #   PLANTED_SCHEDULES  schedules per bug (default 2000, the CI budget)
 #   PLANTED_SEED       exploration seed (default 1)
-#   PLANTED_TARGET     cargo target dir shared by every bug (default: the repo's target/, so
-#                      only the workspace's own crates build, in their scratch-path copies)
+#   PLANTED_TARGET     cargo target dir shared by every bug (default target/planted/target).
+#                      Never the repo's own target/: cargo names a workspace crate's
+#                      artifacts by its path relative to the workspace, and judges them
+#                      fresh by mtime, so the tree would pick up a planted launcher.
+#                      Created by hard-linking the repo's third-party artifacts (never
+#                      rewritten), so only the workspace's crates build.
 # For each bug: target/planted/<name>/explore.log (explore's output), the shrunk scenario
 # file of the first failure, and build.log. Ends with a table; exits non-zero when a patch
 # does not apply, does not build, or a bug is not caught.
@@ -21,8 +25,22 @@ export CARGO_INCREMENTAL=0
 schedules=${PLANTED_SCHEDULES:-2000}
 seed=${PLANTED_SEED:-1}
 planted=$root/target/planted
-export CARGO_TARGET_DIR=${PLANTED_TARGET:-$root/target}
+export CARGO_TARGET_DIR=${PLANTED_TARGET:-$planted/target}
 mkdir -p "$planted"
+
+# Seeds an empty target dir with the repo's compiled third-party crates (hard links).
+seed_target() {
+    local src=$root/target/debug dst=$CARGO_TARGET_DIR/debug d
+    local ours='/(lib)?(protocol|launcher|launcher[-_]suite|spacelift[-_]launcher|fake[-_]backend|fake[-_]docker|scenarios?|sandbox)-[^/]*$'
+    [ -d "$dst" ] || [ ! -d "$src/deps" ] && return 0
+    echo "seeding $CARGO_TARGET_DIR with the repo's third-party artifacts (hard links)"
+    for d in deps .fingerprint build; do
+        mkdir -p "$dst/$d"
+        find "$src/$d" -mindepth 1 -maxdepth 1 | grep -Ev "$ours" |
+            xargs -r cp -al -t "$dst/$d/" 2>/dev/null || true
+    done
+}
+seed_target
 
 if [ "$#" -gt 0 ]; then
     names=("$@")
@@ -50,8 +68,6 @@ done
 
 scratch=$planted/worktree
 cleanup() {
-    # The uplifted binary is a planted one: cargo links the right one back at its next build.
-    rm -f "$CARGO_TARGET_DIR/debug/scenario"
     git worktree remove --force "$scratch" >/dev/null 2>&1 || rm -rf "$scratch"
     git worktree prune
 }
