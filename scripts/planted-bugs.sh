@@ -5,6 +5,8 @@
 # Usage: scripts/planted-bugs.sh [NAME...]     (NAME: a patch's stem; default: all)
 #   PLANTED_SCHEDULES  schedules per bug (default 2000, the CI budget)
 #   PLANTED_SEED       exploration seed (default 1)
+#   PLANTED_FIRST=1    stop each exploration once its first failure is shrunk and written
+#                      (quicker; the table then says "first" instead of explore's summary)
 #   PLANTED_TARGET     cargo target dir shared by every bug (default target/planted/target).
 #                      Never the repo's own target/: cargo names a workspace crate's
 #                      artifacts by its path relative to the workspace, and judges them
@@ -95,7 +97,20 @@ for name in "${names[@]}"; do
     fi
     started=$(date +%s%N)
     "$CARGO_TARGET_DIR/debug/scenario" explore --schedules "$schedules" --seed "$seed" \
-        --out "$out/found" "${EXPLORE_FLAGS[@]}" >"$out/explore.log" 2>&1
+        --out "$out/found" "${EXPLORE_FLAGS[@]}" >"$out/explore.log" 2>&1 &
+    pid=$!
+    stopped=
+    if [ "${PLANTED_FIRST:-0}" = 1 ]; then
+        while kill -0 "$pid" 2>/dev/null; do
+            if grep -q -E '^  replay: ' "$out/explore.log"; then
+                kill "$pid" 2>/dev/null
+                stopped=1
+                break
+            fi
+            sleep 1
+        done
+    fi
+    wait "$pid"
     rc=$?
     tenths=$((($(date +%s%N) - started) / 100000000))
     seconds=$((tenths / 10)).$((tenths % 10))
@@ -110,7 +125,10 @@ for name in "${names[@]}"; do
         # Its timeline, when explore wrote one beside it.
         [ -f "${shrunk%.*}.html" ] && cp "${shrunk%.*}.html" "$out/"
     fi
-    if [ -z "$summary" ]; then
+    if [ -n "$stopped" ]; then
+        summary="stopped at the first failure (PLANTED_FIRST=1)"
+        caught=yes
+    elif [ -z "$summary" ]; then
         caught="no (explore ended rc=$rc without a summary)"
         status=1
     elif [ "${failed:-0}" -gt 0 ]; then
