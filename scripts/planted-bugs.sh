@@ -103,7 +103,7 @@ for name in "${names[@]}"; do
     stopped=
     if [ "${PLANTED_FIRST:-0}" = 1 ]; then
         while kill -0 "$pid" 2>/dev/null; do
-            if grep -q -E '^  replay: ' "$out/explore.log"; then
+            if grep -q -E '^  replay: ' "$out/explore.log" 2>/dev/null; then
                 kill "$pid" 2>/dev/null
                 stopped=1
                 break
