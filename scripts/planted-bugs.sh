@@ -98,7 +98,7 @@ for name in "${names[@]}"; do
     fi
     started=$(date +%s%N)
     "$CARGO_TARGET_DIR/debug/scenario" explore --schedules "$schedules" --seed "$seed" \
-        --out "$out/found" "${EXPLORE_FLAGS[@]}" >"$out/explore.log" 2>&1 &
+        --out "$out/found" ${EXPLORE_FLAGS[@]+"${EXPLORE_FLAGS[@]}"} >"$out/explore.log" 2>&1 &
     pid=$!
     stopped=
     if [ "${PLANTED_FIRST:-0}" = 1 ]; then
