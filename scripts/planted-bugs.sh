@@ -43,7 +43,6 @@ seed_target() {
             xargs -r cp -al -t "$dst/$d/" 2>/dev/null || true
     done
 }
-seed_target
 
 if [ "$#" -gt 0 ]; then
     names=("$@")
@@ -68,6 +67,7 @@ for name in "${names[@]}"; do
     fi
 done
 [ "$status" -eq 0 ] || exit 1
+seed_target
 
 scratch=$planted/worktree
 cleanup() {
