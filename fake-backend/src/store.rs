@@ -59,6 +59,10 @@ pub struct Worker {
     /// Set by drain/cycle from the backend; the scheduler's authority.
     #[serde(default)]
     pub drained: bool,
+    /// A cycle was sent and the worker has not yet reported DRAINED: a heartbeat saying
+    /// otherwise gets the cycle again (the first may have been lost in a broker outage).
+    #[serde(default)]
+    pub cycle_pending: bool,
     /// What the worker last reported (IDLE / BUSY / DRAINED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_state: Option<WorkerState>,

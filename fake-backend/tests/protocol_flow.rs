@@ -368,3 +368,34 @@ async fn an_expired_lease_fails_the_run_as_worker_lost_and_never_reschedules_it(
     assert_eq!(offers, 1);
     b.shutdown().await;
 }
+
+/// Found by `scenario explore`: a cycle published while the broker was down never reached
+/// the launcher, which kept serving. A worker whose heartbeat disagrees with the backend's
+/// drain gets the command again; once it reports DRAINED the cycle is done.
+#[tokio::test]
+async fn a_command_the_worker_did_not_obey_is_sent_again_on_its_next_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let (w, mut m) = online_worker(&b, &creds, 1).await;
+    b.cycle(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
+    // As if that message was lost: the worker still reports IDLE.
+    m.heartbeat(WorkerState::Idle, vec![], 10).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
+    m.heartbeat(WorkerState::Drained, vec![], 11).await;
+    // A drained worker that comes back reporting IDLE (a restart) is drained again, not
+    // cycled again.
+    m.heartbeat(WorkerState::Idle, vec![], 12).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Drain { .. }
+    ));
+    b.shutdown().await;
+}

@@ -79,6 +79,10 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
         }
     }
 
+    // 2b. A launcher reports a run's end after all its output: it sends nothing for a run
+    //     once it has reported the run's terminal state (the run's outbox is in order).
+    out.extend(nothing_after_the_end(world, &events));
+
     // 3. No container left behind.
     for (dname, d) in &world.dockers {
         let Some(fake) = &d.fake else { continue };
@@ -211,6 +215,36 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
 
 /// Every value a launcher of this world masks, and each line of a multi-line one (a
 /// container prints it as several lines), longest first.
+fn nothing_after_the_end(world: &World, events: &[Event]) -> Vec<String> {
+    let mut ended: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        let (Some(run), Some(worker)) = (e.run.as_deref(), e.worker.as_deref()) else {
+            continue;
+        };
+        let data = |k: &str| e.data.get(k);
+        if e.kind == kinds::RUN_TRANSITION
+            && data("by").and_then(|v| v.as_str()) == Some("worker")
+            && data("to")
+                .and_then(|v| serde_json::from_value::<RunState>(v.clone()).ok())
+                .is_some_and(|s| s.is_terminal())
+        {
+            ended.entry((run, worker)).or_insert(e.seq);
+        } else if e.kind == kinds::LOGS_RECEIVED
+            && data("accepted").and_then(|v| v.as_u64()).unwrap_or(0) > 0
+        {
+            if let Some(end) = ended.get(&(run, worker)) {
+                out.push(format!(
+                    "run {}: output accepted (event {}) after the launcher reported its end (event {end})",
+                    run_name(world, e),
+                    e.seq
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn masked_values(world: &World) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for l in world.launchers.values() {

@@ -246,8 +246,14 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             })),
         }
     }
-    // Started first: an undrain then reaches the worker the launcher registered.
+    // Started first: an undrain then reaches the worker the launcher registered. A cycled or
+    // signalled launcher finishes its runs before it exits: wait for that, since starting
+    // one still running crashes it (found by explore: a cycle during `preparing`).
     for l in std::mem::take(&mut p.down) {
+        p.steps.push(Step::WaitLauncherExit {
+            launcher: l.clone(),
+            within: Duration::from_secs(60),
+        });
         p.steps.push(Step::StartLauncher { launcher: l });
     }
     for l in std::mem::take(&mut p.drained) {
@@ -360,6 +366,10 @@ mod tests {
                 Step::CrashLauncher {
                     launcher: "l2".into()
                 },
+                Step::WaitLauncherExit {
+                    launcher: "l2".into(),
+                    within: Duration::from_secs(60),
+                },
                 Step::StartLauncher {
                     launcher: "l2".into()
                 },
@@ -373,13 +383,18 @@ mod tests {
 
     #[test]
     fn a_cycled_launcher_is_restarted_then_undrained() {
-        // Found by explore: the restart re-registers the cycled worker, still drained.
+        // Found by explore: the restart re-registers the cycled worker, still drained; and
+        // it is started once it has exited (starting it while it drains would crash it).
         let s = scenario(1, &[1], &[Op::Cycle { launcher: 0 }]);
         let l1 = || "l1".to_string();
         assert_eq!(
             s.phases[0].steps,
             [
                 Step::Cycle { launcher: l1() },
+                Step::WaitLauncherExit {
+                    launcher: l1(),
+                    within: Duration::from_secs(60),
+                },
                 Step::StartLauncher { launcher: l1() },
                 Step::Undrain { launcher: l1() },
             ]

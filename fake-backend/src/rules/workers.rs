@@ -2,7 +2,7 @@
 //! messages (heartbeats, `worker.gone`) change.
 
 use protocol::api::{RegisterRequest, RegisterResponse};
-use protocol::messages::{ServerMessage, WorkerMessage};
+use protocol::messages::{ServerMessage, WorkerMessage, WorkerState};
 use protocol::{RunState, PROTOCOL_VERSION};
 use serde_json::json;
 use tokio::time::Instant;
@@ -65,6 +65,7 @@ impl Core {
                     registered_at_ms: now_ms,
                     online: false,
                     drained,
+                    cycle_pending: false,
                     reported_state: None,
                     last_heartbeat_seq: None,
                     gone_crashed: None,
@@ -121,6 +122,7 @@ impl Core {
                 WorkerCommand::Cycle => (kinds::WORKER_CYCLE, true),
             };
             w.drained = drained;
+            w.cycle_pending = matches!(command, WorkerCommand::Cycle);
             let message_id = tx.message_id();
             let msg = match command {
                 WorkerCommand::Drain => ServerMessage::Drain { message_id },
@@ -186,6 +188,18 @@ impl Core {
                         return ignore(tx, "stale or repeated heartbeat seq");
                     }
                     w.last_heartbeat_seq = Some(hb.seq);
+                    // Drain and cycle are commands over MQTT, which an outage can lose;
+                    // the backend's drain is the authority, so a worker reporting otherwise
+                    // is told again (once per heartbeat; obeying twice is harmless).
+                    let resend = match (w.drained, hb.state) {
+                        (true, WorkerState::Drained) => {
+                            w.cycle_pending = false;
+                            None
+                        }
+                        (true, _) if w.cycle_pending => Some(WorkerCommand::Cycle),
+                        (true, _) => Some(WorkerCommand::Drain),
+                        (false, _) => None,
+                    };
                     let was_online = w.online;
                     let old_state = w.reported_state;
                     w.online = true;
@@ -224,6 +238,9 @@ impl Core {
                                 .data(json!({ "notice": hb.interruption })),
                         );
                     }
+                    if let Some(command) = resend {
+                        tx.resend_command(&pool, &worker, command);
+                    }
                     tx.dispatch();
                 }
                 WorkerMessage::Gone { crashed, .. } => {
@@ -242,5 +259,23 @@ impl Core {
                 }
             }
         });
+    }
+}
+
+impl Tx<'_> {
+    /// Sends `command` again to a worker that has not obeyed it (recorded with `resent`).
+    fn resend_command(&mut self, pool: &str, worker: &str, command: WorkerCommand) {
+        let message_id = self.message_id();
+        let (kind, msg) = match command {
+            WorkerCommand::Cycle => (kinds::WORKER_CYCLE, ServerMessage::Cycle { message_id }),
+            _ => (kinds::WORKER_DRAIN, ServerMessage::Drain { message_id }),
+        };
+        self.event(
+            NewEvent::new(kind)
+                .pool(pool)
+                .worker(worker)
+                .data(json!({ "resent": true })),
+        );
+        self.send(pool, worker, msg);
     }
 }
