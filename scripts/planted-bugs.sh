@@ -31,16 +31,16 @@ planted=$root/target/planted
 export CARGO_TARGET_DIR=${PLANTED_TARGET:-$planted/target}
 mkdir -p "$planted"
 
-# Seeds an empty target dir with the repo's compiled third-party crates (hard links).
+# Seeds an empty target dir with copies of the repo's compiled third-party crates.
 seed_target() {
     local src=$root/target/debug dst=$CARGO_TARGET_DIR/debug d
     local ours='/(lib)?(protocol|launcher|launcher[-_]suite|spacelift[-_]launcher|fake[-_]backend|fake[-_]docker|scenarios?|sandbox)-[^/]*$'
     [ -d "$dst" ] || [ ! -d "$src/deps" ] && return 0
-    echo "seeding $CARGO_TARGET_DIR with the repo's third-party artifacts (hard links)"
+    echo "seeding $CARGO_TARGET_DIR with the repo's third-party artifacts (copies: a hard link would let a rebuild here rewrite the repo's files)"
     for d in deps .fingerprint build; do
         mkdir -p "$dst/$d"
         find "$src/$d" -mindepth 1 -maxdepth 1 | grep -Ev "$ours" |
-            xargs -r cp -al -t "$dst/$d/" 2>/dev/null || true
+            xargs -r cp -a -t "$dst/$d/" 2>/dev/null || true
     done
 }
 
