@@ -97,6 +97,8 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 async fn http_faults(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    // The request's arrival and its answer, for timelines (benches/timeline.rs).
+    tracing::debug!(method = %req.method(), %path, "request received");
     if let Some(f) = core.faults.take_http(&path) {
         core.record(NewEvent::new(kinds::FAULT_TRIGGERED).data(json!({
             "fault": "http_error", "path": path, "status": f.status, "retry_after_s": f.retry_after_s,
@@ -110,7 +112,9 @@ async fn http_faults(State(core): State<Arc<Core>>, req: Request, next: Next) ->
         e.retry_after_s = f.retry_after_s;
         return e.into_response();
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    tracing::debug!(%path, status = resp.status().as_u16(), "response ready");
+    resp
 }
 
 async fn register(
