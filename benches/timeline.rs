@@ -4,7 +4,7 @@
 //! answer), of fake-docker (each request's arrival and reply) and of the launcher
 //! (in-process), stamped on one monotonic clock as it is emitted.
 //!
-//! `scripts/timeline.sh` (`cargo bench --bench timeline`, release). Prints the last of
+//! `scripts/warm-run-timeline.sh` (`cargo bench --bench timeline`, release). Prints the last of
 //! `RUNS` warm runs in full, then each run's time to the container's start.
 
 mod common;

@@ -89,7 +89,7 @@ targets() {
         size="$(jq -r '.binary_bytes // empty' "$notes")"
         [ -n "$size" ] && echo "| release binary, stripped | | $(mib "$size") | | | |"
     fi
-    static=target/x86_64-unknown-linux-gnu/release/spacelift-launcher
+    static=target/static/x86_64-unknown-linux-gnu/release/spacelift-launcher
     [ -f "$static" ] && echo "| static binary (scripts/build-static.sh), stripped | | $(mib "$(stat -c %s "$static")") | | | |"
     return 0
 }

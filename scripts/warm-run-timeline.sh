@@ -4,7 +4,7 @@
 # scheduling to its end, on one clock. docs/performance.md "Timeline of a warm run" keeps
 # one from before and one from after the changes of issue 13.
 #
-#   scripts/timeline.sh > /tmp/timeline.md
+#   scripts/warm-run-timeline.sh > /tmp/timeline.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
