@@ -37,6 +37,8 @@ pub async fn call(
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    // Best effort: a request/response exchange must not wait on Nagle.
+    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(async move {
         let _ = conn.await;

@@ -50,6 +50,9 @@ pub(crate) fn connect(
     opts.set_clean_session(true);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let filter = protocol::topics::all_writeonly(&core.namespace);
     let sub_client = client.clone();
     let url = url.to_string();

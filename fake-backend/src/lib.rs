@@ -17,6 +17,7 @@ pub mod events;
 mod external;
 pub mod faults;
 pub mod mosquitto;
+mod net;
 mod outbox;
 pub mod pki;
 mod rules;

@@ -350,3 +350,25 @@ async fn connection_faults_drop_a_worker_and_take_the_broker_down() {
     let _m4 = Mqtt::connect(&creds, &w2).await;
     b.shutdown().await;
 }
+
+/// The claim's answer carries the latest binary for the claiming worker's architecture
+/// (registered as amd64 here), and none while that architecture has none published.
+#[tokio::test]
+async fn the_claim_carries_the_binary_for_the_workers_arch() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let api = creds.http();
+    let (w, _m) = online_worker(&b, &creds, 1).await;
+    let run = b.schedule_run(ScheduleRun::new(creds.pool())).unwrap();
+
+    assert_eq!(api.claim(&run, &w).await.unwrap().worker_binary, None);
+    b.publish_version(Arch::Arm64, None, BinaryContent::ElfStub)
+        .unwrap();
+    // The holder's repeated claim is granted again, with the current binary.
+    assert_eq!(api.claim(&run, &w).await.unwrap().worker_binary, None);
+    let amd = b
+        .publish_version(Arch::Amd64, Some("2.0.0"), BinaryContent::ElfStub)
+        .unwrap();
+    assert_eq!(api.claim(&run, &w).await.unwrap().worker_binary, Some(amd));
+}

@@ -60,7 +60,14 @@ enum Conn {
 async fn accept(l: &Listener) -> std::io::Result<Conn> {
     match l {
         Listener::Unix(u) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
-        Listener::Tcp(t) => t.accept().await.map(|(s, _)| Conn::Tcp(s)),
+        Listener::Tcp(t) => {
+            let (s, _) = t.accept().await?;
+            // Small API exchanges must not wait on Nagle; a refusal only costs speed.
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set: {e}");
+            }
+            Ok(Conn::Tcp(s))
+        }
     }
 }
 
@@ -100,4 +107,21 @@ where
             _ = epoch.changed() => {}
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_accepts_have_nodelay() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let client = tokio::spawn(async move { tokio::net::TcpStream::connect(addr).await });
+        let Conn::Tcp(server_side) = accept(&Listener::Tcp(tcp)).await.unwrap() else {
+            panic!("a TCP listener accepted a non-TCP connection");
+        };
+        assert!(server_side.nodelay().unwrap());
+        drop(client.await.unwrap().unwrap());
+    }
 }

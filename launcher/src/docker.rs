@@ -155,7 +155,7 @@ fn client(host: &str, version: &ClientVersion) -> Result<Docker, RuntimeError> {
     let result = if host.starts_with("unix://") {
         Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, version)
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
-        Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
+        crate::net::docker_over_tcp(host, REQUEST_TIMEOUT_SECS, version)
     } else {
         return Err(RuntimeError::Unavailable(format!(
             "DOCKER_HOST {host:?}: unsupported scheme (expected unix:// or tcp://)"

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod masking;
 pub mod metrics;
+mod net;
 pub mod outbox;
 pub mod ports;
 pub mod reaper;

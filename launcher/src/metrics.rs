@@ -255,6 +255,8 @@ pub async fn serve(
             }),
         );
     let task = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(crate::net::set_nodelay);
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
@@ -315,6 +317,28 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    /// The endpoint's accepted sockets have TCP_NODELAY (checked while the connection is
+    /// open: the request is answered, so the server has accepted and tapped it).
+    #[tokio::test]
+    async fn endpoint_sockets_have_nodelay() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_tx, rx) = crate::supervisor::status_channel(3);
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), Metrics::new(), rx)
+            .await
+            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            crate::net::nodelay_of(addr, s.local_addr().unwrap()),
+            Some(true)
+        );
+        task.abort();
     }
 
     #[tokio::test]

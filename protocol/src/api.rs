@@ -81,6 +81,11 @@ pub struct ClaimRequest {
 pub struct ClaimResponse {
     pub run: RunSpec,
     pub lease: Lease,
+    /// The current worker binary for the claiming worker's architecture, so the launcher
+    /// needs no separate `GET /v1/worker-binaries/latest`. Absent from older backends and
+    /// when none is published for that architecture: the launcher then asks as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_binary: Option<WorkerBinary>,
 }
 
 /// What a run needs to execute.

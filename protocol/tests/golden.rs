@@ -54,6 +54,7 @@ fn every_fixture_round_trips() {
     check::<ClaimRequest>("api.claim_request.json");
     check::<ClaimResponse>("api.claim_response.json");
     check::<ClaimResponse>("api.claim_response_ansible.json");
+    check::<ClaimResponse>("api.claim_response_with_binary.json");
     check::<LeaseRequest>("api.lease_request.json");
     check::<Lease>("api.lease.json");
     check::<TransitionRequest>("api.transition_request.json");
@@ -71,7 +72,7 @@ fn every_fixture_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let on_disk = std::fs::read_dir(dir).unwrap().count();
     // Keep in step with `every_fixture_round_trips`: a new fixture must be checked there.
-    assert_eq!(on_disk, 25);
+    assert_eq!(on_disk, 26);
 }
 
 /// The vendor is a compatible addition: an old backend's spec (no vendor) is "not
@@ -90,6 +91,23 @@ fn run_spec_vendor_is_optional() {
     assert!(ansible.run.is_ansible());
     assert_eq!(ansible.run.image, None);
     assert_eq!(paths::policy_samples("01R"), "/v1/runs/01R/policy-samples");
+}
+
+/// The claim's worker binary is a compatible addition: an old backend's answer (none)
+/// still parses, and the launcher then asks `GET /v1/worker-binaries/latest` as before.
+#[test]
+fn claim_worker_binary_is_optional() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let read = |name: &str| -> ClaimResponse {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    assert_eq!(read("api.claim_response.json").worker_binary, None);
+    let with = read("api.claim_response_with_binary.json");
+    let binary = with.worker_binary.expect("the fixture carries a binary");
+    assert_eq!(
+        (binary.version.as_str(), binary.arch),
+        ("0.0.2", protocol::Arch::Amd64)
+    );
 }
 
 #[test]

@@ -141,12 +141,14 @@ proptest! {
     #[test]
     fn claim(worker in ulid(), run in ulid(), stack in text(), rt in run_type(),
              image in proptest::option::of(text()), env in env(), ttl in any::<u64>(),
-             vendor in proptest::option::of(text())) {
+             vendor in proptest::option::of(text()),
+             worker_binary in proptest::option::of(binary())) {
         let req = ClaimRequest { worker_ulid: worker.clone() };
         prop_assert_eq!(round_trip(&req), req);
         let resp = ClaimResponse {
             run: RunSpec { run_ulid: run, stack_id: stack, run_type: rt, image, env, vendor },
             lease: Lease { ttl_ms: ttl },
+            worker_binary,
         };
         prop_assert_eq!(round_trip(&resp), resp);
         let lease = LeaseRequest { worker_ulid: worker };

@@ -71,6 +71,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let app = router(handle);
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(crate::net::set_nodelay);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

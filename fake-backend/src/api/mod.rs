@@ -243,7 +243,7 @@ pub(crate) async fn serve(
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = listener.accept() => match r {
+            r = crate::net::accept(&listener) => match r {
                 Ok(x) => x,
                 Err(e) => { tracing::warn!("https accept: {e}"); continue; }
             },

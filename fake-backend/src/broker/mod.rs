@@ -82,7 +82,7 @@ impl Broker {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => {
+                accepted = crate::net::accept(&listener) => {
                     let (tcp, peer) = match accepted {
                         Ok(x) => x,
                         Err(e) => {

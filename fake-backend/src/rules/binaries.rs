@@ -10,7 +10,22 @@ use super::Core;
 use crate::binaries::{sha256_hex, BinaryContent};
 use crate::error::{BackendError, Result};
 use crate::events::{kinds, NewEvent};
-use crate::store::BinaryRecord;
+use crate::store::{BinaryRecord, State};
+
+/// The latest binary published for `arch`, as the wire shows it (the claim's answer).
+pub(super) fn latest_for(state: &State, arch: Arch) -> Option<WorkerBinary> {
+    state
+        .binaries
+        .iter()
+        .rev()
+        .find(|b| b.arch == arch)
+        .map(|b| WorkerBinary {
+            version: b.version.clone(),
+            arch: b.arch,
+            size: b.size,
+            sha256: b.sha256.clone(),
+        })
+}
 
 impl Core {
     pub(crate) fn latest_binary(&self, arch: Arch) -> Option<BinaryRecord> {

@@ -104,6 +104,9 @@ impl Core {
             run.worker = Some(worker.to_string());
             run.offered_to = None;
             let spec = run.spec.clone();
+            // The current binary rides on the answer: no separate round trip per run.
+            let arch = tx.st.state.workers[worker].arch;
+            let worker_binary = super::binaries::latest_for(&tx.st.state, arch);
             tx.st.offers.remove(run_id);
             tx.event(
                 NewEvent::new(kinds::CLAIM_GRANTED)
@@ -120,6 +123,7 @@ impl Core {
                 lease: Lease {
                     ttl_ms: ttl.as_millis() as u64,
                 },
+                worker_binary,
             })
         })
     }

@@ -115,7 +115,7 @@ impl HttpsBackend {
                 message: format!("SPACELIFT_TOKEN .api.endpoint {base:?} is not https://"),
             });
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::net::http_client_builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.request_timeout)
             .user_agent(concat!("spacelift-launcher/", env!("CARGO_PKG_VERSION")))
@@ -580,6 +580,7 @@ mod tests {
                 vendor: None,
             },
             lease: Lease { ttl_ms: 30_000 },
+            worker_binary: None,
         }
     }
 

@@ -228,9 +228,7 @@ impl MqttSession {
             )))
             .set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let mut net = eventloop.network_options();
-        net.set_connection_timeout(config.connect_timeout.as_secs().max(1));
-        eventloop.set_network_options(net);
+        eventloop.set_network_options(crate::net::mqtt_network_options(config.connect_timeout));
 
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (commands, commands_rx) = mpsc::channel(1);

@@ -96,7 +96,7 @@ pub trait NoticeSource: Send {
 
 /// The production source for `config`.
 pub fn source(config: &WatchConfig) -> Result<Box<dyn NoticeSource>, MetadataError> {
-    let http = reqwest::Client::builder()
+    let http = crate::net::http_client_builder()
         // Link-local: a proxy from HTTP_PROXY would answer for the wrong machine.
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)

@@ -1,9 +1,10 @@
 //! One run, from claim to removed container.
 //!
-//! claim -> (lease kept alive) -> `preparing` -> worker binary (pinned) -> initialization
-//! policy (if configured; a deny fails the run) -> image (pulled, platform checked), all
-//! within the prepare deadline -> container created and started -> `running` -> output
-//! streamed while the logs-silence and run timeouts, cancel and lease loss are watched ->
+//! claim -> (lease kept alive) -> `preparing` -> worker binary (the one the claim named,
+//! else asked for; pinned) -> initialization policy (if configured; a deny fails the run)
+//! -> image (pulled, platform checked), all within the prepare deadline -> container
+//! created and started -> `running` -> output streamed while the logs-silence and run
+//! timeouts, cancel and lease loss are watched ->
 //! exit status -> terminal report -> container removed -> binary unpinned.
 //!
 //! Every report goes through the run's outbox, so the run never waits for the backend.
@@ -24,7 +25,7 @@ mod workspace_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::api::{reason_codes, RunSpec};
+use protocol::api::{reason_codes, RunSpec, WorkerBinary};
 use protocol::{Arch, RunState};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -188,6 +189,7 @@ pub(crate) async fn execute(
             ),
             ctx: ctx.clone(),
             spec: claim.run,
+            claimed_binary: claim.worker_binary,
             image: String::new(),
             outbox,
             worker_version: None,
@@ -204,6 +206,8 @@ pub(crate) async fn execute(
 struct Run {
     ctx: Arc<RunContext>,
     spec: RunSpec,
+    /// The worker binary the claim's answer named (taken by `prepare`).
+    claimed_binary: Option<WorkerBinary>,
     /// The image the run uses (known once prepared).
     image: String,
     log: RunLog,
@@ -225,8 +229,9 @@ impl Run {
         // What preparing is doing, for the reason if it takes too long.
         let mut phase = String::from("starting");
         let limit = self.ctx.settings.prepare_timeout;
+        let claimed_binary = self.claimed_binary.take();
         let prepared = tokio::select! {
-            r = prepare(&self.ctx, &self.spec, &mut self.log, &mut phase) => r,
+            r = prepare(&self.ctx, &self.spec, claimed_binary, &mut self.log, &mut phase) => r,
             _ = tokio::time::sleep(limit) => Err(Abort::Fail(Failure {
                 state: RunState::TimedOut,
                 code: reason_codes::PREPARE_TIMEOUT,

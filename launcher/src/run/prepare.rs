@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::api::{reason_codes, RunSpec};
+use protocol::api::{reason_codes, RunSpec, WorkerBinary};
 use protocol::Arch;
 
 use crate::backoff::Backoff;
@@ -30,13 +30,15 @@ pub(super) struct Prepared {
 }
 
 /// Binary, policy, image. `phase` says what is under way, for a deadline's reason.
+/// `claimed_binary` is the worker binary the claim's answer named, if any.
 pub(super) async fn prepare(
     ctx: &RunContext,
     spec: &RunSpec,
+    claimed_binary: Option<WorkerBinary>,
     log: &mut RunLog,
     phase: &mut String,
 ) -> Result<Prepared, Abort> {
-    let (binary, pin) = fetch_binary(ctx, &spec.run_ulid, phase).await?;
+    let (binary, pin) = fetch_binary(ctx, &spec.run_ulid, claimed_binary, phase).await?;
     let image = ctx.settings.runner_image(spec);
     // The policy needs the worker version, so it runs once the binary is ready; and it
     // runs before the pull, so a denied image is never downloaded.
@@ -106,11 +108,15 @@ pub(super) async fn check_init_policy(
     }
 }
 
+/// The first attempt uses the binary the claim's answer named (no round trip); a backend
+/// that named none, or a retry, asks for the latest one.
 pub(super) async fn fetch_binary(
     ctx: &RunContext,
     run_ulid: &str,
+    claimed_binary: Option<WorkerBinary>,
     phase: &mut String,
 ) -> Result<(CachedBinary, BinaryPin), Abort> {
+    let mut claimed = claimed_binary.filter(|b| b.arch == ctx.arch);
     let mut backoff = Backoff::new(
         Duration::from_secs(1),
         Duration::from_secs(8),
@@ -122,7 +128,11 @@ pub(super) async fn fetch_binary(
             tokio::time::sleep(backoff.next_delay(None)).await;
         }
         *phase = "asking the backend for the worker binary".into();
-        let wanted = match ctx.backend.latest_binary(ctx.arch).await {
+        let asked = match claimed.take() {
+            Some(b) => Ok(b),
+            None => ctx.backend.latest_binary(ctx.arch).await,
+        };
+        let wanted = match asked {
             Ok(b) => b,
             Err(BackendError::Unauthorized { message }) => {
                 ctx.fatal.send(Fatal::Unauthorized(message));

@@ -1227,7 +1227,9 @@ async fn huge_output_lines_arrive_whole_in_batches_the_backend_accepts() {
 }
 
 mod binary_swap;
+mod claim_binary;
 mod fatal_exit;
 mod interruption;
 mod prefetch;
 mod prepare_deadline;
+mod report_order;

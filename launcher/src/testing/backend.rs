@@ -58,6 +58,13 @@ pub struct BackendState {
     /// The binary `latest_binary` announces and `download_binary` serves (else
     /// [`binary()`], which cannot be downloaded).
     pub served_binary: Option<(WorkerBinary, Vec<u8>)>,
+    /// The claim's answer carries that binary (a backend that knows the field); else it
+    /// omits it, as an older backend does.
+    pub claim_carries_binary: bool,
+    /// `latest_binary` calls made.
+    pub latest_binary_calls: u32,
+    /// Each transition call takes this long (tokio time) before it is answered.
+    pub transition_delay: Duration,
 }
 
 pub struct MemBackend {
@@ -200,6 +207,11 @@ impl Backend for MemBackend {
                         .cloned()
                         .unwrap_or_else(|| spec(run_ulid)),
                     lease: Lease { ttl_ms: s.ttl_ms },
+                    worker_binary: s.claim_carries_binary.then(|| {
+                        s.served_binary
+                            .as_ref()
+                            .map_or_else(binary, |(b, _)| b.clone())
+                    }),
                 }))
             }
         };
@@ -237,6 +249,10 @@ impl Backend for MemBackend {
         run_ulid: &str,
         req: &TransitionRequest,
     ) -> Result<(), BackendError> {
+        let delay = self.peek(|s| s.transition_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let r = self.report_fault().map(|()| {
             lock(&self.state)
                 .transitions
@@ -310,6 +326,7 @@ impl Backend for MemBackend {
     }
 
     async fn latest_binary(&self, _arch: Arch) -> Result<WorkerBinary, BackendError> {
+        lock(&self.state).latest_binary_calls += 1;
         if lock(&self.state).unauthorized {
             return Err(BackendError::Unauthorized {
                 message: "401".into(),
