@@ -4,8 +4,9 @@
 //! answer), of fake-docker (each request's arrival and reply) and of the launcher
 //! (in-process), stamped on one monotonic clock as it is emitted.
 //!
-//! `scripts/warm-run-timeline.sh` (`cargo bench --bench timeline`, release). Prints the last of
-//! `RUNS` warm runs in full, then each run's time to the container's start.
+//! `scripts/warm-run-timeline.sh` (`cargo bench --bench timeline`, release). Prints the
+//! slowest and the fastest of `RUNS` warm runs in full, then each run's time to the
+//! container's start.
 
 mod common;
 
@@ -23,7 +24,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
 /// Warm runs recorded (one warm-up run before them is not).
-const RUNS: usize = 5;
+const RUNS: usize = 10;
 const QUICK: &str = r#"{"duration_ms":0,"exit_code":0}"#;
 
 static RECORDING: AtomicBool = AtomicBool::new(false);
@@ -71,7 +72,10 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
             target: event.metadata().target().to_string(),
             text: fields.0.trim_end().to_string(),
         };
-        RECORDS.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        RECORDS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 }
 
@@ -118,7 +122,7 @@ async fn timeline() {
         .await;
 
     let mut totals = Vec::new();
-    let mut last = Vec::new();
+    let mut timelines = Vec::new();
     for i in 0..=RUNS {
         let warm_up = i == 0;
         RECORDS.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -141,19 +145,44 @@ async fn timeline() {
         RECORDING.store(false, Ordering::SeqCst);
         if !warm_up {
             totals.push(started);
-            last = std::mem::take(&mut *RECORDS.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .map(|r| (r.at.saturating_duration_since(t0), r.target, r.text))
-                .collect();
+            let records: Vec<(Duration, String, String)> =
+                std::mem::take(&mut *RECORDS.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_iter()
+                    .map(|r| (r.at.saturating_duration_since(t0), r.target, r.text))
+                    .collect();
+            timelines.push(records);
         }
     }
+    let slowest = (0..RUNS).max_by_key(|&i| totals[i]).expect("runs");
+    let fastest = (0..RUNS).min_by_key(|&i| totals[i]).expect("runs");
+    for (name, i) in [("slowest", slowest), ("fastest", fastest)] {
+        print_timeline(name, i, totals[i], &timelines[i]);
+    }
+    let list: Vec<String> = totals.iter().map(|d| format!("{:.2}", ms(*d))).collect();
+    println!(
+        "Scheduled to container start, each of the {RUNS} warm runs (ms): {}",
+        list.join(", ")
+    );
 
-    println!("One warm run (the last of {RUNS}); t = ms since the run was scheduled, dt = since the line before.");
+    node.signal().await;
+    node.wait().await;
+    backend.shutdown().await;
+    docker.shutdown().await;
+}
+
+fn print_timeline(name: &str, i: usize, started: Duration, records: &[(Duration, String, String)]) {
+    println!(
+        "The {name} of {RUNS} warm runs (run {}, container started after {:.2} ms); t = ms since \
+         the run was scheduled, dt = since the line before.",
+        i + 1,
+        ms(started)
+    );
+
     println!();
     println!("| t (ms) | dt (ms) | where | what |");
     println!("|---:|---:|---|---|");
     let mut prev = Duration::ZERO;
-    for (at, target, text) in &last {
+    for (at, target, text) in records {
         let text = text.replace('|', "\\|");
         println!(
             "| {:.3} | {:.3} | {} | {} |",
@@ -165,14 +194,4 @@ async fn timeline() {
         prev = *at;
     }
     println!();
-    let list: Vec<String> = totals.iter().map(|d| format!("{:.2}", ms(*d))).collect();
-    println!(
-        "Scheduled to container start, each of the {RUNS} warm runs (ms): {}",
-        list.join(", ")
-    );
-
-    node.signal().await;
-    node.wait().await;
-    backend.shutdown().await;
-    docker.shutdown().await;
 }

@@ -13,7 +13,9 @@
 #
 # MEMORY_SOAK_RUNS=N adds a soak to the memory bench (N quick runs, RSS after each batch).
 #
-# Env: SPAWN_BENCH_CONCURRENCY (default 1,8,64). Needs jq.
+# Env: SPAWN_BENCH_CONCURRENCY (default 1,64); SPAWN_BENCH_FILTER, criterion's filter for
+# the spawn bench (default: every variant at c=1, floor and warm only at higher c, where
+# 64 downloads of 50 MiB per iteration would take most of an hour). Needs jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +29,11 @@ for arg in "$@"; do
 done
 command -v jq >/dev/null || { echo "bench-report.sh needs jq (apt-get install jq)" >&2; exit 1; }
 
-export SPAWN_BENCH_CONCURRENCY="${SPAWN_BENCH_CONCURRENCY:-1,8,64}"
+export SPAWN_BENCH_CONCURRENCY="${SPAWN_BENCH_CONCURRENCY:-1,64}"
+SPAWN_BENCH_FILTER="${SPAWN_BENCH_FILTER:-^(spawn/(floor|warm)/|spawn/(download_every_run|cold)/1\$|throughput/)}"
 if [ "$run" = 1 ]; then
     export CARGO_INCREMENTAL=0
-    nice -n 5 cargo bench --bench spawn >&2
+    nice -n 5 cargo bench --bench spawn -- "$SPAWN_BENCH_FILTER" >&2
     nice -n 5 cargo bench --bench fakes >&2
     nice -n 5 cargo bench --bench memory >&2
 fi
