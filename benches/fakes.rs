@@ -149,9 +149,10 @@ impl World {
 }
 
 type Shared = tokio::sync::Mutex<World>;
+/// One case: an iteration's measured time.
+type Case = fn(&mut World) -> futures_util::future::BoxFuture<'_, Duration>;
 
 fn bench(c: &mut Criterion) {
-    use futures_util::future::BoxFuture;
     use futures_util::FutureExt;
     let rt = Runtime::new().expect("tokio runtime");
     let world: Shared = tokio::sync::Mutex::new(rt.block_on(World::start()));
@@ -160,7 +161,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(BATCH as u64));
-    let cases: [(&str, fn(&mut World) -> BoxFuture<'_, Duration>); 3] = [
+    let cases: [(&str, Case); 3] = [
         ("offers", |w| w.offers_iter().boxed()),
         ("claims", |w| w.claims_iter().boxed()),
         ("create_start", |w| w.create_start_iter().boxed()),

@@ -244,7 +244,8 @@ impl World {
         let binary = &binary;
         let downloads = self.dir.path().join("downloads");
         let t0 = Instant::now();
-        let mut expected: HashSet<String> = self.schedule(&self.floor.pool, c).into_iter().collect();
+        let mut expected: HashSet<String> =
+            self.schedule(&self.floor.pool, c).into_iter().collect();
         let mut started = FuturesUnordered::new();
         let mut done = Vec::with_capacity(c);
         let mut each = Vec::with_capacity(c);

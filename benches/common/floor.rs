@@ -46,7 +46,8 @@ impl FloorWorker {
     ) -> FloorWorker {
         let creds = backend.create_pool().expect("pool");
         let mut env = MapEnv::default();
-        for (k, v) in crate::common::launcher_env(&creds, docker.docker_host(), &dir.join(name), capacity)
+        for (k, v) in
+            crate::common::launcher_env(&creds, docker.docker_host(), &dir.join(name), capacity)
         {
             env.set(k, v);
         }
