@@ -18,7 +18,8 @@
 //! over its iterations (criterion divides by `iters`). Flat sampling, 10 samples, so the
 //! slow phases run 11 times (one warm-up iteration).
 //!
-//! `cargo bench --profile dev --bench memory` (never release here). Linux only (/proc).
+//! `cargo bench --bench memory` (release; the binary is built in the same profile).
+//! Linux only (/proc).
 
 mod common;
 
@@ -155,14 +156,27 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the launcher (dev profile) so the measured binary is never stale; its path.
+/// Builds the launcher in this bench's own profile (release under `cargo bench`, whose
+/// bench profile inherits it) so the measured binary is never stale; its path.
 fn build_launcher() -> PathBuf {
     let target = target_dir();
+    let exe = std::env::current_exe().expect("locating the bench executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("memory bench: cargo build -p spacelift-launcher --bin {BIN}");
-    let status = std::process::Command::new(&cargo)
-        .args(["build", "-p", "spacelift-launcher", "--bin", BIN])
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.args(["build", "-p", "spacelift-launcher", "--bin", BIN]);
+    if profile_dir == "release" {
+        cmd.arg("--release");
+    }
+    eprintln!("memory bench: cargo build -p spacelift-launcher --bin {BIN} ({profile_dir})");
+    let status = cmd
         .arg("--target-dir")
         .arg(&target)
         .current_dir(root)
@@ -173,7 +187,7 @@ fn build_launcher() -> PathBuf {
         status.success(),
         "cargo build -p spacelift-launcher failed ({status})"
     );
-    let bin = target.join("debug").join(BIN);
+    let bin = target.join(&profile_dir).join(BIN);
     assert!(bin.is_file(), "{} was not built", bin.display());
     bin
 }
@@ -647,6 +661,7 @@ fn memory(c: &mut Criterion<Bytes>) {
         "start_64_ms": w.notes.start_64.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
         "download_growth": w.notes.download_growth,
         "soak": soak,
+        "binary_bytes": std::fs::metadata(&bin).map(|m| m.len()).unwrap_or_default(),
     });
     let out = target_dir().join("memory-notes.json");
     if let Err(e) = std::fs::write(&out, notes.to_string()) {

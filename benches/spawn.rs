@@ -4,52 +4,53 @@
 //!
 //! `spawn/<variant>/<c>`: one iteration schedules `c` runs at once and ends when fake-docker
 //! has started `c` containers. Variants:
-//! - `floor`: what cannot be avoided, made directly: per run one authenticated HTTPS round
-//!   trip to the claim endpoint, then bollard inspect image, create, start.
+//! - `floor`: the protocol's irreducible work (`common/floor.rs`), made directly by a worker
+//!   of its own pool with the launcher's clients: the offer's delivery over the broker, one
+//!   claim round trip, then bollard inspect image, create, start.
 //! - `download_every_run`: the floor plus, per run, downloading and verifying the 50 MiB
 //!   worker binary: the policy of Spacelift's own launcher, made directly.
 //! - `warm`: the launcher with the binary in its cache.
 //! - `cold`: the launcher with its binary cache emptied before each iteration.
 //!
-//! `throughput/<floor|launcher>`: 128 runs through capacity 64, until every run has ended.
+//! `throughput/<floor|launcher>`: 128 runs through capacity 64, until every run has ended;
+//! the floor also sends the reports the state machine requires (`preparing` and `running`
+//! beside the start, the final one after the exit) and removes the container.
 //!
 //! Per-run latencies (from the batch's start to each container start) are also written to
 //! `target/spawn-runs.json` for the report's p50/p99 (`scripts/bench-report.sh`).
 //!
-//! `cargo bench --profile dev --bench spawn` (we never build release here); CI does not
-//! run benches. Keep it small: 2 cores.
+//! `cargo bench --bench spawn` (release: the bench profile); CI does not run benches.
+//! Keep it small: 2 cores.
 
 mod common;
+#[path = "common/floor.rs"]
+mod floor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fake_backend::{kinds, BackendHandle, ScheduleRun};
 use fake_docker::FakeDockerHandle;
+use floor::{FloorRun, FloorWorker, QUICK};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use launcher::config::MapEnv;
-use protocol::api::{paths, WorkerBinary};
-use protocol::Arch;
+use launcher::ports::Backend;
+use protocol::api::WorkerBinary;
+use protocol::{Arch, RunState};
 use scenarios::launcher_node::LauncherNode;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 
-/// The launcher's default runner image; present in fake-docker after the warm-up run.
-const IMAGE: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
 /// Above every batch, so latency batches never wait for a slot.
 const LATENCY_CAPACITY: u32 = 128;
 const THROUGHPUT_CAPACITY: u32 = 64;
 const THROUGHPUT_RUNS: usize = 128;
 /// Worker binary size: real ones are tens of MB.
 const BINARY_BYTES: usize = 50 << 20;
-/// Every container exits at once with 0.
-const QUICK: &str = r#"{"duration_ms":0,"exit_code":0}"#;
 
 struct Node {
     pool: String,
@@ -60,27 +61,25 @@ struct Node {
 struct World {
     backend: BackendHandle,
     docker: FakeDockerHandle,
-    client: bollard::Docker,
-    https: reqwest::Client,
-    api: String,
     binary: WorkerBinary,
     latency: Node,
     throughput: Node,
-    floor_seq: u64,
+    /// The floor's workers: capacity 128 (latency) and 64 (throughput), each in its pool.
+    floor: FloorWorker,
+    floor_tp: FloorWorker,
     /// Per-run latencies in ms, by `<variant>/<c>`.
     runs: BTreeMap<String, Vec<f64>>,
     dir: tempfile::TempDir,
 }
 
-/// A pool with one launcher of `capacity`; also an HTTPS client holding the pool's
-/// certificate, for the floor's direct calls.
+/// A pool with one launcher of `capacity`.
 async fn start_node(
     backend: &BackendHandle,
     docker: &FakeDockerHandle,
     dir: &Path,
     name: &str,
     capacity: u32,
-) -> (Node, reqwest::Client) {
+) -> Node {
     let creds = backend.create_pool().expect("pool");
     let data_dir = dir.join(name);
     let mut env = MapEnv::default();
@@ -88,22 +87,16 @@ async fn start_node(
         env.set(k, v);
     }
     let config = launcher::config::load(&env).expect("launcher config");
-    let tls = launcher::tls::client_config(&config).expect("client TLS");
-    let https = reqwest::Client::builder()
-        .tls_backend_preconfigured((*tls).clone())
-        .build()
-        .expect("reqwest client");
     let since = backend.last_seq();
     let node = LauncherNode::start(name, config).expect("launcher thread");
     backend
         .wait_for_since(since, |e| e.kind == kinds::WORKER_ONLINE)
         .await;
-    let node = Node {
+    Node {
         pool: creds.pool_ulid,
         node,
         data_dir,
-    };
-    (node, https)
+    }
 }
 
 async fn world() -> World {
@@ -119,9 +112,8 @@ async fn world() -> World {
             common::padded_binary("bench", BINARY_BYTES),
         )
         .expect("publish");
-    let (latency, https) =
-        start_node(&backend, &docker, dir.path(), "latency", LATENCY_CAPACITY).await;
-    let (throughput, _) = start_node(
+    let latency = start_node(&backend, &docker, dir.path(), "latency", LATENCY_CAPACITY).await;
+    let throughput = start_node(
         &backend,
         &docker,
         dir.path(),
@@ -129,23 +121,24 @@ async fn world() -> World {
         THROUGHPUT_CAPACITY,
     )
     .await;
-    let client = bollard::Docker::connect_with_unix(
-        docker.socket_path().to_str().expect("utf-8 socket path"),
-        120,
-        bollard::API_DEFAULT_VERSION,
+    let floor = FloorWorker::start(&backend, &docker, dir.path(), "floor", LATENCY_CAPACITY).await;
+    let floor_tp = FloorWorker::start(
+        &backend,
+        &docker,
+        dir.path(),
+        "floor-throughput",
+        THROUGHPUT_CAPACITY,
     )
-    .expect("bollard");
+    .await;
     std::fs::create_dir_all(dir.path().join("downloads")).expect("downloads dir");
     let mut w = World {
-        api: backend.api_endpoint().trim_end_matches('/').to_string(),
         backend,
         docker,
-        client,
-        https,
         binary,
         latency,
         throughput,
-        floor_seq: 0,
+        floor,
+        floor_tp,
         runs: BTreeMap::new(),
         dir,
     };
@@ -158,6 +151,24 @@ async fn world() -> World {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Downloads the worker binary as a run would, streaming it to `path` and checking its
+/// SHA-256.
+async fn download(run: &FloorRun, binary: &WorkerBinary, path: PathBuf) {
+    let mut body = run.api.download_binary(binary, 0).await.expect("download");
+    let mut file = tokio::fs::File::create(&path).await.expect("download file");
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("download body");
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.expect("writing the download");
+    }
+    file.flush().await.expect("flushing the download");
+    assert_eq!(hex::encode(hasher.finalize()), binary.sha256);
+    tokio::fs::remove_file(&path)
+        .await
+        .expect("removing the download");
 }
 
 impl World {
@@ -223,108 +234,60 @@ impl World {
         }
     }
 
-    /// Downloads the worker binary as a run would, streaming it to a file and checking
-    /// its SHA-256.
-    async fn download(&self, seq: u64) {
-        let url = format!(
-            "{}{}",
-            self.api,
-            paths::binary(&self.binary.version, self.binary.arch)
-        );
-        let resp = self.https.get(url).send().await.expect("download");
-        assert!(resp.status().is_success(), "download: {}", resp.status());
-        let path = self.dir.path().join("downloads").join(seq.to_string());
-        let mut file = tokio::fs::File::create(&path).await.expect("download file");
-        let mut hasher = Sha256::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.expect("download body");
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.expect("writing the download");
-        }
-        file.flush().await.expect("flushing the download");
-        assert_eq!(hex::encode(hasher.finalize()), self.binary.sha256);
-        tokio::fs::remove_file(&path)
-            .await
-            .expect("removing the download");
-    }
-
-    /// One floor sequence for run number `seq`: a claim round trip (an authenticated claim
-    /// of an unknown run: TLS on a kept-alive connection, client-certificate pool lookup,
-    /// routing, a 4xx answer), optionally the download, then inspect image, create, start.
-    async fn floor_run(&self, seq: u64, download: bool) -> String {
-        let url = format!("{}/v1/runs/01BENCHFLOOR{seq:014}/claim", self.api);
-        let resp = self
-            .https
-            .post(url)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .expect("claim round trip");
-        let _ = resp.bytes().await;
-        if download {
-            self.download(seq).await;
-        }
-        self.client
-            .inspect_image(IMAGE)
-            .await
-            .expect("inspect image");
-        let name = format!("floor-{seq}");
-        let body = ContainerCreateBody {
-            image: Some(IMAGE.to_string()),
-            cmd: Some(vec!["true".to_string()]),
-            env: Some(vec![format!("{}={QUICK}", fake_docker::BEHAVIOUR_ENV)]),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".to_string()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .client
-            .create_container(Some(opts), body)
-            .await
-            .expect("create");
-        self.client
-            .start_container(&created.id, None)
-            .await
-            .expect("start");
-        created.id
-    }
-
-    fn floor_seqs(&mut self, n: usize) -> std::ops::Range<u64> {
-        let base = self.floor_seq;
-        self.floor_seq += n as u64;
-        base..self.floor_seq
-    }
-
-    async fn remove(&self, ids: Vec<String>) {
-        let rm = RemoveContainerOptionsBuilder::default().force(true).build();
-        for id in ids {
-            let _ = self.client.remove_container(&id, Some(rm.clone())).await;
-        }
-    }
-
-    /// `c` floor sequences at once.
-    async fn floor_batch(&mut self, c: usize, download: bool) -> Duration {
-        let seqs = self.floor_seqs(c);
+    /// `c` runs scheduled at once into the floor's pool; the time until the floor worker
+    /// has started `c` containers: per run, the offer over the broker, one claim, then
+    /// (optionally the download) inspect, create, start. Then, untimed, each run is
+    /// reported to its end and its container removed.
+    async fn floor_batch(&mut self, c: usize, download_each: bool) -> Duration {
+        let run = FloorRun::from(&self.floor);
+        let binary = self.binary.clone();
+        let binary = &binary;
+        let downloads = self.dir.path().join("downloads");
         let t0 = Instant::now();
-        let this = &*self;
-        let results = futures_util::future::join_all(seqs.map(|seq| async move {
-            let id = this.floor_run(seq, download).await;
-            (id, ms(t0.elapsed()))
+        let mut expected: HashSet<String> =
+            self.schedule(&self.floor.pool, c).into_iter().collect();
+        let mut started = FuturesUnordered::new();
+        let mut done = Vec::with_capacity(c);
+        let mut each = Vec::with_capacity(c);
+        while done.len() < c {
+            tokio::select! {
+                r = self.floor.next_offer(), if !expected.is_empty() => {
+                    if !expected.remove(&r) {
+                        continue;
+                    }
+                    let run = run.clone();
+                    let path = downloads.join(&r);
+                    started.push(async move {
+                        run.claim(&r).await;
+                        if download_each {
+                            download(&run, binary, path).await;
+                        }
+                        let id = run.start_container(&format!("floor-{r}")).await;
+                        (r, id)
+                    });
+                }
+                Some(started) = started.next() => {
+                    each.push(ms(t0.elapsed()));
+                    done.push(started);
+                }
+            }
+        }
+        let elapsed = t0.elapsed();
+        futures_util::future::join_all(done.iter().map(|(r, id)| {
+            let run = run.clone();
+            async move {
+                run.report_started(r).await;
+                run.report(r, RunState::Finished).await;
+                run.remove(id).await;
+            }
         }))
         .await;
-        let elapsed = t0.elapsed();
-        let (ids, each): (Vec<String>, Vec<f64>) = results.into_iter().unzip();
-        let variant = if download {
+        let variant = if download_each {
             "download_every_run"
         } else {
             "floor"
         };
         self.record(variant, c, each);
-        self.remove(ids).await;
         elapsed
     }
 
@@ -337,26 +300,35 @@ impl World {
         t0.elapsed()
     }
 
-    /// The floor of `n` runs at most 64 at a time: a claim round trip, inspect, create,
-    /// start, wait for the exit, remove.
+    /// The floor of `n` runs through a worker of capacity 64 (the backend offers no more
+    /// at a time): per run the offer, a claim, inspect, create, start (with the
+    /// `preparing` and `running` reports beside them), the container's exit, the final
+    /// report, the container's removal.
     async fn throughput_floor(&mut self, n: usize) -> Duration {
-        let seqs = self.floor_seqs(n);
-        let slots = Arc::new(tokio::sync::Semaphore::new(THROUGHPUT_CAPACITY as usize));
+        let run = FloorRun::from(&self.floor_tp);
         let t0 = Instant::now();
-        let this = &*self;
-        futures_util::future::join_all(seqs.map(|seq| {
-            let slots = slots.clone();
-            async move {
-                let _slot = slots.acquire().await.expect("semaphore");
-                let id = this.floor_run(seq, false).await;
-                let mut wait = this.client.wait_container(&id, None);
-                while let Some(r) = wait.next().await {
-                    r.expect("wait");
+        let mut expected: HashSet<String> =
+            self.schedule(&self.floor_tp.pool, n).into_iter().collect();
+        let mut runs = FuturesUnordered::new();
+        let mut ended = 0;
+        while ended < n {
+            tokio::select! {
+                r = self.floor_tp.next_offer(), if !expected.is_empty() => {
+                    if !expected.remove(&r) {
+                        continue;
+                    }
+                    let run = run.clone();
+                    runs.push(async move {
+                        run.claim(&r).await;
+                        let name = format!("floor-{r}");
+                        let (id, ()) =
+                            tokio::join!(run.start_container(&name), run.report_started(&r));
+                        run.finish(&r, &id).await;
+                    });
                 }
-                this.remove(vec![id]).await;
+                Some(()) = runs.next() => ended += 1,
             }
-        }))
-        .await;
+        }
         t0.elapsed()
     }
 }

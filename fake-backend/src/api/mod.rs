@@ -99,10 +99,14 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 async fn http_faults(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    // The request's arrival and its answer, for timelines (benches/timeline.rs).
+    tracing::debug!(method = %req.method(), %path, "request received");
     if let Some(e) = direct::http_fault(&core, &path) {
         return e.into_response();
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    tracing::debug!(%path, status = resp.status().as_u16(), "response ready");
+    resp
 }
 
 async fn register(

@@ -175,12 +175,15 @@ fn add_headers(daemon: &Daemon, r: &mut Reply) {
 pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = req.method().clone();
     let full_path = req.uri().path().to_string();
+    // The request's arrival and its reply, for timelines (benches/timeline.rs).
+    tracing::debug!(%method, path = %full_path, "request received");
     let (version, path) = split_version(&full_path);
     let max = parse_version(&daemon.config.api_version).unwrap_or((1, 41));
     let min = parse_version(&daemon.config.min_api_version).unwrap_or((1, 12));
     let mut reply = dispatch(&daemon, req, version, path, max, min).await;
     add_headers(&daemon, &mut reply);
     let status = reply.status().as_u16().to_string();
+    tracing::debug!(path = %full_path, %status, "reply ready");
     let mut st = daemon.lock();
     let attrs = [
         ("method".to_string(), method.to_string()),
