@@ -156,7 +156,7 @@ pub fn explore(
         let schedule = Schedule::generate(seed, opts.max_ops);
         let verdict = run(runner, &schedule);
         let explored = i as u64 + 1;
-        if explored % every == 0 && explored < opts.schedules {
+        if explored.is_multiple_of(every) && explored < opts.schedules {
             let _ = writeln!(
                 log,
                 "{explored}/{} schedules, {} failed",
@@ -206,7 +206,7 @@ pub fn explore_parallel(
                         failing.push((i as u64 + 1, schedule, verdict));
                     }
                     let n = explored.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n % every == 0 && n < opts.schedules {
+                    if n.is_multiple_of(every) && n < opts.schedules {
                         let _ = writeln!(
                             lock(&shared_log),
                             "{n}/{} schedules, {} failed",
