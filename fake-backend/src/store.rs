@@ -61,6 +61,7 @@ pub struct Worker {
     pub drained: bool,
     /// A cycle was sent and the worker has not yet reported DRAINED: a heartbeat saying
     /// otherwise gets the cycle again (the first may have been lost in a broker outage).
+    /// Cleared by that report or a re-registration, not by an undrain.
     #[serde(default)]
     pub cycle_pending: bool,
     /// What the worker last reported (IDLE / BUSY / DRAINED).

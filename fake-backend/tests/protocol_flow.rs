@@ -373,7 +373,7 @@ async fn an_expired_lease_fails_the_run_as_worker_lost_and_never_reschedules_it(
 /// the launcher, which kept serving. A worker whose heartbeat disagrees with the backend's
 /// drain gets the command again; once it reports DRAINED the cycle is done.
 #[tokio::test]
-async fn a_command_the_worker_did_not_obey_is_sent_again_on_its_next_heartbeat() {
+async fn drain_and_cycle_the_worker_did_not_obey_are_sent_again_on_its_next_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let b = start(dir.path()).await;
     let creds = new_pool(&b).await;
@@ -396,6 +396,18 @@ async fn a_command_the_worker_did_not_obey_is_sent_again_on_its_next_heartbeat()
     assert!(matches!(
         m.next_message().await,
         ServerMessage::Drain { .. }
+    ));
+    // Found by explore too: an undrain overtaken by a delayed drain leaves the worker
+    // drained while the backend offers it runs. Its DRAINED heartbeat gets the undrain.
+    b.undrain(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
+    m.heartbeat(WorkerState::Drained, vec![], 13).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
     ));
     b.shutdown().await;
 }

@@ -122,7 +122,8 @@ impl Core {
                 WorkerCommand::Cycle => (kinds::WORKER_CYCLE, true),
             };
             w.drained = drained;
-            w.cycle_pending = matches!(command, WorkerCommand::Cycle);
+            // An undrain does not call off a cycle: a launcher that got it exits anyway.
+            w.cycle_pending |= matches!(command, WorkerCommand::Cycle);
             let message_id = tx.message_id();
             let msg = match command {
                 WorkerCommand::Drain => ServerMessage::Drain { message_id },
@@ -191,13 +192,19 @@ impl Core {
                     // Drain and cycle are commands over MQTT, which an outage can lose;
                     // the backend's drain is the authority, so a worker reporting otherwise
                     // is told again (once per heartbeat; obeying twice is harmless).
+                    if hb.state == WorkerState::Drained {
+                        w.cycle_pending = false;
+                    }
                     let resend = match (w.drained, hb.state) {
-                        (true, WorkerState::Drained) => {
-                            w.cycle_pending = false;
-                            None
+                        (_, state) if w.cycle_pending && state != WorkerState::Drained => {
+                            Some(WorkerCommand::Cycle)
                         }
-                        (true, _) if w.cycle_pending => Some(WorkerCommand::Cycle),
+                        (true, WorkerState::Drained) => None,
                         (true, _) => Some(WorkerCommand::Drain),
+                        // An undrain lost, or overtaken by a delayed drain. A worker draining
+                        // for its own reasons (a signal) reports DRAINED too; an undrain
+                        // does not stop that.
+                        (false, WorkerState::Drained) => Some(WorkerCommand::Undrain),
                         (false, _) => None,
                     };
                     let was_online = w.online;
@@ -263,12 +270,16 @@ impl Core {
 }
 
 impl Tx<'_> {
-    /// Sends `command` again to a worker that has not obeyed it (recorded with `resent`).
+    /// Sends `command` again to a worker whose heartbeat disagrees with it (recorded with
+    /// `resent`).
     fn resend_command(&mut self, pool: &str, worker: &str, command: WorkerCommand) {
         let message_id = self.message_id();
         let (kind, msg) = match command {
             WorkerCommand::Cycle => (kinds::WORKER_CYCLE, ServerMessage::Cycle { message_id }),
-            _ => (kinds::WORKER_DRAIN, ServerMessage::Drain { message_id }),
+            WorkerCommand::Drain => (kinds::WORKER_DRAIN, ServerMessage::Drain { message_id }),
+            WorkerCommand::Undrain => {
+                (kinds::WORKER_UNDRAIN, ServerMessage::Undrain { message_id })
+            }
         };
         self.event(
             NewEvent::new(kind)

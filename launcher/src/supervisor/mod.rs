@@ -476,10 +476,17 @@ impl Loop {
                 }
                 None => tracing::debug!(%run_ulid, "cancel for a run not running here; ignored"),
             },
+            // Idempotent: the backend repeats a command a heartbeat shows was not obeyed.
+            ServerMessage::Drain { .. } if self.backend_drained => {
+                tracing::debug!("drain requested again; already drained");
+            }
             ServerMessage::Drain { .. } => {
                 tracing::info!("drain requested by the backend: taking no new runs");
                 self.backend_drained = true;
                 self.publish();
+            }
+            ServerMessage::Undrain { .. } if !self.backend_drained => {
+                tracing::debug!("undrain requested; not drained by the backend");
             }
             ServerMessage::Undrain { .. } => {
                 tracing::info!("undrain requested by the backend");
