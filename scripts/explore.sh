@@ -19,4 +19,5 @@ else
 fi
 cargo build --release -p scenarios --bin scenario
 echo "[explore.sh] scenario explore --schedules $schedules --seed $seed" >&2
-exec target/release/scenario explore --schedules "$schedules" --seed "$seed" "$@"
+exec target/release/scenario explore --schedules "$schedules" --seed "$seed" \
+    --known scenarios/known-findings.txt "$@"
