@@ -64,6 +64,11 @@ pub struct Worker {
     /// Cleared by that report or a re-registration, not by an undrain.
     #[serde(default)]
     pub cycle_pending: bool,
+    /// An undrain was sent and the worker still reports DRAINED: it gets the undrain again
+    /// (a delayed drain may have overtaken it). Only then: a worker also drains for its own
+    /// reasons (a signal, an interruption notice), which no undrain should be sent for.
+    #[serde(default)]
+    pub undrain_pending: bool,
     /// What the worker last reported (IDLE / BUSY / DRAINED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_state: Option<WorkerState>,

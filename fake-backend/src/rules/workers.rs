@@ -66,6 +66,7 @@ impl Core {
                     online: false,
                     drained,
                     cycle_pending: false,
+                    undrain_pending: false,
                     reported_state: None,
                     last_heartbeat_seq: None,
                     gone_crashed: None,
@@ -124,6 +125,7 @@ impl Core {
             w.drained = drained;
             // An undrain does not call off a cycle: a launcher that got it exits anyway.
             w.cycle_pending |= matches!(command, WorkerCommand::Cycle);
+            w.undrain_pending = matches!(command, WorkerCommand::Undrain);
             let message_id = tx.message_id();
             let msg = match command {
                 WorkerCommand::Drain => ServerMessage::Drain { message_id },
@@ -194,6 +196,8 @@ impl Core {
                     // is told again (once per heartbeat; obeying twice is harmless).
                     if hb.state == WorkerState::Drained {
                         w.cycle_pending = false;
+                    } else {
+                        w.undrain_pending = false;
                     }
                     let resend = match (w.drained, hb.state) {
                         (_, state) if w.cycle_pending && state != WorkerState::Drained => {
@@ -201,10 +205,10 @@ impl Core {
                         }
                         (true, WorkerState::Drained) => None,
                         (true, _) => Some(WorkerCommand::Drain),
-                        // An undrain lost, or overtaken by a delayed drain. A worker draining
-                        // for its own reasons (a signal) reports DRAINED too; an undrain
-                        // does not stop that.
-                        (false, WorkerState::Drained) => Some(WorkerCommand::Undrain),
+                        // An undrain lost, or overtaken by a delayed drain.
+                        (false, WorkerState::Drained) if w.undrain_pending => {
+                            Some(WorkerCommand::Undrain)
+                        }
                         (false, _) => None,
                     };
                     let was_online = w.online;
