@@ -57,7 +57,7 @@ fn same_as_sim(path: &Path, wire: &scenarios::Report) {
     let sim = scenarios::execute_sim(&scenario, wire.seed).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (sim.passed, outcomes(&sim)),
-        (wire.passed, outcomes(&wire)),
+        (wire.passed, outcomes(wire)),
         "sim and wire disagree on {}:\nsim:\n{sim}\nwire:\n{wire}",
         path.display()
     );
