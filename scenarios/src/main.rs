@@ -142,36 +142,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::Scale {
-        launchers,
-        runs,
-        capacity,
-        fault_every,
-        seed,
-    } = cli.command
-    {
-        let opts = scenarios::scale::ScaleOptions {
-            launchers,
-            runs,
-            capacity,
-            fault_every,
-            seed,
-        };
-        return match scenarios::scale::run(&opts) {
-            Ok(r) => {
-                println!("{r}");
-                if r.report.passed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                println!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     run(cli)
 }
 
@@ -205,7 +175,7 @@ fn explore(opts: &scenarios::explore::Options, jobs: usize) -> ExitCode {
 fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Explore { .. } | Command::Schedule { .. } => {
-            unreachable!("handled before the runtime starts")
+            unreachable!("handled in main")
         }
         Command::Scale {
             launchers,
