@@ -83,6 +83,12 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     //     once it has reported the run's terminal state (the run's outbox is in order).
     out.extend(nothing_after_the_end(world, &events));
 
+    // 2c. A launcher says it holds (its heartbeats' `runs`) only runs the backend granted
+    //     it, under this identity or an earlier one it named when registering (a restart
+    //     counts its predecessor's leftovers until it has reported them): one counted as
+    //     held before its grant takes a slot it may never get.
+    out.extend(held_only_when_granted(world, &events));
+
     // 3. No container left behind.
     for (dname, d) in &world.dockers {
         let Some(fake) = &d.fake else { continue };
@@ -239,6 +245,65 @@ fn nothing_after_the_end(world: &World, events: &[Event]) -> Vec<String> {
                     run_name(world, e),
                     e.seq
                 ));
+            }
+        }
+    }
+    out
+}
+
+fn held_only_when_granted(world: &World, events: &[Event]) -> Vec<String> {
+    held_before_granted(events)
+        .into_iter()
+        .map(|(run, worker, seq)| {
+            let name = world
+                .runs
+                .iter()
+                .find(|(_, u)| u.as_str() == run)
+                .map_or(run, |(n, _)| n.as_str());
+            format!(
+                "launcher {} reported holding run {name} (event {seq}) before the backend granted it",
+                world.launcher_of_worker(worker).unwrap_or(worker),
+            )
+        })
+        .collect()
+}
+
+/// `(run, worker, event seq)`: the first heartbeat of each launcher naming a run the
+/// backend had not granted it yet.
+fn held_before_granted(events: &[Event]) -> Vec<(&str, &str, u64)> {
+    // Each worker identity -> the first identity of its launcher.
+    let mut lineage: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut granted: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in events {
+        let Some(worker) = e.worker.as_deref() else {
+            continue;
+        };
+        if e.kind == kinds::WORKER_REGISTERED {
+            let previous = e.str("previous_worker_ulid");
+            let root = previous.map_or(worker, |p| lineage.get(p).copied().unwrap_or(p));
+            lineage.insert(worker, root);
+            continue;
+        }
+        let root = lineage.get(worker).copied().unwrap_or(worker);
+        if e.kind == kinds::CLAIM_GRANTED {
+            if let Some(run) = e.run.as_deref() {
+                granted.insert((run, root));
+            }
+            continue;
+        }
+        let message = e.data.get("message");
+        let is_heartbeat = e.kind == kinds::MESSAGE_RECEIVED
+            && message.and_then(|m| m.get("type")).and_then(|t| t.as_str())
+                == Some("worker.heartbeat");
+        let held = message.and_then(|m| m.get("runs")).and_then(|r| r.as_array());
+        let (true, Some(held)) = (is_heartbeat, held) else {
+            continue;
+        };
+        for run in held.iter().filter_map(|r| r.as_str()) {
+            if !granted.contains(&(run, root)) && reported.insert((run, root)) {
+                out.push((run, worker, e.seq));
             }
         }
     }
@@ -505,6 +570,54 @@ pub fn secrets_kept(world: &World) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::report::{Report, Trace};
+    use serde_json::{json, Value};
+
+    fn event(seq: u64, kind: &str, worker: &str, run: Option<&str>, data: Value) -> Event {
+        Event {
+            seq,
+            at_ms: seq,
+            kind: kind.to_string(),
+            pool: None,
+            worker: Some(worker.to_string()),
+            run: run.map(str::to_string),
+            data,
+        }
+    }
+
+    fn heartbeat(seq: u64, worker: &str, runs: &[&str]) -> Event {
+        let message = json!({ "type": "worker.heartbeat", "worker_ulid": worker, "runs": runs });
+        event(seq, kinds::MESSAGE_RECEIVED, worker, None, json!({ "message": message }))
+    }
+
+    #[test]
+    fn a_run_reported_held_before_its_grant_is_a_failure() {
+        let registered = |seq, w: &str, previous: Option<&str>| {
+            let data = json!({ "previous_worker_ulid": previous });
+            event(seq, kinds::WORKER_REGISTERED, w, None, data)
+        };
+        let granted = |seq, w: &str, run| event(seq, kinds::CLAIM_GRANTED, w, Some(run), json!({}));
+        let events = vec![
+            registered(1, "W1", None),
+            heartbeat(2, "W1", &[]),
+            heartbeat(3, "W1", &["R1"]),
+            heartbeat(4, "W1", &["R1"]),
+            granted(5, "W1", "R1"),
+            heartbeat(6, "W1", &["R1"]),
+            // A restart naming its predecessor may count the predecessor's runs.
+            registered(7, "W2", Some("W1")),
+            heartbeat(8, "W2", &["R1"]),
+            registered(9, "W3", Some("W2")),
+            heartbeat(10, "W3", &["R1"]),
+            // Another launcher was never granted R1.
+            registered(11, "X1", None),
+            granted(12, "X1", "R2"),
+            heartbeat(13, "X1", &["R1", "R2"]),
+        ];
+        assert_eq!(
+            held_before_granted(&events),
+            [("R1", "W1", 3), ("R1", "X1", 13)]
+        );
+    }
 
     #[test]
     fn a_secret_in_captured_launcher_output_fails_the_verdict() {
