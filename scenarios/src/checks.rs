@@ -297,7 +297,9 @@ fn held_before_granted(events: &[Event]) -> Vec<(&str, &str, u64)> {
         let is_heartbeat = e.kind == kinds::MESSAGE_RECEIVED
             && message.and_then(|m| m.get("type")).and_then(|t| t.as_str())
                 == Some("worker.heartbeat");
-        let held = message.and_then(|m| m.get("runs")).and_then(|r| r.as_array());
+        let held = message
+            .and_then(|m| m.get("runs"))
+            .and_then(|r| r.as_array());
         let (true, Some(held)) = (is_heartbeat, held) else {
             continue;
         };
@@ -586,7 +588,13 @@ mod tests {
 
     fn heartbeat(seq: u64, worker: &str, runs: &[&str]) -> Event {
         let message = json!({ "type": "worker.heartbeat", "worker_ulid": worker, "runs": runs });
-        event(seq, kinds::MESSAGE_RECEIVED, worker, None, json!({ "message": message }))
+        event(
+            seq,
+            kinds::MESSAGE_RECEIVED,
+            worker,
+            None,
+            json!({ "message": message }),
+        )
     }
 
     #[test]
