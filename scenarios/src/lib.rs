@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod shrink;
 pub mod sim;
 pub mod timeline;
+pub mod watchdog;
 pub mod world;
 
 use std::path::Path;

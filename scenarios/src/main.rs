@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -64,6 +65,10 @@ enum Command {
         /// only with these are listed but do not fail the exploration.
         #[arg(long)]
         known: Option<PathBuf>,
+        /// Real seconds one schedule may take; past it explore stops with the schedule's
+        /// seed (a livelock: on paused time nothing else would end it).
+        #[arg(long, default_value_t = 120)]
+        schedule_budget: u64,
     },
     /// Print the scenario file of one explored schedule (its seed, as `explore` logs it).
     Schedule {
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         shrink_budget,
         jobs,
         known,
+        schedule_budget,
     } = cli.command
     {
         let mut opts = scenarios::explore::Options::new(schedules, seed, out);
@@ -127,7 +133,7 @@ fn main() -> ExitCode {
         let jobs = jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        return explore(&opts, jobs);
+        return explore(&opts, jobs, Duration::from_secs(schedule_budget));
     }
     if let Command::Schedule { seed, max_ops } = cli.command {
         let s = scenarios::random::Schedule::generate(seed, max_ops).scenario();
@@ -146,8 +152,17 @@ fn main() -> ExitCode {
 }
 
 /// The runner owns its runtime.
-fn explore(opts: &scenarios::explore::Options, jobs: usize) -> ExitCode {
-    let make = scenarios::explore::sim_runner;
+fn explore(opts: &scenarios::explore::Options, jobs: usize, budget: Duration) -> ExitCode {
+    let dog = scenarios::watchdog::Watchdog::start(budget, |seed, budget| {
+        println!(
+            "error: a schedule of seed {seed} (or a shrunk variant) still running after {}s \
+             of real time: a livelock? Replay: scenario schedule {seed} > f.yaml && \
+             scenario run f.yaml",
+            budget.as_secs()
+        );
+        std::process::exit(1);
+    });
+    let make = || dog.guard(scenarios::explore::sim_runner());
     match scenarios::explore::explore_parallel(opts, jobs, &make, &mut std::io::stdout()) {
         Ok(summary) => {
             println!("rate: {:.2} schedules/s", summary.rate());
