@@ -415,6 +415,13 @@ fn inject(world: &World, f: &Fault) -> Result<(), ScenarioError> {
                 retry_after_s: *retry_after_secs,
             })
             .map_err(harness),
+        Fault::FullDisk { launcher, count } => {
+            let l = world.launchers.get(launcher).ok_or_else(|| {
+                ScenarioError::Harness(format!("full_disk: unknown launcher {launcher}"))
+            })?;
+            l.disk.full.fail_next(*count);
+            Ok(())
+        }
         Fault::CorruptDownloads { count } => backend
             .inject(BackendFault::CorruptDownload { count: *count })
             .map_err(harness),

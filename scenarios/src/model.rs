@@ -326,6 +326,10 @@ fn one_usize() -> usize {
     1
 }
 
+fn one_u32() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleStep {
@@ -409,6 +413,15 @@ pub enum Fault {
         count: u32,
         #[serde(with = "duration")]
         every: Duration,
+    },
+    /// The next `count` worker-binary downloads on this launcher's host fail at their
+    /// first write: the disk under the binary cache is full (`count: 0` makes room
+    /// again). Sim mode only (wire would
+    /// need a size-limited filesystem mounted under the launcher's data dir).
+    FullDisk {
+        launcher: String,
+        #[serde(default = "one_u32")]
+        count: u32,
     },
     /// Make pulls of an image fail in-stream after some progress.
     FailPulls {

@@ -151,6 +151,16 @@ fn validate(s: &Scenario) -> Result<(), String> {
                     Fault::DropConnection { launcher: l }
                     | Fault::DuplicateNextMessage { launcher: l }
                     | Fault::DelayNextMessage { launcher: l, .. } => launcher(l)?,
+                    Fault::FullDisk { launcher: l, .. } => {
+                        launcher(l)?;
+                        if s.runs_in(crate::model::Mode::Wire).is_ok() {
+                            return Err(format!(
+                                "{at}: full_disk runs in sim mode only (wire would need a \
+                                 size-limited filesystem under the launcher's data dir): add \
+                                 modes: [sim] and mode_reason"
+                            ));
+                        }
+                    }
                     Fault::DockerErrors { docker: d, .. }
                     | Fault::FailPulls { docker: d, .. }
                     | Fault::SlowPulls { docker: d, .. } => docker(d)?,
@@ -221,6 +231,22 @@ expect:
 
     fn p(text: &str) -> Result<Scenario, ScenarioError> {
         parse(Path::new("x.yaml"), text)
+    }
+
+    #[test]
+    fn a_full_disk_is_refused_in_a_file_that_runs_in_wire_mode() {
+        let full = MINIMAL.replace(
+            "      - schedule:",
+            "      - fault: { full_disk: { launcher: l1, count: 2 } }\n      - schedule:",
+        );
+        let err = p(&full).unwrap_err().to_string();
+        assert!(err.contains("step 1: full_disk runs in sim mode only"), "{err}");
+        let sim_only = full.replace(
+            "seed: 3",
+            "seed: 3\nmodes: [sim]\nmode_reason: the disk is in memory",
+        );
+        let s = p(&sim_only).unwrap();
+        assert!(s.runs_in(crate::model::Mode::Wire).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use protocol::api::RunType;
 use protocol::{Arch, RunState};
 
 use crate::model::{
-    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault, Flood,
+    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault, Mode, Flood,
     ImageTopology, LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology,
     WorkerVersion,
 };
@@ -154,6 +154,13 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
                 launcher: launcher(*l),
                 by: Duration::from_millis(*millis),
             })),
+            Op::FullDisk {
+                launcher: l,
+                downloads,
+            } => p.steps.push(Step::Fault(Fault::FullDisk {
+                launcher: launcher(*l),
+                count: *downloads,
+            })),
             Op::CorruptDownload => p
                 .steps
                 .push(Step::Fault(Fault::CorruptDownloads { count: 1 })),
@@ -260,6 +267,7 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
         p.steps.push(Step::Undrain { launcher: l });
     }
     let disturbed = ops.iter().any(Op::disturbs_runs);
+    let full_disk = ops.iter().any(|op| matches!(op, Op::FullDisk { .. }));
     let mut expect = Expectations::default();
     for (run, (state, exit_code, reason)) in outcomes {
         // A canceled run may still finish first: only the invariants apply to it.
@@ -295,8 +303,12 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
             steps: p.steps,
         }],
         expect,
-        modes: None,
-        mode_reason: None,
+        modes: full_disk.then(|| vec![Mode::Sim]),
+        mode_reason: full_disk.then(|| {
+            "full_disk needs a size-limited filesystem under the launcher's data dir, which \
+             wire mode does not mount"
+                .to_string()
+        }),
     }
 }
 

@@ -117,6 +117,12 @@ pub enum Op {
     },
     /// Reset the pool's certificate: every running launcher is refused and exits.
     RevokeCredentials,
+    /// The disk under a launcher's binary cache is full for its next `downloads`
+    /// (3 in a row fail a run).
+    FullDisk {
+        launcher: usize,
+        downloads: u32,
+    },
 }
 
 /// Docker routes a schedule fails (fake-docker's route keys).
@@ -154,6 +160,7 @@ impl Op {
                 | Op::DockerErrors { .. }
                 | Op::FailPulls { .. }
                 | Op::RevokeCredentials
+                | Op::FullDisk { .. }
         )
     }
 }
@@ -260,8 +267,12 @@ fn random_op(rng: &mut ChaCha8Rng, launchers: usize) -> Op {
         92..=94 => Op::FailPulls {
             count: rng.random_range(1..3),
         },
-        _ => Op::SlowPulls {
+        95..=97 => Op::SlowPulls {
             millis: rng.random_range(50..500),
+        },
+        _ => Op::FullDisk {
+            launcher: l,
+            downloads: rng.random_range(1..5),
         },
     }
 }

@@ -175,6 +175,13 @@ pub fn simpler(op: &Op) -> Vec<Op> {
             count: 1,
         }),
         Op::FailPulls { count } if *count > 1 => out.push(Op::FailPulls { count: 1 }),
+        Op::FullDisk {
+            launcher,
+            downloads,
+        } if *downloads > 1 => out.push(Op::FullDisk {
+            launcher: *launcher,
+            downloads: 1,
+        }),
         _ => {}
     }
     // Launcher 0 is the simplest launcher.
@@ -191,6 +198,13 @@ pub fn simpler(op: &Op) -> Vec<Op> {
         Op::Signal { launcher } if launcher > 0 => Some(Op::Signal { launcher: 0 }),
         Op::CrashLauncher { launcher } if launcher > 0 => Some(Op::CrashLauncher { launcher: 0 }),
         Op::StartLauncher { launcher } if launcher > 0 => Some(Op::StartLauncher { launcher: 0 }),
+        Op::FullDisk {
+            launcher,
+            downloads,
+        } if launcher > 0 => Some(Op::FullDisk {
+            launcher: 0,
+            downloads,
+        }),
         _ => None,
     };
     out.extend(on_first);

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::backend::SimBackend;
 use super::broker::{PushChannel, PushConfig};
-use super::store::{MemoryBinaryStore, MemoryWorkspaces};
+use super::store::{DiskFull, MemoryBinaryStore, MemoryWorkspaces};
 use super::Net;
 use crate::launcher_node::NodeExit;
 
@@ -31,11 +31,13 @@ const REGISTER_ATTEMPTS: u32 = 30;
 const DOCKER_CONNECT_ATTEMPTS: u32 = 10;
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// What survives a launcher's restart (its "disk"): worker.json and the workspaces.
+/// What survives a launcher's restart (its "disk"): worker.json, the workspaces, and
+/// whether it is full.
 #[derive(Clone, Default)]
 pub struct Disk {
     pub worker_file: Arc<Mutex<Option<WorkerFile>>>,
     pub workspaces: MemoryWorkspaces,
+    pub full: DiskFull,
 }
 
 /// Everything a sim launcher is wired to.
@@ -203,7 +205,7 @@ async fn run(
         pool_ulid: reg.pool_ulid.clone(),
         launcher_id: format!("sim-{}-{seed:x}", w.name),
     };
-    let store = MemoryBinaryStore::new(backend.clone());
+    let store = MemoryBinaryStore::new(backend.clone(), w.disk.full.clone());
     let (status_tx, status_rx) = status_channel(settings.capacity);
     let heartbeat = Duration::from_millis(reg.heartbeat_interval_ms).max(MIN_HEARTBEAT);
     let (push, events) = PushChannel::start(

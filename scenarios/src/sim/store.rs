@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,17 +18,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Downloads still to fail for want of disk space (the `full_disk` fault), shared by a
+/// launcher's restarts like its disk.
+#[derive(Clone, Default)]
+pub struct DiskFull(Arc<AtomicU32>);
+
+impl DiskFull {
+    /// The next `downloads` fail (0: there is room again).
+    pub fn fail_next(&self, downloads: u32) {
+        self.0.store(downloads, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
 /// Verified binaries by SHA-256; a failed or corrupt download is never kept.
 pub struct MemoryBinaryStore {
     backend: Arc<dyn Backend>,
     verified: Mutex<BTreeMap<String, usize>>,
+    full: DiskFull,
 }
 
 impl MemoryBinaryStore {
-    pub fn new(backend: Arc<dyn Backend>) -> MemoryBinaryStore {
+    pub fn new(backend: Arc<dyn Backend>, full: DiskFull) -> MemoryBinaryStore {
         MemoryBinaryStore {
             backend,
             verified: Mutex::new(BTreeMap::new()),
+            full,
         }
     }
 
@@ -53,8 +74,16 @@ impl BinaryStore for MemoryBinaryStore {
             .map_err(BinaryError::Download)?;
         let mut hasher = Sha256::new();
         let mut size = 0usize;
+        let full = self.full.take();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(BinaryError::Download)?;
+            if full {
+                // The first write fails, as on disk: the partial file is never kept.
+                return Err(BinaryError::Io(format!(
+                    "writing {}: No space left on device (os error 28)",
+                    Self::cached(binary).path.display()
+                )));
+            }
             size += chunk.len();
             hasher.update(&chunk);
         }
