@@ -45,6 +45,8 @@ struct Inner {
     output_paused: Counter,
     /// The highest `outbox_queued_bytes` seen (for tests of the bound).
     outbox_queued_peak: std::sync::atomic::AtomicI64,
+    /// The most output one run's outbox held at once (the bound is per run).
+    outbox_run_peak: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,7 @@ impl Metrics {
                 outbox_queued_bytes,
                 output_paused,
                 outbox_queued_peak: Default::default(),
+                outbox_run_peak: Default::default(),
                 registry,
                 cache: std::sync::Mutex::new(None),
                 runs,
@@ -154,6 +157,20 @@ impl Metrics {
         self.inner
             .outbox_queued_peak
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One run's outbox now holds `bytes`.
+    pub fn outbox_run_queued(&self, bytes: usize) {
+        self.inner
+            .outbox_run_peak
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most output one run's outbox ever held at once.
+    pub fn outbox_run_peak(&self) -> usize {
+        self.inner
+            .outbox_run_peak
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn output_paused(&self) {

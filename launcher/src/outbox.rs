@@ -41,6 +41,14 @@ const MIN_UPLOAD_BYTES: usize = 2 * 1024;
 /// Default bound of a run's queued output (`SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB`).
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// The most output one run's outbox may hold with `max_queued_bytes` as its bound: output
+/// is read only while the outbox is under it, one container line (split at
+/// [`crate::docker::MAX_LINE`]) at a time, into a batch of up to
+/// [`crate::run::log::BATCH_BYTES`] queued whole.
+pub fn run_queued_limit(max_queued_bytes: usize) -> usize {
+    max_queued_bytes + crate::run::log::BATCH_BYTES + crate::docker::MAX_LINE
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     Transition(TransitionRequest),
@@ -78,8 +86,9 @@ struct Budget {
 
 impl Budget {
     fn add(&self, bytes: usize) {
-        self.queued.fetch_add(bytes, Ordering::Relaxed);
+        let now = self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.metrics.outbox_queued(bytes as i64);
+        self.metrics.outbox_run_queued(now);
     }
 
     fn release(&self, bytes: usize) {

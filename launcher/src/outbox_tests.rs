@@ -114,6 +114,9 @@ async fn a_long_outage_bounds_queued_output_and_loses_nothing() {
         peak <= bound as i64 + batch,
         "queued {peak} bytes, bound {bound}"
     );
+    // One run: its own peak is the process's.
+    assert_eq!(metrics.outbox_run_peak() as i64, peak);
+    assert!(metrics.outbox_run_peak() <= crate::outbox::run_queued_limit(bound));
     assert!(
         metrics
             .encode()

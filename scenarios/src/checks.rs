@@ -89,6 +89,22 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     //     held before its grant takes a slot it may never get.
     out.extend(held_only_when_granted(world, &events));
 
+    // 2d. Memory: no run's outbox held more output than its bound allows (sim mode, where
+    //     the launcher's metrics are at hand).
+    for (name, l) in &world.launchers {
+        let starts = l.disk.starts.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, s) in starts.iter().enumerate() {
+            let peak = s.metrics.outbox_run_peak();
+            if peak > s.run_queued_limit {
+                out.push(format!(
+                    "launcher {name} (start {}): a run's outbox held {peak} bytes of output, over its limit of {}",
+                    i + 1,
+                    s.run_queued_limit
+                ));
+            }
+        }
+    }
+
     // 3. No container left behind.
     for (dname, d) in &world.dockers {
         let Some(fake) = &d.fake else { continue };

@@ -240,7 +240,10 @@ expect:
             "      - fault: { full_disk: { launcher: l1, count: 2 } }\n      - schedule:",
         );
         let err = p(&full).unwrap_err().to_string();
-        assert!(err.contains("step 1: full_disk runs in sim mode only"), "{err}");
+        assert!(
+            err.contains("step 1: full_disk runs in sim mode only"),
+            "{err}"
+        );
         let sim_only = full.replace(
             "seed: 3",
             "seed: 3\nmodes: [sim]\nmode_reason: the disk is in memory",

@@ -10,9 +10,9 @@ use protocol::api::RunType;
 use protocol::{Arch, RunState};
 
 use crate::model::{
-    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault, Mode, Flood,
-    ImageTopology, LauncherTopology, Phase, RunExpectation, Scenario, ScheduleStep, Step, Topology,
-    WorkerVersion,
+    BackendTopology, Behaviour, BinaryKind, DockerKind, DockerTopology, Expectations, Fault, Flood,
+    ImageTopology, LauncherTopology, Mode, Phase, RunExpectation, Scenario, ScheduleStep, Step,
+    Topology, WorkerVersion,
 };
 use crate::random::{Image, Op, Output};
 
@@ -322,6 +322,8 @@ fn topology(capacities: &[u32], secret: &str) -> Topology {
         ("SPACELIFT_WHITELIST_ENVS", SECRET_ENV),
         ("SPACELIFT_MASK_ENVS", SECRET_ENV),
         (SECRET_ENV, secret),
+        // Floods of a few MB then meet the outbox's bound (an oracle checks it holds).
+        ("SPACELIFT_LAUNCHER_RUN_OUTPUT_BUFFER_MIB", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

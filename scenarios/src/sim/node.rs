@@ -15,6 +15,7 @@ use launcher::config::LauncherConfig;
 use launcher::container_spec::Ids;
 use launcher::error::{Error, Fatal};
 use launcher::lifecycle::{ExitOutcome, Signal};
+use launcher::metrics::Metrics;
 use launcher::ports::{ContainerRuntime, RuntimeError};
 use launcher::supervisor::{status_channel, Ports, Supervisor};
 use protocol::api::RegisterRequest;
@@ -32,12 +33,20 @@ const DOCKER_CONNECT_ATTEMPTS: u32 = 10;
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What survives a launcher's restart (its "disk"): worker.json, the workspaces, and
-/// whether it is full.
+/// whether it is full; also each start's metrics, for the oracles.
 #[derive(Clone, Default)]
 pub struct Disk {
     pub worker_file: Arc<Mutex<Option<WorkerFile>>>,
     pub workspaces: MemoryWorkspaces,
     pub full: DiskFull,
+    pub starts: Arc<Mutex<Vec<StartMetrics>>>,
+}
+
+/// One start's metrics and the most output one of its runs' outboxes may hold.
+#[derive(Clone)]
+pub struct StartMetrics {
+    pub metrics: Metrics,
+    pub run_queued_limit: usize,
 }
 
 /// Everything a sim launcher is wired to.
@@ -222,6 +231,15 @@ async fn run(
     );
     let mut push_fatal = push.fatal();
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
+    let metrics = Metrics::new();
+    w.disk
+        .starts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(StartMetrics {
+            metrics: metrics.clone(),
+            run_queued_limit: launcher::outbox::run_queued_limit(settings.output_buffer_bytes),
+        });
     let supervisor = Supervisor::new(
         settings,
         ids,
@@ -235,7 +253,8 @@ async fn run(
         events,
         status_tx,
     )
-    .with_held_runs(reg.held_runs.into_iter().chain(reaped).collect());
+    .with_held_runs(reg.held_runs.into_iter().chain(reaped).collect())
+    .with_metrics(metrics);
 
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     let serving = supervisor.with_fatal(fatal_rx).run(signals);
