@@ -78,6 +78,26 @@ pub struct Launcher {
     pub disk: sim::node::Disk,
 }
 
+impl Launcher {
+    /// Reads the worker ULID this launcher last recorded (its worker.json, written after
+    /// registering and before connecting to the broker).
+    fn recorded_worker(&self, mode: Mode) -> impl Fn() -> Option<String> {
+        let file = self.disk.worker_file.clone();
+        let path = self.data_dir.join("worker.json");
+        move || match mode {
+            Mode::Sim => file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|f| f.worker_ulid.clone()),
+            Mode::Wire => std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<launcher::app::WorkerFile>(&b).ok())
+                .map(|f| f.worker_ulid),
+        }
+    }
+}
+
 pub struct World {
     pub mode: Mode,
     /// Sim mode: where launchers find the backend.
@@ -276,6 +296,7 @@ impl World {
                 .push(exit);
         }
         let since = self.backend().last_seq();
+        let own_worker = self.launchers[name].recorded_worker(self.mode);
         let node = match self.mode {
             Mode::Wire => {
                 let l = &self.launchers[name];
@@ -308,7 +329,13 @@ impl World {
         let backend = self.backend.as_ref().expect("backend running");
         let mut exited = None;
         let registered = tokio::select! {
-            ev = backend.wait_for_since(since, |e| e.kind == fake_backend::kinds::MQTT_SUBSCRIBED) => Some(ev),
+            // Its own worker's subscription: another launcher resubscribing meanwhile
+            // (after a backend restart, say) must not be credited to this one.
+            ev = backend.wait_for_since(since, |e| {
+                e.kind == fake_backend::kinds::MQTT_SUBSCRIBED
+                    && e.worker.is_some()
+                    && e.worker == own_worker()
+            }) => Some(ev),
             exit = l.node.as_mut().expect("node").wait() => { exited = Some(exit); None }
             _ = tokio::time::sleep(Duration::from_secs(60)) => None,
         };
