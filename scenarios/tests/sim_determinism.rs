@@ -32,10 +32,15 @@ fn twice(s: &scenarios::Scenario, seed: u64) -> (String, String) {
 
 #[test]
 fn same_file_and_seed_give_a_byte_identical_trace() {
+    // The last three have tasks (of one launcher, or of several) racing at one virtual
+    // instant: they replay only because the runtime's RNG is seeded (`sim::runtime`).
     for name in [
         "happy_path.yaml",
         "crash_and_restart.yaml",
         "http_error_storms.yaml",
+        "cancel_racing_states.yaml",
+        "concurrent_three_launchers.yaml",
+        "start_while_another_reconnects.yaml",
     ] {
         let s = case(name);
         let (a, b) = twice(&s, s.seed);
@@ -72,8 +77,7 @@ fn a_random_fault_schedule_replays_byte_for_byte() {
         run(0, 50, Output::Plain),
         Op::Cancel { back: 0 },
     ];
-    // One launcher of capacity 2 and one idle: no two launchers race at one instant (see
-    // `scenarios::sim::runtime` on tokio's own RNG).
+    // Two launchers, of capacities 2 and 1.
     let s = Schedule {
         seed: 7,
         capacities: vec![2, 1],

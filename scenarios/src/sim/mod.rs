@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use fake_backend::BackendHandle;
 
 /// The runtime a sim world runs on: one thread, tokio's clock paused (it jumps to the next
-/// timer whenever every task waits). Built with `--cfg tokio_unstable`, its RNG (the order
-/// `select!` polls ready branches in) is seeded too; without it, tasks racing at the same
-/// virtual instant may interleave differently from one repeat to the next.
+/// timer whenever every task waits), and its RNG (the order `select!` polls ready branches
+/// in) seeded: the workspace builds with `--cfg tokio_unstable` (.cargo/config.toml) for
+/// that. A build without it (a RUSTFLAGS in the environment replaces the config) lets tasks
+/// racing at one virtual instant interleave differently from one repeat to the next, which
+/// `tests/sim_determinism.rs` shows.
 pub fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_current_thread();
     b.enable_time().start_paused(true);
