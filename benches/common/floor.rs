@@ -133,7 +133,9 @@ impl FloorRun {
     pub async fn claim(&self, run: &str) {
         match self.api.claim(run).await.expect("claim") {
             ClaimOutcome::Granted(_) => {}
-            ClaimOutcome::Refused(why) => panic!("floor claim of {run} refused: {why}"),
+            ClaimOutcome::Refused(why) | ClaimOutcome::NotNow(why) => {
+                panic!("floor claim of {run} refused: {why}")
+            }
         }
     }
 

@@ -59,14 +59,15 @@ pub struct Worker {
     /// Set by drain/cycle from the backend; the scheduler's authority.
     #[serde(default)]
     pub drained: bool,
-    /// A cycle was sent and the worker has not yet reported DRAINED: a heartbeat saying
-    /// otherwise gets the cycle again (the first may have been lost in a broker outage).
-    /// Cleared by that report or a re-registration, not by an undrain.
+    /// A cycle was sent to this process: a heartbeat not DRAINED, or DRAINED with no runs
+    /// (a cycled worker exits once idle), gets the cycle again (the first may have been
+    /// lost in a broker outage). Cleared by a re-registration, not by an undrain.
     #[serde(default)]
     pub cycle_pending: bool,
-    /// An undrain was sent and the worker still reports DRAINED: it gets the undrain again
-    /// (a delayed drain may have overtaken it). Only then: a worker also drains for its own
-    /// reasons (a signal, an interruption notice), which no undrain should be sent for.
+    /// The last drain command was an undrain: a DRAINED heartbeat gets it again (a delayed
+    /// drain may have overtaken it, even after it was obeyed). Cleared by a drain or a
+    /// cycle. Only then: a worker also drains for its own reasons (a signal, an
+    /// interruption notice), which no undrain should be sent for unasked.
     #[serde(default)]
     pub undrain_pending: bool,
     /// What the worker last reported (IDLE / BUSY / DRAINED).

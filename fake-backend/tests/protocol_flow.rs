@@ -389,9 +389,12 @@ async fn drain_and_cycle_the_worker_did_not_obey_are_sent_again_on_its_next_hear
         m.next_message().await,
         ServerMessage::Cycle { .. }
     ));
-    m.heartbeat(WorkerState::Drained, vec![], 11).await;
-    // A drained worker that comes back reporting IDLE (a restart) is drained again, not
-    // cycled again.
+    // A restarted worker (a new registration of the same ULID) reporting IDLE is drained
+    // again, not cycled again: the process the cycle was for is gone.
+    m.crash();
+    within("gone", b.wait_for(|e| e.kind == "worker.gone")).await;
+    assert_eq!(creds.http().register(1, Some(&w)).await.worker_ulid, w);
+    let mut m = Mqtt::connect(&creds, &w).await;
     m.heartbeat(WorkerState::Idle, vec![], 12).await;
     assert!(matches!(
         m.next_message().await,
@@ -405,6 +408,67 @@ async fn drain_and_cycle_the_worker_did_not_obey_are_sent_again_on_its_next_hear
         ServerMessage::Undrain { .. }
     ));
     m.heartbeat(WorkerState::Drained, vec![], 13).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
+    b.shutdown().await;
+}
+
+/// Found by `scenario explore` (schedule seed 6105159280964857503): a drained worker was
+/// cycled while the broker was down. It already reported DRAINED, so its heartbeats said
+/// nothing of the lost cycle and it never exited. A cycled worker exits once idle: one
+/// that still heartbeats DRAINED with no runs has not got the cycle, and gets it again.
+#[tokio::test]
+async fn a_cycle_lost_while_the_worker_was_already_drained_is_sent_again_once_it_is_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let (w, mut m) = online_worker(&b, &creds, 1).await;
+    b.drain(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Drain { .. }
+    ));
+    m.heartbeat(WorkerState::Drained, vec![], 1).await;
+    b.cycle(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
+    // As if that cycle was lost: the worker goes on reporting DRAINED, idle.
+    m.heartbeat(WorkerState::Drained, vec![], 1).await;
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Cycle { .. }
+    ));
+    b.shutdown().await;
+}
+
+/// Found by `scenario explore` (schedule seed 7269109840088528679): a drain delayed past
+/// the undrain that followed it reached the worker after the worker had already reported
+/// the undrain obeyed (BUSY), so the backend no longer repeated the undrain and the
+/// worker stayed drained with a run queued for it. An undrain stays the backend's word
+/// until the next drain or cycle: a DRAINED heartbeat gets it again whenever it comes.
+#[tokio::test]
+async fn an_undrain_overtaken_by_a_delayed_drain_after_it_was_obeyed_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let (w, mut m) = online_worker(&b, &creds, 1).await;
+    b.drain(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Drain { .. }
+    ));
+    b.undrain(&w).unwrap();
+    assert!(matches!(
+        m.next_message().await,
+        ServerMessage::Undrain { .. }
+    ));
+    // The undrain obeyed first, then the delayed drain obeyed.
+    m.heartbeat(WorkerState::Busy, vec![], 1).await;
+    m.heartbeat(WorkerState::Drained, vec![], 1).await;
     assert!(matches!(
         m.next_message().await,
         ServerMessage::Undrain { .. }

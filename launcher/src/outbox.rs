@@ -472,7 +472,7 @@ impl Outbox {
                     return Attempt::Fatal;
                 }
                 Err(BackendError::TooLarge { .. }) => return Attempt::TooLarge,
-                Err(BackendError::Conflict { message }) => {
+                Err(BackendError::Conflict { message, .. }) => {
                     // A repeated transition the backend already has answers 200; a 409
                     // means it has moved on (e.g. it failed the run as worker_lost).
                     // Retrying cannot change its mind.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use protocol::api::{ClaimResponse, Lease, LogLine, PolicySample, TransitionRequest, WorkerBinary};
 use protocol::messages::ServerMessage;
-use protocol::Arch;
+use protocol::{Arch, RunState};
 use thiserror::Error;
 
 use crate::secret::{ExposeSecret, SecretString};
@@ -33,9 +33,13 @@ pub enum BackendError {
     /// Fatal: retrying cannot help.
     #[error("backend refused the pool's credentials: {message}")]
     Unauthorized { message: String },
-    /// 409: claim refused, illegal transition, lease held by another worker.
+    /// 409: claim refused, illegal transition, lease held by another worker. `run_state`
+    /// is the run's state the answer names (`current_state`), when it names one.
     #[error("conflict: {message}")]
-    Conflict { message: String },
+    Conflict {
+        message: String,
+        run_state: Option<RunState>,
+    },
     /// 413: the request body is over the backend's limit. Smaller requests may pass (the
     /// outbox splits log uploads); the same one never will.
     #[error("backend refused the request as too large: {message}")]
@@ -57,6 +61,21 @@ pub enum ClaimOutcome {
     Granted(ClaimResponse),
     /// Someone else has it, or it is no longer schedulable: never start it.
     Refused(String),
+    /// The run is still `scheduled` but this worker may not take it now (the backend has
+    /// it drained, or at capacity as it counts): nothing starts, and a later offer of the
+    /// same run may be claimed.
+    NotNow(String),
+}
+
+impl ClaimOutcome {
+    /// A 409 to a claim: `NotNow` while the run is still `scheduled`, else `Refused`.
+    pub fn refused(message: String, run_state: Option<RunState>) -> ClaimOutcome {
+        if run_state == Some(RunState::Scheduled) {
+            ClaimOutcome::NotNow(message)
+        } else {
+            ClaimOutcome::Refused(message)
+        }
+    }
 }
 
 /// Events from the backend's push channel (MQTT).

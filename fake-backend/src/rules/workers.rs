@@ -52,7 +52,11 @@ impl Core {
                 None => tx.new_id(),
             };
             let now_ms = tx.now_ms();
-            let drained = tx.st.state.workers.get(&id).is_some_and(|w| w.drained);
+            let previous = tx.st.state.workers.get(&id);
+            let drained = previous.is_some_and(|w| w.drained);
+            // The backend's last word on the drain outlives the process (a cycle does not:
+            // it was for the process that exited).
+            let undrain_pending = previous.is_some_and(|w| w.undrain_pending);
             tx.st.state.workers.insert(
                 id.clone(),
                 Worker {
@@ -66,7 +70,7 @@ impl Core {
                     online: false,
                     drained,
                     cycle_pending: false,
-                    undrain_pending: false,
+                    undrain_pending,
                     reported_state: None,
                     last_heartbeat_seq: None,
                     gone_crashed: None,
@@ -194,19 +198,22 @@ impl Core {
                     // Drain and cycle are commands over MQTT, which an outage can lose;
                     // the backend's drain is the authority, so a worker reporting otherwise
                     // is told again (once per heartbeat; obeying twice is harmless).
-                    if hb.state == WorkerState::Drained {
-                        w.cycle_pending = false;
-                    } else {
-                        w.undrain_pending = false;
-                    }
+                    // DRAINED does not say a cycle was obeyed (the worker may have been
+                    // drained before), but a cycled worker exits once idle: one still
+                    // reporting DRAINED with no runs has not got the cycle.
+                    let cycle_unseen = hb.state != WorkerState::Drained || hb.runs.is_empty();
                     let resend = match (w.drained, hb.state) {
-                        (_, state) if w.cycle_pending && state != WorkerState::Drained => {
-                            Some(WorkerCommand::Cycle)
-                        }
+                        _ if w.cycle_pending && cycle_unseen => Some(WorkerCommand::Cycle),
                         (true, WorkerState::Drained) => None,
                         (true, _) => Some(WorkerCommand::Drain),
-                        // An undrain lost, or overtaken by a delayed drain.
-                        (false, WorkerState::Drained) if w.undrain_pending => {
+                        // An undrain lost, or overtaken by a delayed drain (even one that
+                        // arrives after the undrain was obeyed). Not for a worker that says
+                        // why it drains itself (an interruption notice) or is cycling.
+                        (false, WorkerState::Drained)
+                            if w.undrain_pending
+                                && !w.cycle_pending
+                                && hb.interruption.is_none() =>
+                        {
                             Some(WorkerCommand::Undrain)
                         }
                         (false, _) => None,

@@ -6,7 +6,8 @@
 //!   server's `Retry-After`: delta-seconds, or an HTTP date measured against the response's
 //!   own `Date` header — never against the local wall clock; without `Date` it is ignored);
 //! - 401/403, and TLS alerts from the server about our certificate -> `Unauthorized`;
-//! - 409 -> `Conflict` (a refused claim is `Ok(ClaimOutcome::Refused)` instead);
+//! - 409 -> `Conflict` with the run's `current_state` (a refused claim is
+//!   `Ok(ClaimOutcome::Refused)` instead, or `NotNow` while the run is still `scheduled`);
 //! - 413 -> `TooLarge` (the outbox sends smaller log uploads);
 //! - any other 4xx, a malformed 2xx answer, or a server certificate we do not trust ->
 //!   `Rejected` (retrying cannot help).
@@ -243,7 +244,9 @@ impl Backend for HttpsBackend {
             .await
         {
             Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
-            Err(BackendError::Conflict { message }) => Ok(ClaimOutcome::Refused(message)),
+            Err(BackendError::Conflict { message, run_state }) => {
+                Ok(ClaimOutcome::refused(message, run_state))
+            }
             Err(e) => Err(e),
         }
     }
@@ -398,7 +401,12 @@ async fn check_status(
                  pool's current ones; a pool reset invalidates the old token)"
             ),
         },
-        409 => BackendError::Conflict { message },
+        409 => BackendError::Conflict {
+            message,
+            run_state: serde_json::from_slice::<ErrorBody>(&body)
+                .ok()
+                .and_then(|e| e.error.current_state),
+        },
         413 => BackendError::TooLarge { message },
         408 | 429 | 500..=599 => BackendError::Transient {
             message,
@@ -755,7 +763,8 @@ mod tests {
             BackendError::Conflict {
                 message:
                     "POST /v1/runs/R1/lease: HTTP 409: conflict: lease held by W2 (run is Running)"
-                        .into()
+                        .into(),
+                run_state: Some(RunState::Running),
             }
         );
         let e = status_error(
@@ -1126,6 +1135,7 @@ mod tests {
             async {
                 Err(BackendError::Conflict {
                     message: "no".into(),
+                    run_state: None,
                 })
             }
         })

@@ -25,6 +25,10 @@ pub(super) async fn claim(
                 tracing::info!(reason = %why, "claim refused; not starting the run");
                 return Err(RunEnd::NotClaimed);
             }
+            Ok(ClaimOutcome::NotNow(why)) => {
+                tracing::info!(reason = %why, "claim refused while the run is still scheduled; a later offer may claim it");
+                return Err(RunEnd::NotClaimedYet);
+            }
             Err(BackendError::Unauthorized { message }) => {
                 ctx.fatal.send(Fatal::Unauthorized(message));
                 return Err(RunEnd::Fatal);

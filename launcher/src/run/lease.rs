@@ -46,7 +46,7 @@ pub(crate) async fn keep(
                     backoff.reset();
                     break;
                 }
-                Err(BackendError::Conflict { message }) => {
+                Err(BackendError::Conflict { message, .. }) => {
                     let _ = lost.send(Some(format!(
                         "the backend refused to renew the lease: {message}"
                     )));

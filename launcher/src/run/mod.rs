@@ -66,6 +66,10 @@ pub enum StopRequest {
 pub enum RunEnd {
     /// The claim was refused: nothing was started, and the run never will be here.
     NotClaimed,
+    /// The claim was refused while the run stayed `scheduled` (this worker drained or at
+    /// capacity, as the backend counts): nothing was started; a redelivered
+    /// `run.scheduled` may claim it.
+    NotClaimedYet,
     /// The claim could not be made (the backend unreachable, or stopped while retrying):
     /// nothing was started; a redelivered `run.scheduled` may try again.
     ClaimAbandoned,
@@ -80,7 +84,7 @@ pub enum RunEnd {
 impl RunEnd {
     pub fn outcome(&self) -> &'static str {
         match self {
-            RunEnd::NotClaimed => "not_claimed",
+            RunEnd::NotClaimed | RunEnd::NotClaimedYet => "not_claimed",
             RunEnd::ClaimAbandoned => "claim_abandoned",
             RunEnd::Reported(s) => s.as_str(),
             RunEnd::LeaseLost => "lease_lost",

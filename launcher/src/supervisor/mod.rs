@@ -543,8 +543,9 @@ impl Loop {
             return;
         };
         tracing::info!(%run_ulid, outcome = end.outcome(), "run ended");
-        if end == RunEnd::ClaimAbandoned {
-            // Never claimed, so never started: a redelivery may try again.
+        if matches!(end, RunEnd::ClaimAbandoned | RunEnd::NotClaimedYet) {
+            // Never claimed, so never started: a redelivery may try again (the backend's
+            // one granted claim is what keeps a run to one start).
             self.seen.forget(&run_ulid);
         }
         self.ctx.metrics.run_ended(end.outcome());

@@ -192,6 +192,31 @@ async fn a_refused_claim_starts_nothing() {
     );
 }
 
+/// Found by `scenario explore` (schedule seed 16138025737496128740): a run offered just
+/// before the worker was drained had its claim refused while it stayed `scheduled`; the
+/// launcher remembered it as seen and ignored every later offer of it, so after the
+/// undrain the backend offered it to this worker again and again, in vain.
+#[tokio::test(start_paused = true)]
+async fn a_claim_refused_while_the_run_is_still_scheduled_is_claimed_on_a_later_offer() {
+    let h = Harness::new();
+    h.backend.with(|s| {
+        s.not_now.insert("R1".into());
+    });
+    let mut r = h.start();
+    r.schedule("R1").await;
+    let b = h.backend.clone();
+    h.changes
+        .until("claim attempted", || !b.claims().is_empty())
+        .await;
+    r.status_until("slot free again", |s| s.state == WorkerState::Idle)
+        .await;
+    h.backend.with(|s| s.not_now.clear());
+    r.schedule("R1").await;
+    h.until_terminal("R1").await;
+    assert_eq!(h.backend.claims(), ["R1", "R1"]);
+    assert_eq!(h.backend.states("R1"), [Preparing, Running, Finished]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn transient_claim_failures_are_retried() {
     let h = Harness::new();

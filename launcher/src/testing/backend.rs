@@ -43,6 +43,9 @@ pub struct BackendState {
     pub max_lines_per_upload: Option<usize>,
 
     pub refuse: HashSet<String>,
+    /// Claims of these runs are refused while the run stays `scheduled` (as a backend
+    /// that has this worker drained answers).
+    pub not_now: HashSet<String>,
     pub claim_transient: u32,
     /// Fail this many report calls with Transient + `retry_after`.
     pub report_transient: u32,
@@ -197,6 +200,11 @@ impl Backend for MemBackend {
                     message: "502".into(),
                     retry_after: s.retry_after,
                 })
+            } else if s.not_now.contains(run_ulid) {
+                Ok(ClaimOutcome::refused(
+                    "409 worker drained".into(),
+                    Some(RunState::Scheduled),
+                ))
             } else if s.refuse.contains(run_ulid) || !s.granted.insert(run_ulid.to_string()) {
                 Ok(ClaimOutcome::Refused("409 already claimed".into()))
             } else {
@@ -230,6 +238,7 @@ impl Backend for MemBackend {
             } else if s.lease_conflict.contains(run_ulid) {
                 Err(BackendError::Conflict {
                     message: "lease held by another worker".into(),
+                    run_state: Some(RunState::Running),
                 })
             } else if s.lease_transient {
                 Err(BackendError::Transient {

@@ -72,7 +72,10 @@ fn map(e: ApiError, what: &str) -> BackendError {
     let message = format!("{what}: HTTP {}: {}", e.status, e.body.error.message);
     match e.status {
         401 | 403 => BackendError::Unauthorized { message },
-        409 => BackendError::Conflict { message },
+        409 => BackendError::Conflict {
+            message,
+            run_state: e.body.error.current_state,
+        },
         413 => BackendError::TooLarge { message },
         408 | 429 | 500..=599 => BackendError::Transient {
             message,
@@ -94,7 +97,9 @@ impl Backend for SimBackend {
             .map_err(|e| map(e, "claim"))
         {
             Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
-            Err(BackendError::Conflict { message }) => Ok(ClaimOutcome::Refused(message)),
+            Err(BackendError::Conflict { message, run_state }) => {
+                Ok(ClaimOutcome::refused(message, run_state))
+            }
             Err(e) => Err(e),
         }
     }
