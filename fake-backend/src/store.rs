@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use protocol::api::{LogLine, PolicySample, Reason, RunSpec};
 use protocol::messages::WorkerState;
@@ -171,6 +172,9 @@ pub struct Endpoints {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// What `state.json` last held as written here: most changes touch runs only, and
+    /// rewriting an unchanged file (a new inode each time) was half of a large pool's cost.
+    last_state: Mutex<Option<Vec<u8>>>,
 }
 
 impl Store {
@@ -181,6 +185,7 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            last_state: Mutex::new(None),
         })
     }
 
@@ -252,7 +257,15 @@ impl Store {
             path: self.state_path(),
             message: e.to_string(),
         })?;
-        write_atomic(&self.state_path(), &bytes)
+        let mut last = self.last_state.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(bytes.as_slice()) {
+            return Ok(());
+        }
+        // Forgotten first: a failed write must not be taken for the file's content.
+        *last = None;
+        write_atomic(&self.state_path(), &bytes)?;
+        *last = Some(bytes);
+        Ok(())
     }
 
     pub fn binary_path(&self, sha256: &str) -> PathBuf {
@@ -331,6 +344,23 @@ mod tests {
         assert!(dir.path().join("runs/01A.json").exists());
         let again = store.load().unwrap();
         assert!(again.runs.contains_key("01A"));
+    }
+
+    #[test]
+    fn an_unchanged_state_json_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = State::default();
+        let inode = || std::fs::metadata(dir.path().join("state.json")).unwrap().ino();
+        store.save(&state, []).unwrap();
+        let first = inode();
+        store.save(&state, []).unwrap();
+        assert_eq!(inode(), first, "rewritten though unchanged");
+        state.generation += 1;
+        store.save(&state, []).unwrap();
+        assert_ne!(inode(), first);
+        assert_eq!(store.load().unwrap().generation, 1);
     }
 
     #[test]

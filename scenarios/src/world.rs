@@ -1,7 +1,7 @@
 //! The simulated world of one scenario execution: the fake backend, the Docker daemons and
 //! the launchers, all in this process, all seeded from the scenario's seed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,8 +91,10 @@ pub struct World {
     pub key: String,
     pub dockers: BTreeMap<String, Docker>,
     pub launchers: BTreeMap<String, Launcher>,
-    /// Scenario run name -> run ULID, in schedule order.
+    /// Scenario run name -> run ULID, in schedule order. Add with [`World::add_run`].
     pub runs: Vec<(String, String)>,
+    /// Run name -> its position in `runs` (a scale run looks up thousands).
+    run_names: HashMap<String, usize>,
     /// Keys of other pools handed to launchers (`${OTHER_POOL_KEY}`): secrets too.
     other_keys: std::sync::Mutex<Vec<String>>,
     /// This pool's (key, token) pairs before `revoke_credentials`: still secrets.
@@ -147,6 +149,7 @@ impl World {
             dockers: BTreeMap::new(),
             launchers: BTreeMap::new(),
             runs: Vec::new(),
+            run_names: HashMap::new(),
             other_keys: Default::default(),
             revoked: Vec::new(),
         };
@@ -199,10 +202,21 @@ impl World {
     }
 
     pub fn run_ulid(&self, name: &str) -> Option<&str> {
-        self.runs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, u)| u.as_str())
+        match self.run_names.get(name) {
+            Some(&i) => self.runs.get(i).map(|(_, u)| u.as_str()),
+            None => self
+                .runs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, u)| u.as_str()),
+        }
+    }
+
+    /// Records a scheduled run (a name scheduled again keeps its first ULID for lookups,
+    /// as the schedule-order search did).
+    pub fn add_run(&mut self, name: String, ulid: String) {
+        self.run_names.entry(name.clone()).or_insert(self.runs.len());
+        self.runs.push((name, ulid));
     }
 
     pub fn launcher_env(&self, name: &str) -> Result<MapEnv, ScenarioError> {
