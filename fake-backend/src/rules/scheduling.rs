@@ -33,23 +33,28 @@ impl Tx<'_> {
         if !self.st.index.has_queued() {
             return;
         }
-        // Each worker's load (held + offered), from the index, counted up as offers go out.
-        let mut load: HashMap<String, usize> = HashMap::new();
-        for w in self.st.state.workers.values() {
-            if w.online && !w.drained && w.reported_state != Some(WorkerState::Drained) {
-                load.insert(w.ulid.clone(), self.st.index.load(&w.ulid));
-            }
-        }
         // Free slots of the workers that can take runs: when none is left, the rest of the
         // queue waits (without this, a long queue costs queue x workers per dispatch).
+        let takes_runs = |w: &crate::store::Worker| {
+            w.online && !w.drained && w.reported_state != Some(WorkerState::Drained)
+        };
+        let index = &self.st.index;
         let mut free: usize = self
             .st
             .state
             .workers
             .values()
-            .filter(|w| w.online && !w.drained && w.reported_state != Some(WorkerState::Drained))
-            .map(|w| (w.capacity as usize).saturating_sub(load.get(&w.ulid).copied().unwrap_or(0)))
+            .filter(|w| takes_runs(w))
+            .map(|w| (w.capacity as usize).saturating_sub(index.load(&w.ulid)))
             .sum();
+        if free == 0 {
+            return;
+        }
+        // Each worker's load (held + offered), from the index, counted up as offers go out.
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for w in self.st.state.workers.values().filter(|w| takes_runs(w)) {
+            load.insert(w.ulid.clone(), index.load(&w.ulid));
+        }
         // The queue as it stood on entry (offers below change runs, not the index), walked
         // in order with a cursor.
         let mut cursor: Option<String> = None;
