@@ -393,7 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut state = State::default();
-        let inode = || std::fs::metadata(dir.path().join("state.json")).unwrap().ino();
+        let inode = || {
+            std::fs::metadata(dir.path().join("state.json"))
+                .unwrap()
+                .ino()
+        };
         store.save(&state, []).unwrap();
         let first = inode();
         store.save(&state, []).unwrap();

@@ -475,7 +475,10 @@ impl Daemon {
             if let Some(r) = c.runner.take() {
                 r.handle.abort();
             }
-            c.output.lock().unwrap_or_else(|e| e.into_inner()).set_closed(true);
+            c.output
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_closed(true);
             st.removed.insert(c.id.clone(), c.exit_code);
         }
         self.notify();
@@ -522,7 +525,10 @@ impl Daemon {
                 if let Some(r) = c.runner.take() {
                     r.handle.abort();
                 }
-                c.output.lock().unwrap_or_else(|e| e.into_inner()).set_closed(true);
+                c.output
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_closed(true);
                 st.removed.insert(id, 137);
             }
         }
@@ -546,7 +552,10 @@ impl Daemon {
         c.pid = 0;
         c.finished_at = Some(now);
         c.exits += 1;
-        c.output.lock().unwrap_or_else(|e| e.into_inner()).set_closed(true);
+        c.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_closed(true);
         let auto_remove = c.auto_remove;
         if oom {
             self.container_event(st, id, "oom", &[]);

@@ -60,7 +60,11 @@ pub fn full_trace(world: &crate::world::World) -> Vec<String> {
         // (every connection names one: looking for each repeat in every line was
         // quadratic in the run's length).
         let mut fingerprints: Vec<(usize, &str)> = Vec::new();
-        for (i, f) in events.iter().filter_map(|e| e.str("fingerprint")).enumerate() {
+        for (i, f) in events
+            .iter()
+            .filter_map(|e| e.str("fingerprint"))
+            .enumerate()
+        {
             if !fingerprints.iter().any(|(_, g)| *g == f) {
                 fingerprints.push((i, f));
             }

@@ -228,7 +228,9 @@ impl World {
     /// Records a scheduled run (a name scheduled again keeps its first ULID for lookups,
     /// as the schedule-order search did).
     pub fn add_run(&mut self, name: String, ulid: String) {
-        self.run_names.entry(name.clone()).or_insert(self.runs.len());
+        self.run_names
+            .entry(name.clone())
+            .or_insert(self.runs.len());
         self.runs.push((name, ulid));
     }
 

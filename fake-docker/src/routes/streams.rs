@@ -134,7 +134,11 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         let Some(c) = st.containers.get(&id) else {
             return Err(ApiError::no_such_container(given));
         };
-        let changes = c.output.lock().unwrap_or_else(|e| e.into_inner()).subscribe();
+        let changes = c
+            .output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscribe();
         (
             c.output.clone(),
             q.bool("follow") && c.running(),
