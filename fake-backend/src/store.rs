@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use protocol::api::{LogLine, PolicySample, Reason, RunSpec};
 use protocol::messages::WorkerState;
@@ -29,7 +30,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| BackendError::io("renaming", path, e))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub ulid: String,
     pub cert_pem: String,
@@ -42,7 +43,7 @@ pub struct Pool {
     pub resets: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
     pub ulid: String,
     pub pool: String,
@@ -132,7 +133,7 @@ impl Run {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BinaryRecord {
     pub version: String,
     pub arch: Arch,
@@ -163,6 +164,46 @@ pub struct State {
     pub endpoints: Option<Endpoints>,
 }
 
+impl State {
+    /// What `state.json` holds: everything but the runs.
+    fn file_part(&self) -> State {
+        let State {
+            generation,
+            pools,
+            workers,
+            runs: _,
+            binaries,
+            endpoints,
+        } = self;
+        State {
+            generation: *generation,
+            pools: pools.clone(),
+            workers: workers.clone(),
+            runs: BTreeMap::new(),
+            binaries: binaries.clone(),
+            endpoints: endpoints.clone(),
+        }
+    }
+
+    /// Whether `state.json` would be the same for both (a new field must be named here,
+    /// which the destructuring enforces).
+    fn file_eq(&self, other: &State) -> bool {
+        let State {
+            generation,
+            pools,
+            workers,
+            runs: _,
+            binaries,
+            endpoints,
+        } = self;
+        *generation == other.generation
+            && *pools == other.pools
+            && *workers == other.workers
+            && *binaries == other.binaries
+            && *endpoints == other.endpoints
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub broker: String,
@@ -172,6 +213,10 @@ pub struct Endpoints {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// What `state.json` last held as written here (runs left out): most changes touch
+    /// runs only, and serialising and rewriting an unchanged file (a new inode each time)
+    /// was half of a large pool's cost.
+    last_state: Mutex<Option<State>>,
 }
 
 impl Store {
@@ -182,6 +227,7 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            last_state: Mutex::new(None),
         })
     }
 
@@ -249,11 +295,19 @@ impl Store {
             })?;
             write_atomic(&path, &bytes)?;
         }
+        let mut last = self.last_state.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_some_and(|l| l.file_eq(state)) {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(state).map_err(|e| BackendError::Store {
             path: self.state_path(),
             message: e.to_string(),
         })?;
-        write_atomic(&self.state_path(), &bytes)
+        // Forgotten first: a failed write must not be taken for the file's content.
+        *last = None;
+        write_atomic(&self.state_path(), &bytes)?;
+        *last = Some(state.file_part());
+        Ok(())
     }
 
     pub fn binary_path(&self, sha256: &str) -> PathBuf {
@@ -332,6 +386,27 @@ mod tests {
         assert!(dir.path().join("runs/01A.json").exists());
         let again = store.load().unwrap();
         assert!(again.runs.contains_key("01A"));
+    }
+
+    #[test]
+    fn an_unchanged_state_json_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = State::default();
+        let inode = || {
+            std::fs::metadata(dir.path().join("state.json"))
+                .unwrap()
+                .ino()
+        };
+        store.save(&state, []).unwrap();
+        let first = inode();
+        store.save(&state, []).unwrap();
+        assert_eq!(inode(), first, "rewritten though unchanged");
+        state.generation += 1;
+        store.save(&state, []).unwrap();
+        assert_ne!(inode(), first);
+        assert_eq!(store.load().unwrap().generation, 1);
     }
 
     #[test]

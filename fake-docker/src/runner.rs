@@ -112,7 +112,10 @@ pub async fn start(daemon: &Arc<Daemon>, given: &str) -> ApiResult<bool> {
     c.exit_code = 0;
     c.oom_killed = false;
     c.error.clear();
-    c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = false;
+    c.output
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_closed(false);
     let handle = tokio::spawn(play(daemon.clone(), id.clone(), gen, behaviour.clone()));
     c.runner = Some(Runner {
         handle,

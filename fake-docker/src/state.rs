@@ -28,11 +28,46 @@ pub struct LogEntry {
 }
 
 /// Output buffer shared with followers, so it outlives an auto-removed container.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Output {
     pub entries: Vec<LogEntry>,
     /// True once the current run has exited: followers drain and stop.
     pub closed: bool,
+    /// Bumped on every change of this output: its followers wake for it alone, not for
+    /// every change of the daemon (hundreds of followers woken by each were most of a
+    /// large pool's cost).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Output {
+    fn default() -> Output {
+        Output {
+            entries: Vec::new(),
+            closed: false,
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+impl Output {
+    /// Changes of this output from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn push(&mut self, entry: LogEntry) {
+        self.entries.push(entry);
+        self.touch();
+    }
+
+    pub fn set_closed(&mut self, closed: bool) {
+        self.closed = closed;
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,7 +453,7 @@ impl Daemon {
             return;
         }
         let mut out = c.output.lock().unwrap_or_else(|e| e.into_inner());
-        out.entries.push(LogEntry {
+        out.push(LogEntry {
             stream,
             at: self.clock.now(),
             data,
@@ -440,7 +475,10 @@ impl Daemon {
             if let Some(r) = c.runner.take() {
                 r.handle.abort();
             }
-            c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+            c.output
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_closed(true);
             st.removed.insert(c.id.clone(), c.exit_code);
         }
         self.notify();
@@ -487,7 +525,10 @@ impl Daemon {
                 if let Some(r) = c.runner.take() {
                     r.handle.abort();
                 }
-                c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+                c.output
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_closed(true);
                 st.removed.insert(id, 137);
             }
         }
@@ -511,7 +552,10 @@ impl Daemon {
         c.pid = 0;
         c.finished_at = Some(now);
         c.exits += 1;
-        c.output.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        c.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_closed(true);
         let auto_remove = c.auto_remove;
         if oom {
             self.container_event(st, id, "oom", &[]);

@@ -1,7 +1,8 @@
 //! The invariants every scenario must keep (DESIGN.md), the scenario's own expectations,
 //! and the canonical trace used to prove determinism.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use fake_backend::{kinds, Event};
 use launcher::container_spec::labels;
@@ -193,6 +194,7 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
     //    carry their exit code, and their output arrived in order (masked as the
     //    launcher must mask it).
     let masked = masked_values(world);
+    let stdout = scheduled_stdout(scenario);
     for (name, ulid) in &world.runs {
         let Some(run) = backend.run(ulid) else {
             continue;
@@ -210,10 +212,10 @@ pub fn invariants(scenario: &Scenario, world: &World) -> Vec<String> {
             ));
         }
         if exited {
-            if let Some(expected) = scheduled_stdout(scenario, name) {
+            if let Some(expected) = stdout.get(name.as_str()) {
                 let texts: Vec<&str> = run.log_lines.iter().map(|l| l.text.as_str()).collect();
                 let mut at = 0;
-                for want in expected {
+                for want in expected.iter() {
                     let want = mask(&masked, want);
                     match texts[at..].iter().position(|t| t.contains(want.as_str())) {
                         Some(p) => at += p + 1,
@@ -347,17 +349,17 @@ fn mask(values: &[String], line: &str) -> String {
     })
 }
 
-fn scheduled_stdout<'s>(scenario: &'s Scenario, run: &str) -> Option<&'s Vec<String>> {
-    scenario
-        .phases
-        .iter()
-        .flat_map(|p| &p.steps)
-        .find_map(|s| match s {
-            Step::Schedule(s) if s.run == run && !s.behaviour.stdout.is_empty() => {
-                Some(&s.behaviour.stdout)
+/// Each run's expected stdout: the first schedule step naming it with some output.
+fn scheduled_stdout(scenario: &Scenario) -> HashMap<&str, &Vec<String>> {
+    let mut out = HashMap::new();
+    for step in scenario.phases.iter().flat_map(|p| &p.steps) {
+        if let Step::Schedule(s) = step {
+            if !s.behaviour.stdout.is_empty() {
+                out.entry(s.run.as_str()).or_insert(&s.behaviour.stdout);
             }
-            _ => None,
-        })
+        }
+    }
+    out
 }
 
 fn run_name(world: &World, e: &Event) -> String {
@@ -529,15 +531,40 @@ const HARNESS_EVENTS: &[&str] = &[
     kinds::BINARY_PUBLISHED,
 ];
 
+/// Each launcher's log output, read once per capture (in sim mode all launchers share one,
+/// which a scale run makes large: read and searched once, not once per launcher).
+fn launcher_logs(world: &World) -> BTreeMap<&str, Arc<str>> {
+    let mut read: Vec<(&crate::launcher_node::Captured, Arc<str>)> = Vec::new();
+    let mut out = BTreeMap::new();
+    for (name, l) in &world.launchers {
+        let text = match read.iter().find(|(c, _)| c.same_as(&l.output)) {
+            Some((_, t)) => t.clone(),
+            None => {
+                let t: Arc<str> = l.output.text().into();
+                read.push((&l.output, t.clone()));
+                t
+            }
+        };
+        out.insert(name.as_str(), text);
+    }
+    out
+}
+
 /// Everything a secret must never reach, as (where, text): each launcher's log output and
 /// exit errors, and what the backend received (run logs, reasons, events).
-pub fn outputs(world: &World) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+pub fn outputs(world: &World) -> Vec<(String, Arc<str>)> {
+    outputs_with(world, &launcher_logs(world))
+}
+
+fn outputs_with(world: &World, logs: &BTreeMap<&str, Arc<str>>) -> Vec<(String, Arc<str>)> {
+    let mut out: Vec<(String, Arc<str>)> = Vec::new();
     for (name, l) in &world.launchers {
-        out.push((format!("launcher {name}'s log output"), l.output.text()));
+        if let Some(text) = logs.get(name.as_str()) {
+            out.push((format!("launcher {name}'s log output"), text.clone()));
+        }
         for exit in &l.exits {
             if let crate::launcher_node::NodeExit::Exited { error: Some(e), .. } = exit {
-                out.push((format!("launcher {name}'s exit error"), e.clone()));
+                out.push((format!("launcher {name}'s exit error"), e.as_str().into()));
             }
         }
     }
@@ -548,34 +575,57 @@ pub fn outputs(world: &World) -> Vec<(String, String)> {
         };
         // Joined, so a multi-line value printed over several lines is found whole too.
         let logs: Vec<&str> = run.log_lines.iter().map(|l| l.text.as_str()).collect();
-        out.push((format!("run {name}'s logs at the backend"), logs.join("\n")));
+        out.push((
+            format!("run {name}'s logs at the backend"),
+            logs.join("\n").into(),
+        ));
         if let Some(r) = &run.reason {
-            out.push((format!("run {name}'s reason"), r.message.clone()));
+            out.push((format!("run {name}'s reason"), r.message.as_str().into()));
         }
     }
     for e in backend.events() {
         if !HARNESS_EVENTS.contains(&e.kind.as_str()) {
             let text = serde_json::to_string(&e).unwrap_or_default();
-            out.push((format!("backend event {} (seq {})", e.kind, e.seq), text));
+            out.push((
+                format!("backend event {} (seq {})", e.kind, e.seq),
+                text.into(),
+            ));
         }
     }
     out
 }
 
-/// The secret oracle: one failure per secret found in any output.
-pub fn secret_leaks(secrets: &Secrets, outputs: &[(String, String)]) -> Vec<String> {
-    outputs
-        .iter()
-        .flat_map(|(source, text)| secrets.leaks(source, text))
-        .collect()
+/// The secret oracle: one failure per secret found in any output. A text shared by several
+/// outputs (one capture) is searched once.
+pub fn secret_leaks<T: AsRef<str>>(secrets: &Secrets, outputs: &[(String, T)]) -> Vec<String> {
+    let mut searched: HashMap<(*const u8, usize), Vec<&str>> = HashMap::new();
+    let mut out = Vec::new();
+    for (source, text) in outputs {
+        let text = text.as_ref();
+        let found = searched
+            .entry((text.as_ptr(), text.len()))
+            .or_insert_with(|| secrets.leaked(text));
+        out.extend(
+            found
+                .iter()
+                .map(|label| format!("secret leaked: {label} appears in {source}")),
+        );
+    }
+    out
 }
 
 /// The oracle over a finished world.
 pub fn secrets_kept(world: &World) -> Vec<String> {
-    let mut out = secret_leaks(&Secrets::of_world(world), &outputs(world));
+    let logs = launcher_logs(world);
+    let mut out = secret_leaks(&Secrets::of_world(world), &outputs_with(world, &logs));
     // A launcher that registered has logged: an empty capture would make the oracle blind.
+    let mut registered: HashMap<(*const u8, usize), bool> = HashMap::new();
     for (name, l) in &world.launchers {
-        if l.worker_ulid.is_some() && !l.output.text().contains("registered") {
+        let text = &logs[name.as_str()];
+        let logged = *registered
+            .entry((text.as_ptr(), text.len()))
+            .or_insert_with(|| text.contains("registered"));
+        if l.worker_ulid.is_some() && !logged {
             out.push(format!(
                 "launcher {name}: its log output was not captured (the secret oracle is blind)"
             ));

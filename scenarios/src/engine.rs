@@ -215,7 +215,7 @@ async fn step_once(
                 .schedule_run(schedule_request(world, s))
                 .map_err(harness)?;
             trace.note(format!("schedule {}", s.run));
-            world.runs.push((s.run.clone(), ulid));
+            world.add_run(s.run.clone(), ulid);
         }
         Step::WaitRun { run, state, within } => {
             let ulid = world.run_ulid(run).expect("validated").to_string();

@@ -16,6 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// Whether both are one capture (in sim mode every launcher shares one).
+    pub fn same_as(&self, other: &Captured) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }

@@ -56,14 +56,27 @@ pub fn full_trace(world: &crate::world::World) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(b) = &world.backend {
         let events = b.events();
-        let fingerprints: Vec<String> = events
+        // Each distinct fingerprint, named by the index of the first event naming it
+        // (every connection names one: looking for each repeat in every line was
+        // quadratic in the run's length).
+        let mut fingerprints: Vec<(usize, &str)> = Vec::new();
+        for (i, f) in events
             .iter()
-            .filter_map(|e| e.str("fingerprint").map(str::to_string))
+            .filter_map(|e| e.str("fingerprint"))
+            .enumerate()
+        {
+            if !fingerprints.iter().any(|(_, g)| *g == f) {
+                fingerprints.push((i, f));
+            }
+        }
+        let fingerprints: Vec<(String, String)> = fingerprints
+            .into_iter()
+            .map(|(i, f)| (f.to_string(), format!("cert#{i}")))
             .collect();
         let stable = |line: String| {
-            fingerprints.iter().enumerate().fold(line, |l, (i, f)| {
-                l.replace(f.as_str(), &format!("cert#{i}"))
-            })
+            fingerprints
+                .iter()
+                .fold(line, |l, (f, name)| l.replace(f.as_str(), name))
         };
         for e in events {
             out.push(stable(format!(

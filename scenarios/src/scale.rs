@@ -53,7 +53,9 @@ pub struct ScaleReport {
 
 impl std::fmt::Display for ScaleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let counts: Vec<usize> = self.runs_per_launcher.values().copied().collect();
+        let mut counts: Vec<usize> = self.runs_per_launcher.values().copied().collect();
+        counts.sort_unstable();
+        let median = counts.get(counts.len() / 2).copied().unwrap_or(0);
         let total: usize = counts.iter().sum();
         let (min, max) = (
             counts.iter().min().copied().unwrap_or(0),
@@ -70,7 +72,7 @@ impl std::fmt::Display for ScaleReport {
         writeln!(f, "runs terminal: {total} on {} launchers", counts.len())?;
         writeln!(
             f,
-            "runs per launcher: min {min}, mean {:.1}, max {max}",
+            "runs per launcher: min {min}, median {median}, mean {:.1}, max {max}",
             total as f64 / counts.len().max(1) as f64
         )?;
         writeln!(f, "claims refused: {}", self.claims_refused)?;

@@ -114,12 +114,20 @@ impl Secrets {
 
     /// One message per secret found in `text`, naming `source` and the secret, not its value.
     pub fn leaks(&self, source: &str, text: &str) -> Vec<String> {
+        self.leaked(text)
+            .iter()
+            .map(|label| format!("secret leaked: {label} appears in {source}"))
+            .collect()
+    }
+
+    /// The labels of the secrets found in `text`, each once, in needle order.
+    pub fn leaked(&self, text: &str) -> Vec<&str> {
         let mut seen = std::collections::BTreeSet::new();
         self.needles
             .iter()
             .filter(|n| text.contains(n.text.as_str()))
-            .filter(|n| seen.insert(n.label.clone()))
-            .map(|n| format!("secret leaked: {} appears in {source}", n.label))
+            .filter(|n| seen.insert(n.label.as_str()))
+            .map(|n| n.label.as_str())
             .collect()
     }
 

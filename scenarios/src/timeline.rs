@@ -13,6 +13,7 @@ mod describe;
 pub mod html;
 pub mod record;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::ScenarioError;
@@ -22,7 +23,7 @@ pub use html::render_html;
 pub use record::Recorder;
 
 /// What a lane stands for, in display order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LaneKind {
     /// The backend and broker, and faults aimed at no launcher, run or daemon.
     World,
@@ -90,6 +91,9 @@ pub struct Timeline {
     /// Set by [`Recorder::finish`]: the report's failures and trace lines, redacted too,
     /// which the page shows instead of the report's own.
     pub text: Option<ReportText>,
+    /// `lanes` by (kind, name), so finding a lane does not scan them all (a scale run has
+    /// thousands, and every event looks its lane up).
+    lane_index: HashMap<(LaneKind, String), usize>,
 }
 
 /// A report's failures and trace lines with the world's secrets redacted.
@@ -103,18 +107,23 @@ pub struct ReportText {
 impl Timeline {
     /// The index of a lane, added (kept in [`LaneKind`] order) when new.
     pub fn lane(&mut self, kind: LaneKind, name: &str) -> usize {
-        if let Some(i) = self
-            .lanes
-            .iter()
-            .position(|l| l.kind == kind && l.name == name)
-        {
+        if self.lane_index.len() != self.lanes.len() {
+            // `lanes` was set directly: index it again.
+            self.lane_index.clear();
+            for (i, l) in self.lanes.iter().enumerate() {
+                self.lane_index.entry((l.kind, l.name.clone())).or_insert(i);
+            }
+        }
+        if let Some(&i) = self.lane_index.get(&(kind, name.to_string())) {
             return i;
         }
         self.lanes.push(Lane {
             kind,
             name: name.to_string(),
         });
-        self.lanes.len() - 1
+        let i = self.lanes.len() - 1;
+        self.lane_index.insert((kind, name.to_string()), i);
+        i
     }
 
     /// The lanes' indices in display order: by kind, then in order of first appearance.

@@ -1,7 +1,7 @@
 //! The simulated world of one scenario execution: the fake backend, the Docker daemons and
 //! the launchers, all in this process, all seeded from the scenario's seed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,8 +111,10 @@ pub struct World {
     pub key: String,
     pub dockers: BTreeMap<String, Docker>,
     pub launchers: BTreeMap<String, Launcher>,
-    /// Scenario run name -> run ULID, in schedule order.
+    /// Scenario run name -> run ULID, in schedule order. Add with [`World::add_run`].
     pub runs: Vec<(String, String)>,
+    /// Run name -> its position in `runs` (a scale run looks up thousands).
+    run_names: HashMap<String, usize>,
     /// Keys of other pools handed to launchers (`${OTHER_POOL_KEY}`): secrets too.
     other_keys: std::sync::Mutex<Vec<String>>,
     /// This pool's (key, token) pairs before `revoke_credentials`: still secrets.
@@ -123,6 +125,22 @@ fn harness(what: &str, e: impl std::fmt::Display) -> ScenarioError {
     ScenarioError::Harness(format!("{what}: {e}"))
 }
 
+/// A sim world's files (the backend's state, run files and event log, rewritten on every
+/// change) go to memory when Linux offers it (`/dev/shm`): on a disk, replacing files by
+/// rename waits for their blocks to be written, which made a 10,000-run pool wait on the
+/// disk for most of its time. Wire mode keeps the usual temp dir.
+fn temp_dir(mode: Mode) -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("scenario");
+    let shm = Path::new("/dev/shm");
+    if mode == Mode::Sim && shm.is_dir() {
+        if let Ok(dir) = b.tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    b.tempdir()
+}
+
 impl World {
     /// Builds the world of `mode`; in sim mode every launcher's log goes to `capture`.
     pub async fn build(
@@ -131,10 +149,7 @@ impl World {
         mode: Mode,
         capture: Captured,
     ) -> Result<World, ScenarioError> {
-        let dir = tempfile::Builder::new()
-            .prefix("scenario")
-            .tempdir()
-            .map_err(|e| harness("temp dir", e))?;
+        let dir = temp_dir(mode).map_err(|e| harness("temp dir", e))?;
         let mut backend_config = BackendConfig::new(dir.path().join("backend"));
         backend_config.seed = seed;
         backend_config.lease_ttl = scenario.topology.backend.lease_ttl;
@@ -167,6 +182,7 @@ impl World {
             dockers: BTreeMap::new(),
             launchers: BTreeMap::new(),
             runs: Vec::new(),
+            run_names: HashMap::new(),
             other_keys: Default::default(),
             revoked: Vec::new(),
         };
@@ -219,10 +235,23 @@ impl World {
     }
 
     pub fn run_ulid(&self, name: &str) -> Option<&str> {
-        self.runs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, u)| u.as_str())
+        match self.run_names.get(name) {
+            Some(&i) => self.runs.get(i).map(|(_, u)| u.as_str()),
+            None => self
+                .runs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, u)| u.as_str()),
+        }
+    }
+
+    /// Records a scheduled run (a name scheduled again keeps its first ULID for lookups,
+    /// as the schedule-order search did).
+    pub fn add_run(&mut self, name: String, ulid: String) {
+        self.run_names
+            .entry(name.clone())
+            .or_insert(self.runs.len());
+        self.runs.push((name, ulid));
     }
 
     pub fn launcher_env(&self, name: &str) -> Result<MapEnv, ScenarioError> {

@@ -7,6 +7,7 @@
 
 mod binaries;
 mod pools;
+mod run_index;
 mod runs;
 mod samples;
 mod scheduling;
@@ -93,9 +94,10 @@ pub(crate) struct BackendState {
     leases: HashMap<String, Instant>,
     offers: HashMap<String, Instant>,
     heartbeats: HashMap<String, Instant>,
-    /// Runs not yet terminal: what scheduling looks at, so its cost does not grow with
-    /// the number of runs ever made. Derived from `state`, never persisted.
-    active: BTreeSet<String>,
+    /// The runs not yet terminal, indexed for scheduling (so its cost does not grow with
+    /// the number of runs ever made, nor with the queue). Derived from `state`, never
+    /// persisted; brought up to date with the runs a transaction touched.
+    index: run_index::RunIndex,
 }
 
 pub(crate) struct Core {
@@ -143,7 +145,14 @@ impl<'a> Tx<'a> {
         self.dirty = true;
     }
 
-    /// A run to change; marks it for saving.
+    /// Brings the run index up to date with the runs changed so far.
+    fn sync_index(&mut self) {
+        for id in &self.touched {
+            self.st.index.update(id, self.st.state.runs.get(id));
+        }
+    }
+
+    /// A run to change; marks it for saving (and for re-indexing).
     fn run_mut(&mut self, run_id: &str) -> Option<&mut Run> {
         let run = self.st.state.runs.get_mut(run_id)?;
         self.touched.insert(run_id.to_string());
@@ -177,7 +186,7 @@ impl Core {
             crate::clock::BASE_MS + state.generation * 86_400_000,
         );
         let mut leases = HashMap::new();
-        let mut active = BTreeSet::new();
+        let mut index = run_index::RunIndex::default();
         let now = Instant::now();
         for w in state.workers.values_mut() {
             w.online = false;
@@ -186,9 +195,7 @@ impl Core {
             // Offers died with the old process; held runs get a fresh lease so a
             // reconnecting worker can renew it.
             run.offered_to = None;
-            if !run.state.is_terminal() {
-                active.insert(id.clone());
-            }
+            index.update(id, Some(run));
             if !run.state.is_terminal() && run.state != RunState::Scheduled {
                 leases.insert(id.clone(), now + timing.lease_ttl);
             }
@@ -208,7 +215,7 @@ impl Core {
                 leases,
                 offers: HashMap::new(),
                 heartbeats: HashMap::new(),
-                active,
+                index,
             }),
             outbox,
         }
@@ -238,6 +245,7 @@ impl Core {
             touched: BTreeSet::new(),
         };
         let r = f(&mut tx);
+        tx.sync_index();
         let (out, dirty) = (std::mem::take(&mut tx.out), tx.dirty);
         let touched = std::mem::take(&mut tx.touched);
         if dirty || !touched.is_empty() {

@@ -83,10 +83,11 @@ impl Core {
             let (state, holder) = (run.state, run.worker.clone());
             if state == RunState::Scheduled {
                 let w = &tx.st.state.workers[worker];
-                if w.drained {
+                let (drained, capacity) = (w.drained, w.capacity as usize);
+                if drained {
                     return refuse(tx, format!("worker {worker} is drained"), state);
                 }
-                if tx.held(worker) >= w.capacity as usize {
+                if tx.held(worker) >= capacity {
                     return refuse(tx, format!("worker {worker} is at capacity"), state);
                 }
             } else if holder.as_deref() != Some(worker) || state.is_terminal() {
@@ -292,7 +293,6 @@ impl Core {
                 vendor: req.vendor.clone(),
             };
             tx.touched.insert(id.clone());
-            tx.st.active.insert(id.clone());
             tx.st
                 .state
                 .runs

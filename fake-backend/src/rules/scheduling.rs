@@ -10,66 +10,59 @@ use protocol::RunState;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Core, Run, Tx};
+use super::{Core, Tx};
 use crate::events::{kinds, NewEvent};
 
 impl Tx<'_> {
-    /// The runs not yet terminal.
-    pub(super) fn active_runs(&self) -> impl Iterator<Item = (&String, &Run)> {
-        self.st
-            .active
-            .iter()
-            .filter_map(|id| self.st.state.runs.get_key_value(id))
+    /// How many runs `worker` holds (claimed, not terminal).
+    pub(super) fn held(&mut self, worker: &str) -> usize {
+        self.sync_index();
+        self.st.index.held(worker).count()
     }
 
-    pub(super) fn held(&self, worker: &str) -> usize {
-        self.active_runs()
-            .map(|(_, r)| r)
-            .filter(|r| {
-                r.worker.as_deref() == Some(worker)
-                    && !r.state.is_terminal()
-                    && r.state != RunState::Scheduled
-            })
-            .count()
+    /// The runs `worker` holds, in ULID order.
+    pub(super) fn held_runs(&mut self, worker: &str) -> Vec<String> {
+        self.sync_index();
+        self.st.index.held(worker).cloned().collect()
     }
 
     /// Offers every queued run to a free worker of its pool: online, not drained, with
     /// capacity; idle workers first, newest first (as Spacelift schedules).
     pub(crate) fn dispatch(&mut self) {
-        let queued: Vec<String> = self
-            .active_runs()
-            .filter(|(_, r)| r.state == RunState::Scheduled && r.offered_to.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        if queued.is_empty() {
+        self.sync_index();
+        if !self.st.index.has_queued() {
             return;
-        }
-        // Each worker's load (held + offered), counted once rather than per queued run.
-        let mut load: HashMap<String, usize> = HashMap::new();
-        for (_, r) in self.active_runs() {
-            let holder = if r.state == RunState::Scheduled {
-                r.offered_to.as_deref()
-            } else {
-                r.worker.as_deref()
-            };
-            if let Some(w) = holder {
-                *load.entry(w.to_string()).or_default() += 1;
-            }
         }
         // Free slots of the workers that can take runs: when none is left, the rest of the
         // queue waits (without this, a long queue costs queue x workers per dispatch).
+        let takes_runs = |w: &crate::store::Worker| {
+            w.online && !w.drained && w.reported_state != Some(WorkerState::Drained)
+        };
+        let index = &self.st.index;
         let mut free: usize = self
             .st
             .state
             .workers
             .values()
-            .filter(|w| w.online && !w.drained && w.reported_state != Some(WorkerState::Drained))
-            .map(|w| (w.capacity as usize).saturating_sub(load.get(&w.ulid).copied().unwrap_or(0)))
+            .filter(|w| takes_runs(w))
+            .map(|w| (w.capacity as usize).saturating_sub(index.load(&w.ulid)))
             .sum();
-        for run_id in queued {
-            if free == 0 {
+        if free == 0 {
+            return;
+        }
+        // Each worker's load (held + offered), from the index, counted up as offers go out.
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for w in self.st.state.workers.values().filter(|w| takes_runs(w)) {
+            load.insert(w.ulid.clone(), index.load(&w.ulid));
+        }
+        // The queue as it stood on entry (offers below change runs, not the index), walked
+        // in order with a cursor.
+        let mut cursor: Option<String> = None;
+        while free > 0 {
+            let Some(run_id) = self.st.index.next_queued(cursor.as_deref()).cloned() else {
                 break;
-            }
+            };
+            cursor = Some(run_id.clone());
             let pool = self.st.state.runs[&run_id].pool.clone();
             let mut best: Option<(bool, String)> = None;
             for w in self.st.state.workers.values() {
@@ -125,14 +118,16 @@ impl Tx<'_> {
 
     /// Withdraws unclaimed offers made to `worker` so they can go elsewhere.
     pub(super) fn withdraw_offers(&mut self, worker: &str) {
-        for id in &self.st.active {
-            let Some(run) = self.st.state.runs.get_mut(id) else {
+        self.sync_index();
+        let offered: Vec<String> = self.st.index.offered(worker).cloned().collect();
+        for id in offered {
+            let Some(run) = self.st.state.runs.get_mut(&id) else {
                 continue;
             };
             if run.state == RunState::Scheduled && run.offered_to.as_deref() == Some(worker) {
                 run.offered_to = None;
-                self.st.offers.remove(id);
-                self.touched.insert(id.clone());
+                self.st.offers.remove(&id);
+                self.touched.insert(id);
             }
         }
     }
@@ -154,7 +149,6 @@ impl Tx<'_> {
             "worker_version": run.worker_version,
         });
         if to.is_terminal() {
-            self.st.active.remove(run_id);
             self.st.leases.remove(run_id);
             self.st.offers.remove(run_id);
         }

@@ -3,7 +3,7 @@
 
 use protocol::api::{RegisterRequest, RegisterResponse};
 use protocol::messages::{ServerMessage, WorkerMessage, WorkerState};
-use protocol::{RunState, PROTOCOL_VERSION};
+use protocol::PROTOCOL_VERSION;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -77,18 +77,7 @@ impl Core {
                     interruption: None,
                 },
             );
-            let held_runs: Vec<String> = tx
-                .st
-                .state
-                .runs
-                .iter()
-                .filter(|(_, r)| {
-                    r.worker.as_deref() == Some(id.as_str())
-                        && !r.state.is_terminal()
-                        && r.state != RunState::Scheduled
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            let held_runs = tx.held_runs(&id);
             tx.event(
                 NewEvent::new(kinds::WORKER_REGISTERED)
                     .pool(pool)

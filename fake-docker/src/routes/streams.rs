@@ -128,14 +128,23 @@ pub fn logs(ctx: &Ctx, given: &str) -> ApiResult<Reply> {
         .ok()
         .and_then(|n| usize::try_from(n).ok());
     let d = ctx.daemon.clone();
-    let mut changes = d.changes.subscribe();
-    let (output, follow, tty) = {
+    let (output, follow, tty, mut changes) = {
         let st = d.lock();
         let id = Daemon::resolve_container(&st, given)?;
         let Some(c) = st.containers.get(&id) else {
             return Err(ApiError::no_such_container(given));
         };
-        (c.output.clone(), q.bool("follow") && c.running(), c.tty)
+        let changes = c
+            .output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscribe();
+        (
+            c.output.clone(),
+            q.bool("follow") && c.running(),
+            c.tty,
+            changes,
+        )
     };
     let since = go_timestamp(q.str("since"))?.and_then(|_| parse_unix_ts(q.str("since")));
     let until = go_timestamp(q.str("until"))?.and_then(|_| parse_unix_ts(q.str("until")));
@@ -231,9 +240,8 @@ fn take_new(
 pub fn attach(ctx: &Ctx, given: &str, mut req: Request<Incoming>) -> ApiResult<Reply> {
     let q = &ctx.query;
     let d = ctx.daemon.clone();
-    let mut changes = d.changes.subscribe();
     let mut epoch = d.epoch.subscribe();
-    let (output, tty, mut idx) = {
+    let (output, tty, mut idx, mut changes) = {
         let st = d.lock();
         let id = Daemon::resolve_container(&st, given)?;
         let Some(c) = st.containers.get(&id) else {
@@ -244,16 +252,15 @@ pub fn attach(ctx: &Ctx, given: &str, mut req: Request<Incoming>) -> ApiResult<R
                 "You cannot attach to a stopped container, start it first",
             ));
         }
-        let len = c
-            .output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .len();
+        let (len, changes) = {
+            let out = c.output.lock().unwrap_or_else(|e| e.into_inner());
+            (out.entries.len(), out.subscribe())
+        };
         (
             c.output.clone(),
             c.tty,
             if q.bool("logs") { 0 } else { len },
+            changes,
         )
     };
     {
