@@ -34,19 +34,39 @@ impl Bus {
             }
         }
     }
+
+    /// The connection `worker` has now (`Some(None)`: none); None when the bus cannot tell.
+    fn connection(&self, worker: &str) -> Option<Option<u64>> {
+        match self {
+            Bus::Embedded(b) => Some(b.connection_of(worker)),
+            Bus::External(_) => None,
+        }
+    }
 }
 
 enum Item {
     Out(Outbound),
     Release(String),
-    /// A delayed message: publish it without applying faults again.
-    Late(Outbound),
+    /// A delayed message, with the connection it was sent on: published without applying
+    /// faults again, or lost if that connection is gone (late on a connection, a message
+    /// never reaches the worker's next one).
+    Late(Outbound, Option<Option<u64>>),
 }
 
 async fn publish(core: &Core, bus: &Bus, o: &Outbound, note: Option<&str>) {
     let topic = topics::readonly(&core.namespace, &o.pool, &o.worker);
     let payload = Bytes::from(o.msg.to_json());
     let delivered = bus.publish(&topic, payload).await;
+    record_sent(core, o, &topic, delivered, note);
+}
+
+fn record_sent(
+    core: &Core,
+    o: &Outbound,
+    topic: &str,
+    delivered: Option<usize>,
+    note: Option<&str>,
+) {
     let kind = serde_json::to_value(&o.msg)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string));
@@ -83,7 +103,21 @@ pub(crate) async fn run(
             Some(i) = late_rx.recv() => i,
         };
         match item {
-            Item::Late(o) => publish(&core, &bus, &o, Some("delayed")).await,
+            Item::Late(o, sent_on) => {
+                let lost = match sent_on {
+                    Some(Some(conn)) => bus.connection(&o.worker) != Some(Some(conn)),
+                    // Nobody was connected: sent at once, it would have reached nobody too.
+                    Some(None) => true,
+                    None => false,
+                };
+                if lost {
+                    let topic = topics::readonly(&core.namespace, &o.pool, &o.worker);
+                    let note = "delayed; lost: its connection closed";
+                    record_sent(&core, &o, &topic, Some(0), Some(note));
+                } else {
+                    publish(&core, &bus, &o, Some("delayed")).await
+                }
+            }
             Item::Release(worker) => {
                 if let Some(o) = held.remove(&worker) {
                     publish(&core, &bus, &o, Some("reordered (released after hold)")).await;
@@ -107,9 +141,10 @@ pub(crate) async fn run(
                     }
                     Some(MessageFault::Delay(ms)) => {
                         let tx = late_tx.clone();
+                        let sent_on = bus.connection(&o.worker);
                         tokio::spawn(async move {
                             tokio::time::sleep(Duration::from_millis(ms)).await;
-                            let _ = tx.send(Item::Late(o));
+                            let _ = tx.send(Item::Late(o, sent_on));
                         });
                         continue;
                     }

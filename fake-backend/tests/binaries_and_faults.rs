@@ -305,6 +305,44 @@ async fn message_faults_duplicate_delay_and_reorder() {
     b.shutdown().await;
 }
 
+/// A delayed message is late on the connection it was sent on: if that connection is gone
+/// by then, it is lost with it, never handed to the worker's next connection (found by
+/// explore: a restarted launcher took its predecessor's late `cycle` and exited).
+#[tokio::test]
+async fn a_delayed_message_is_lost_with_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let creds = new_pool(&b).await;
+    let (w, m) = online_worker(&b, &creds, 1).await;
+    b.inject(Fault::DelayMessage {
+        worker: w.clone(),
+        delay_ms: 1500,
+        count: 1,
+    })
+    .unwrap();
+    b.cycle(&w).unwrap();
+    m.stop().await;
+    let mut next = Mqtt::connect(&creds, &w).await;
+    let dropped = within(
+        "the delayed message's fate",
+        b.wait_for(|e| e.kind == "message.sent" && e.data["type"] == "worker.cycle"),
+    )
+    .await;
+    assert_eq!(dropped.data["delivered"], 0, "{dropped:?}");
+    assert!(
+        dropped.data["fault"]
+            .as_str()
+            .is_some_and(|f| f.contains("connection closed")),
+        "{dropped:?}"
+    );
+    b.undrain(&w).unwrap();
+    assert!(
+        matches!(next.next_message().await, ServerMessage::Undrain { .. }),
+        "the next connection never sees the late cycle"
+    );
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn connection_faults_drop_a_worker_and_take_the_broker_down() {
     let dir = tempfile::tempdir().unwrap();

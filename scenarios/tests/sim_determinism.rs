@@ -15,11 +15,12 @@ fn case(name: &str) -> scenarios::Scenario {
 }
 
 fn twice(s: &scenarios::Scenario, seed: u64) -> (String, String) {
-    assert!(
-        cfg!(tokio_unstable),
-        "built without --cfg tokio_unstable, so tokio's RNG is not seeded: a RUSTFLAGS in the \
-         environment replaces .cargo/config.toml's (add --cfg tokio_unstable to it)"
-    );
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "built without --cfg tokio_unstable, so tokio's RNG is not seeded: a RUSTFLAGS in \
+             the environment replaces .cargo/config.toml's (add --cfg tokio_unstable to it)"
+        );
+    }
     let a = scenarios::execute_sim(s, seed).expect("runs");
     let b = scenarios::execute_sim(s, seed).expect("runs");
     assert!(a.passed, "{a}");

@@ -220,6 +220,14 @@ impl Broker {
         }
     }
 
+    /// The connection `client_id` has now, if any.
+    pub(crate) fn connection_of(&self, client_id: &str) -> Option<u64> {
+        self.sessions()
+            .iter()
+            .find(|((_, id), _)| id == client_id)
+            .map(|(_, e)| e.conn_id)
+    }
+
     pub(crate) fn connected_pool(&self, client_id: &str) -> Option<String> {
         self.sessions()
             .keys()
