@@ -5,14 +5,14 @@
 # failure (scenario file + timeline) under target/explore/.
 #
 # Usage: scripts/explore.sh [extra scenario explore args...]
-# Env:   EXPLORE_SCHEDULES   how many (default 2000: about two minutes on 2 cores)
+# Env:   EXPLORE_SCHEDULES   how many (default 10000: about two minutes on 2 cores)
 #        EXPLORE_SEED        the seed (default 21: fixed, so CI explores the same schedules
 #                            on every commit and a red run is the commit's doing; soak with
 #                            other seeds, e.g. EXPLORE_SEED=$RANDOM EXPLORE_SCHEDULES=100000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-schedules="${EXPLORE_SCHEDULES:-2000}"
+schedules="${EXPLORE_SCHEDULES:-10000}"
 seed="${EXPLORE_SEED:-21}"
 cargo build --release -p scenarios --bin scenario
 echo "[explore.sh] scenario explore --schedules $schedules --seed $seed" >&2

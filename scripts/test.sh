@@ -13,7 +13,7 @@
 # The scenario cases run in both modes (scenarios/tests/cases.rs: `<case>_sim` and
 # `<case>_wire`, verdicts must agree); SCENARIO_MODE=sim|wire narrows them to one.
 #
-# Then, unless arguments narrow the run, scripts/explore.sh explores 2,000 random fault
+# Then, unless arguments narrow the run, scripts/explore.sh explores 10,000 random fault
 # schedules in sim mode (release build).
 #
 # Usage: scripts/test.sh [extra cargo test args...]   e.g. scripts/test.sh -- --nocapture

@@ -266,7 +266,13 @@ pub fn scenario(seed: u64, capacities: &[u32], ops: &[Op]) -> Scenario {
     for l in std::mem::take(&mut p.drained) {
         p.steps.push(Step::Undrain { launcher: l });
     }
-    let disturbed = ops.iter().any(Op::disturbs_runs);
+    // Three corrupt downloads in a row use up a run's attempts at the worker binary (the
+    // launcher's BINARY_ATTEMPTS): it fails, rightly (found by explore, seed 22).
+    let corrupt = ops
+        .iter()
+        .filter(|op| matches!(op, Op::CorruptDownload))
+        .count();
+    let disturbed = ops.iter().any(Op::disturbs_runs) || corrupt >= 3;
     let full_disk = ops.iter().any(|op| matches!(op, Op::FullDisk { .. }));
     let mut expect = Expectations::default();
     for (run, (state, exit_code, reason)) in outcomes {
