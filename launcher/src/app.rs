@@ -80,14 +80,7 @@ pub async fn run(
     let backend = Arc::new(HttpsBackend::new(&config, tls)?);
     let worker_file = settings.data_dir.join("worker.json");
     let previous = read_worker_file(&worker_file).await;
-    let request = RegisterRequest {
-        protocol_version: protocol::PROTOCOL_VERSION,
-        arch,
-        launcher_version: crate::VERSION.to_string(),
-        capacity: settings.capacity,
-        metadata: settings.metadata.clone(),
-        previous_worker_ulid: previous.as_ref().map(|p| p.worker_ulid.clone()),
-    };
+    let request = register_request(arch, &settings, previous.as_ref());
     let mut backoff = Backoff::standard(rng.random());
     let register = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
         backend.register(&request)
@@ -209,6 +202,23 @@ fn data_dir_error(e: DataDirError) -> Error {
             source,
         },
         in_use @ DataDirError::InUse { .. } => Error::Config(in_use.to_string()),
+    }
+}
+
+/// What a launcher registers as: its daemon's arch, its capacity and metadata, and the
+/// worker it was before a restart (whose identity and runs the backend may give back).
+pub fn register_request(
+    arch: protocol::Arch,
+    settings: &crate::settings::Settings,
+    previous: Option<&WorkerFile>,
+) -> RegisterRequest {
+    RegisterRequest {
+        protocol_version: protocol::PROTOCOL_VERSION,
+        arch,
+        launcher_version: crate::VERSION.to_string(),
+        capacity: settings.capacity,
+        metadata: settings.metadata.clone(),
+        previous_worker_ulid: previous.map(|p| p.worker_ulid.clone()),
     }
 }
 

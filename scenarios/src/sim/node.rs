@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_docker::FakeDockerHandle;
-use launcher::app::{reap_then_register, WorkerFile};
+use launcher::app::{reap_then_register, register_request, WorkerFile};
 use launcher::backend::https::retry_transient;
 use launcher::backoff::Backoff;
 use launcher::config::LauncherConfig;
@@ -18,7 +18,6 @@ use launcher::lifecycle::{ExitOutcome, Signal};
 use launcher::metrics::Metrics;
 use launcher::ports::{ContainerRuntime, RuntimeError};
 use launcher::supervisor::{status_channel, Ports, Supervisor};
-use protocol::api::RegisterRequest;
 use tokio::sync::mpsc;
 
 use super::backend::SimBackend;
@@ -178,14 +177,7 @@ async fn run(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let request = RegisterRequest {
-        protocol_version: protocol::PROTOCOL_VERSION,
-        arch,
-        launcher_version: launcher::VERSION.to_string(),
-        capacity: settings.capacity,
-        metadata: settings.metadata.clone(),
-        previous_worker_ulid: previous.as_ref().map(|p| p.worker_ulid.clone()),
-    };
+    let request = register_request(arch, &settings, previous.as_ref());
     let mut backoff = Backoff::standard(seed.wrapping_add(1));
     let register = retry_transient(&mut backoff, REGISTER_ATTEMPTS, || {
         backend.register(&request)
