@@ -44,7 +44,8 @@ pub enum Fault {
         #[serde(default = "one")]
         count: u32,
     },
-    /// Send each of the next `count` messages to `worker` `delay_ms` late.
+    /// Send each of the next `count` messages to `worker` `delay_ms` late, on the connection
+    /// it has now: if that connection has closed by then, the message is lost with it.
     DelayMessage {
         worker: String,
         delay_ms: u64,

@@ -431,9 +431,25 @@ mod tests {
         };
         let calm = scenario(1, &[1], std::slice::from_ref(&run));
         assert_eq!(calm.expect.runs["r1"].state, Some(RunState::Finished));
-        let crashed = scenario(1, &[1], &[run, Op::CrashLauncher { launcher: 0 }]);
+        let crashed = scenario(1, &[1], &[run.clone(), Op::CrashLauncher { launcher: 0 }]);
         assert_eq!(
             crashed.expect.runs["r1"].one_of,
+            vec![RunState::Finished, RunState::Failed]
+        );
+        // Found by explore (seed 22): three corrupt downloads use up a run's binary attempts.
+        let two = [Op::CorruptDownload, Op::CorruptDownload, run.clone()];
+        assert_eq!(
+            scenario(1, &[1], &two).expect.runs["r1"].state,
+            Some(RunState::Finished)
+        );
+        let three = [
+            Op::CorruptDownload,
+            Op::CorruptDownload,
+            Op::CorruptDownload,
+            run,
+        ];
+        assert_eq!(
+            scenario(1, &[1], &three).expect.runs["r1"].one_of,
             vec![RunState::Finished, RunState::Failed]
         );
     }
