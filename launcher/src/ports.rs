@@ -76,6 +76,20 @@ impl ClaimOutcome {
             ClaimOutcome::Refused(message)
         }
     }
+
+    /// The backend's answer to a claim, whatever carried it: a grant, a 409 (refused, or
+    /// not now), or an error.
+    pub fn from_answer(
+        answer: Result<ClaimResponse, BackendError>,
+    ) -> Result<ClaimOutcome, BackendError> {
+        match answer {
+            Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
+            Err(BackendError::Conflict { message, run_state }) => {
+                Ok(ClaimOutcome::refused(message, run_state))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Events from the backend's push channel (MQTT).

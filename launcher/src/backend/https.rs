@@ -239,16 +239,10 @@ impl Backend for HttpsBackend {
         let req = ClaimRequest {
             worker_ulid: self.worker()?,
         };
-        match self
-            .json::<ClaimResponse>(Method::POST, &paths::claim(run_ulid), Some(&req))
-            .await
-        {
-            Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
-            Err(BackendError::Conflict { message, run_state }) => {
-                Ok(ClaimOutcome::refused(message, run_state))
-            }
-            Err(e) => Err(e),
-        }
+        ClaimOutcome::from_answer(
+            self.json::<ClaimResponse>(Method::POST, &paths::claim(run_ulid), Some(&req))
+                .await,
+        )
     }
 
     async fn renew_lease(&self, run_ulid: &str) -> Result<Lease, BackendError> {

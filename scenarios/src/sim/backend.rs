@@ -91,17 +91,11 @@ impl Backend for SimBackend {
         let req = ClaimRequest {
             worker_ulid: self.worker()?,
         };
-        match self
-            .api()?
-            .claim(run_ulid, req)
-            .map_err(|e| map(e, "claim"))
-        {
-            Ok(granted) => Ok(ClaimOutcome::Granted(granted)),
-            Err(BackendError::Conflict { message, run_state }) => {
-                Ok(ClaimOutcome::refused(message, run_state))
-            }
-            Err(e) => Err(e),
-        }
+        ClaimOutcome::from_answer(
+            self.api()?
+                .claim(run_ulid, req)
+                .map_err(|e| map(e, "claim")),
+        )
     }
 
     async fn renew_lease(&self, run_ulid: &str) -> Result<Lease, BackendError> {
