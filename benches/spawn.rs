@@ -149,6 +149,10 @@ async fn world() -> World {
     w
 }
 
+fn is_destroy(e: &fake_docker::Event) -> bool {
+    e.kind == "container" && e.action == "destroy"
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -196,7 +200,8 @@ impl World {
     }
 
     /// Schedules `c` runs at once on the latency launcher; the time until `c` containers
-    /// have started. Then (untimed) waits until the backend has seen all of them end.
+    /// have started. Then (untimed) waits until the backend has seen all of them end and
+    /// fake-docker has removed their containers.
     async fn spawn_batch(&mut self, c: usize, variant: &str) -> Duration {
         let from = self.next_docker_seq();
         let since = self.backend.last_seq();
@@ -204,6 +209,7 @@ impl World {
         let runs = self.schedule(&self.latency.pool, c);
         let mut next = from;
         let mut each = Vec::with_capacity(c);
+        let mut ids = Vec::with_capacity(c);
         for _ in 0..c {
             let ev = self
                 .docker
@@ -211,10 +217,18 @@ impl World {
                 .await;
             each.push(ms(t0.elapsed()));
             next = ev.seq + 1;
+            ids.push(ev.id);
         }
         let elapsed = t0.elapsed();
         self.record(variant, c, each);
         self.wait_ended(since, &runs).await;
+        // As the floor's batch does before it returns: every container of the batch
+        // removed, so a batch never overlaps the previous one's clean-up.
+        for id in &ids {
+            self.docker
+                .wait_for_event(|e| e.seq >= from && is_destroy(e) && e.id == *id)
+                .await;
+        }
         elapsed
     }
 

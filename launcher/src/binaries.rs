@@ -21,8 +21,9 @@
 //!   recorded when it was verified: any rewrite changes the ctime, which no process can
 //!   set back, so tampering is caught at the cost of a `stat`, not of hashing 50 MiB per
 //!   run. The file is opened without following symlinks, and its stamp and hash come from
-//!   that one descriptor; a stamp taken within 2 s of the file's ctime is not
-//!   trusted (git's "racy" rule). A symlink or a file that fails is deleted and
+//!   that one descriptor; a stamp taken within 2 s of the file's ctime (git's "racy"
+//!   rule) is trusted only until those 2 s are over, then the file is hashed once more
+//!   ([`Recorded`]). A symlink or a file that fails is deleted and
 //!   downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
 //!   container, so a file swapped during a long image pull is caught.
 //! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
@@ -46,7 +47,7 @@ use crate::ports::{Backend, BackendError, BinaryError, BinaryPin, BinaryStore, C
 
 mod download;
 mod file_check;
-use file_check::{inspect_file, FileStamp, Verdict};
+use file_check::{hash_matches, open_stamped, FileStamp, Verdict};
 
 /// How many times a download interrupted by a transient error is resumed.
 pub const RESUME_ATTEMPTS: u32 = 3;
@@ -103,10 +104,45 @@ struct Inner {
     flight_ids: AtomicU64,
     pins: Mutex<HashMap<String, usize>>,
     /// Fully re-hashed (or written) by this process, with the file's stamp at the time.
-    verified: Mutex<HashMap<String, FileStamp>>,
+    verified: Mutex<HashMap<String, Recorded>>,
     /// Last use in this process, by a monotonic counter.
     used: Mutex<(u64, HashMap<String, u64>)>,
     seed: u64,
+}
+
+/// A verified file's stamp. One taken within the racy window of the file's last change
+/// (always so for a download: the rename just set its ctime) is provisional: trusted
+/// until the window ends, then the file is hashed once more and its stamp becomes final.
+/// So a write in the same timestamp tick as the stamp goes unseen for at most the
+/// window, as a change between the last check and the worker's start always can, never
+/// for good; and the runs right after a download do not each hash it again.
+#[derive(Debug, Clone, Copy)]
+struct Recorded {
+    stamp: FileStamp,
+    /// None once final.
+    provisional_until: Option<std::time::SystemTime>,
+}
+
+impl Recorded {
+    fn new(stamp: FileStamp) -> Recorded {
+        Recorded {
+            stamp,
+            provisional_until: stamp.racy_until(),
+        }
+    }
+
+    #[cfg(test)]
+    fn final_(stamp: FileStamp) -> Recorded {
+        Recorded {
+            stamp,
+            provisional_until: None,
+        }
+    }
+
+    fn trusted(&self) -> bool {
+        self.provisional_until
+            .is_none_or(|t| std::time::SystemTime::now() < t)
+    }
 }
 
 /// The production [`BinaryStore`].
@@ -329,23 +365,36 @@ impl Inner {
         sha: &str,
         size: Option<u64>,
     ) -> Result<Verdict, BinaryError> {
+        // The open and the stamp are made in place: they cost microseconds, where a
+        // hand-off to the blocking pool costs a thread wake-up on each side, most of a
+        // warm hit (docs/performance.md). Hashing runs on the blocking pool.
+        let (file, stamp) =
+            match open_stamped(path, size).map_err(|e| io_err("cannot read", path, e))? {
+                Ok(opened) => opened,
+                Err(verdict) => {
+                    lock(&self.verified).remove(sha);
+                    return Ok(verdict);
+                }
+            };
         let recorded = lock(&self.verified).get(sha).copied();
-        let (p, want) = (path.to_path_buf(), sha.to_string());
-        let (verdict, stamp) =
-            tokio::task::spawn_blocking(move || inspect_file(&p, &want, size, recorded))
-                .await
-                .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
-                .map_err(|e| io_err("cannot read", path, e))?;
-        let mut verified = lock(&self.verified);
-        match (&verdict, stamp) {
-            (Verdict::Sound, Some(stamp)) if !stamp.is_racy() => {
-                verified.insert(sha.to_string(), stamp);
-            }
-            _ => {
-                verified.remove(sha);
-            }
+        if recorded.is_some_and(|r| r.trusted() && r.stamp == stamp) {
+            return Ok(Verdict::Sound);
         }
-        Ok(verdict)
+        self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+        let want = sha.to_string();
+        let sound = tokio::task::spawn_blocking(move || hash_matches(file, &want))
+            .await
+            .map_err(|e| BinaryError::Io(format!("hashing task failed: {e}")))?
+            .map_err(|e| io_err("cannot read", path, e))?;
+        let mut verified = lock(&self.verified);
+        if sound {
+            // The stamp from before hashing: a change during it shows next time.
+            verified.insert(sha.to_string(), Recorded::new(stamp));
+            Ok(Verdict::Sound)
+        } else {
+            verified.remove(sha);
+            Ok(Verdict::Bad)
+        }
     }
 
     async fn discard(&self, sha: &str, path: &Path) -> Result<(), BinaryError> {

@@ -18,6 +18,9 @@ pub struct CacheCounters {
     pub bytes_downloaded: AtomicU64,
     /// Cached binaries deleted by pruning.
     pub pruned: AtomicU64,
+    /// Cached files read and hashed in full to check them (a first use in this process,
+    /// a stamp that changed or is no longer trusted), downloads not counted.
+    pub hashed: AtomicU64,
 }
 
 /// A plain copy of [`CacheCounters`].
@@ -29,6 +32,7 @@ pub struct CacheCountersSnapshot {
     pub corrupt: u64,
     pub bytes_downloaded: u64,
     pub pruned: u64,
+    pub hashed: u64,
 }
 
 impl CacheCounters {
@@ -40,6 +44,7 @@ impl CacheCounters {
             corrupt: self.corrupt.load(Ordering::Relaxed),
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
             pruned: self.pruned.load(Ordering::Relaxed),
+            hashed: self.hashed.load(Ordering::Relaxed),
         }
     }
 }

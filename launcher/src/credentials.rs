@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use protocol::token::Token;
 use protocol::ProtocolError;
-use rustls::crypto::aws_lc_rs::sign::any_supported_type;
+use rustls::crypto::ring::sign::any_supported_type;
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -56,7 +56,7 @@ impl PoolKey {
         self.der.clone_key()
     }
 
-    /// The signing key (aws-lc-rs) for TLS client authentication.
+    /// The signing key (ring) for TLS client authentication.
     pub fn signing_key(&self) -> Arc<dyn SigningKey> {
         self.signing.clone()
     }

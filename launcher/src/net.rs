@@ -8,7 +8,12 @@
 use std::time::Duration;
 
 /// The base of every reqwest client the launcher builds.
+///
+/// reqwest builds a TLS configuration even for a client given none (the interruption
+/// probes' plain HTTP) from the process's default crypto provider, and panics without one:
+/// ring is installed as that default unless the process installed another first.
 pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().tcp_nodelay(true)
 }
 

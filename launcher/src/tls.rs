@@ -1,5 +1,5 @@
 //! The rustls client configuration shared by the HTTPS client and the MQTT connection:
-//! aws-lc-rs, TLS 1.2/1.3, the pool certificate + key for client authentication, and
+//! ring, TLS 1.2/1.3, the pool certificate + key for client authentication, and
 //! roots = the platform's (system store) + the token's `ca_certificate` +
 //! `ADDITIONAL_ROOT_CAS`.
 
@@ -85,7 +85,7 @@ pub fn root_store(
     Ok(roots)
 }
 
-/// Builds the config: aws-lc-rs provider, safe default protocol versions, client auth with
+/// Builds the config: ring provider, safe default protocol versions, client auth with
 /// the pool's certificate and key.
 pub fn build_client_config(
     creds: &Credentials,
@@ -93,7 +93,7 @@ pub fn build_client_config(
     system: SystemRoots,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = root_store(creds, extra_roots, system)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?

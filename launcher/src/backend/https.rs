@@ -1168,7 +1168,7 @@ mod tests {
             for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
                 roots.add(c.unwrap()).unwrap();
             }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()

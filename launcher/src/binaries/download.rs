@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::ports::{BackendError, BinaryError, CachedBinary};
 
 use super::file_check::{set_read_only, FileStamp};
-use super::{io_err, lock, Inner, MIN_PROGRESS_BYTES, PROGRESS_WINDOW, RESUME_ATTEMPTS};
+use super::{io_err, lock, Inner, Recorded, MIN_PROGRESS_BYTES, PROGRESS_WINDOW, RESUME_ATTEMPTS};
 
 impl Inner {
     pub(super) async fn download(
@@ -189,9 +189,7 @@ impl Inner {
                 path.display()
             )));
         }
-        if !ours.is_racy() {
-            lock(&self.verified).insert(sha.to_string(), ours);
-        }
+        lock(&self.verified).insert(sha.to_string(), Recorded::new(ours));
         tracing::info!(version = %binary.version, arch = %binary.arch, bytes = written, "worker binary downloaded and verified");
         Ok(CachedBinary {
             version: binary.version.clone(),

@@ -1,6 +1,7 @@
 //! Telling a cached binary's bytes are still the verified ones: its [`FileStamp`], and a
 //! check of one descriptor opened without following symlinks.
 
+use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
@@ -23,20 +24,20 @@ pub(super) struct FileStamp {
 }
 
 /// Git's "racy" rule: a file changed within this long of when its stamp was taken could
-/// change again without a visible ctime change (coarse timestamps); such a stamp is not
-/// trusted and the file is re-hashed next time.
+/// change again without a visible ctime change (coarse timestamps); such a stamp is only
+/// provisional, and the file is hashed again once the window is over.
 pub(super) const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 impl FileStamp {
-    pub(super) fn is_racy(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let ctime = Duration::new(
-            u64::try_from(self.ctime.0).unwrap_or(0),
-            u32::try_from(self.ctime.1).unwrap_or(0),
-        );
-        now.saturating_sub(ctime) < RACY_WINDOW
+    /// When a stamp taken now stops being racy: None if it is not racy already.
+    pub(super) fn racy_until(&self) -> Option<std::time::SystemTime> {
+        let ctime = std::time::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(self.ctime.0).unwrap_or(0),
+                u32::try_from(self.ctime.1).unwrap_or(0),
+            );
+        let until = ctime + RACY_WINDOW;
+        (std::time::SystemTime::now() < until).then_some(until)
     }
 
     #[cfg(unix)]
@@ -77,12 +78,13 @@ pub(super) enum Verdict {
     Bad,
 }
 
-pub(super) fn inspect_file(
+/// Opens `path` without following a symlink and stamps that descriptor; a verdict instead
+/// when the open or the metadata alone decides (missing, a symlink, not a regular file, or
+/// not `size` bytes). An open and an `fstat`, without reading the file.
+pub(super) fn open_stamped(
     path: &Path,
-    sha: &str,
     size: Option<u64>,
-    recorded: Option<FileStamp>,
-) -> io::Result<(Verdict, Option<FileStamp>)> {
+) -> io::Result<Result<(File, FileStamp), Verdict>> {
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true);
     #[cfg(unix)]
@@ -92,30 +94,28 @@ pub(super) fn inspect_file(
         // No symlink is followed, and a FIFO planted here does not block the open.
         opts.custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
     }
-    let mut f = match opts.open(path) {
+    let f = match opts.open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Verdict::Missing, None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Verdict::Missing)),
         #[cfg(unix)]
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Ok((Verdict::Bad, None))
+            return Ok(Err(Verdict::Bad))
         }
         Err(e) => return Err(e),
     };
     let meta = f.metadata()?;
     if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
-        return Ok((Verdict::Bad, None));
+        return Ok(Err(Verdict::Bad));
     }
     let stamp = FileStamp::of(&meta);
-    if recorded == Some(stamp) {
-        return Ok((Verdict::Sound, Some(stamp)));
-    }
+    Ok(Ok((f, stamp)))
+}
+
+/// Whether the file's bytes (read from `f`'s current offset) hash to `sha`.
+pub(super) fn hash_matches(mut f: File, sha: &str) -> io::Result<bool> {
     let mut hasher = Sha256::new();
     io::copy(&mut f, &mut hasher)?;
-    if hex::encode(hasher.finalize()) != sha {
-        return Ok((Verdict::Bad, None));
-    }
-    // The stamp from before hashing: a change during it shows next time.
-    Ok((Verdict::Sound, Some(stamp)))
+    Ok(hex::encode(hasher.finalize()) == sha)
 }
 
 /// Read-only and executable for everyone (runs mount it read-only into containers), set

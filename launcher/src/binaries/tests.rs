@@ -357,11 +357,12 @@ async fn tampered_cache_file_is_caught_within_the_same_process() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
     let path = store.get(&wb).await.unwrap().path;
-    // Just written, so its stamp is racy and not trusted yet.
-    assert!(!lock(&store.inner.verified).contains_key(&wb.sha256));
-    // As if verified long enough ago for the stamp to be trusted.
+    // Just written, so its stamp is racy and only provisional.
+    let recorded = lock(&store.inner.verified)[&wb.sha256];
+    assert!(recorded.provisional_until.is_some());
+    // As if verified long enough ago for the stamp to be final.
     let stamp = FileStamp::of(&std::fs::symlink_metadata(&path).unwrap());
-    lock(&store.inner.verified).insert(wb.sha256.clone(), stamp);
+    lock(&store.inner.verified).insert(wb.sha256.clone(), Recorded::final_(stamp));
     let mut bad = blob(5000, 8);
     bad[10] ^= 1;
     make_writable(&path);
@@ -378,6 +379,48 @@ async fn tampered_cache_file_is_caught_within_the_same_process() {
     assert!(std::fs::read(got.path).unwrap() == blob(5000, 8));
     assert_eq!(backend.downloads.load(Ordering::SeqCst), 2);
     assert_eq!(store.counters().snapshot().corrupt, 1);
+}
+
+/// A download's own stamp is taken within the racy window (the rename just set its
+/// ctime): trusted while the window lasts, so the runs right after a download (a batch
+/// sharing it, each checking again before its container) do not hash 50 MiB again each;
+/// the first check after the window hashes it once more, and then the stamp is final.
+#[tokio::test]
+async fn a_fresh_download_is_trusted_within_its_racy_window_then_hashed_once_more() {
+    let backend = Arc::new(MemBackend::default());
+    let wb = backend.add(blob(5000, 9), "9");
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+    let got = store.get(&wb).await.unwrap();
+    for _ in 0..3 {
+        store.get(&wb).await.unwrap();
+        store.still_verified(&got).await.unwrap();
+    }
+    let hashed = || store.counters().snapshot().hashed;
+    assert_eq!(
+        hashed(),
+        0,
+        "checks within the racy window hashed the file again"
+    );
+    // As if the window had passed since the download.
+    lock(&store.inner.verified)
+        .get_mut(&wb.sha256)
+        .unwrap()
+        .provisional_until = Some(std::time::UNIX_EPOCH);
+    store.get(&wb).await.unwrap();
+    assert_eq!(
+        hashed(),
+        1,
+        "the first check after the window hashes the file"
+    );
+    store.still_verified(&got).await.unwrap();
+    store.get(&wb).await.unwrap();
+    assert_eq!(
+        hashed(),
+        1,
+        "the stamp is final once hashed outside the window"
+    );
+    assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
 }
 
 /// A download that trickles and then hangs must not outlive its last waiter: once the
