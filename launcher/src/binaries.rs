@@ -23,7 +23,8 @@
 //!   run. The file is opened without following symlinks, and its stamp and hash come from
 //!   that one descriptor; a stamp taken within 2 s of the file's ctime (git's "racy"
 //!   rule) is trusted only until those 2 s are over, then the file is hashed once more
-//!   ([`Recorded`]). A symlink or a file that fails is deleted and
+//!   ([`Recorded`]). Checks that need a hash of the same binary at once (a batch of runs
+//!   after a restart) wait for one hash and take its verdict. A symlink or a file that fails is deleted and
 //!   downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
 //!   container, so a file swapped during a long image pull is caught.
 //! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
@@ -105,6 +106,8 @@ struct Inner {
     pins: Mutex<HashMap<String, usize>>,
     /// Fully re-hashed (or written) by this process, with the file's stamp at the time.
     verified: Mutex<HashMap<String, Recorded>>,
+    /// One hash of a binary at a time: concurrent checks wait for it and take its verdict.
+    hashing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Last use in this process, by a monotonic counter.
     used: Mutex<(u64, HashMap<String, u64>)>,
     seed: u64,
@@ -194,6 +197,7 @@ impl FsBinaryStore {
                 flight_ids: AtomicU64::new(0),
                 pins: Mutex::default(),
                 verified: Mutex::default(),
+                hashing: Mutex::default(),
                 used: Mutex::default(),
                 seed,
             }),
@@ -376,8 +380,21 @@ impl Inner {
                     return Ok(verdict);
                 }
             };
-        let recorded = lock(&self.verified).get(sha).copied();
-        if recorded.is_some_and(|r| r.trusted() && r.stamp == stamp) {
+        let trusted = || {
+            lock(&self.verified)
+                .get(sha)
+                .is_some_and(|r| r.trusted() && r.stamp == stamp)
+        };
+        if trusted() {
+            return Ok(Verdict::Sound);
+        }
+        let gate = lock(&self.hashing)
+            .entry(sha.to_string())
+            .or_default()
+            .clone();
+        let _hashing = gate.lock().await;
+        // A check that held the gate may have just hashed this very file.
+        if trusted() {
             return Ok(Verdict::Sound);
         }
         self.counters.hashed.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +469,7 @@ impl Inner {
             match tokio::fs::remove_file(&path).await {
                 Ok(()) => {
                     lock(&self.verified).remove(&sha);
+                    lock(&self.hashing).remove(&sha);
                     lock(&self.used).1.remove(&sha);
                     self.counters.pruned.fetch_add(1, Ordering::Relaxed);
                     removed.push(sha);

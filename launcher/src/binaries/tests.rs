@@ -257,6 +257,28 @@ async fn tampered_cache_file_is_rehashed_on_first_use_and_replaced() {
     assert_eq!(store2.counters().snapshot().corrupt, 1);
 }
 
+/// A batch of runs starting together after a restart each check the cached binary: one
+/// of them hashes it, the others wait and take its verdict, instead of each hashing the
+/// same 50 MiB at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_checks_of_a_cached_file_hash_it_once() {
+    let backend = Arc::new(MemBackend::default());
+    let wb = backend.add(blob(1 << 20, 5), "5");
+    let dir = tempfile::tempdir().unwrap();
+    FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3)
+        .get(&wb)
+        .await
+        .unwrap();
+    // A new process: nothing verified yet.
+    let store = FsBinaryStore::new(dir.path().to_path_buf(), backend.clone(), 3);
+    let checks = (0..8).map(|_| store.get(&wb));
+    for got in futures_util::future::join_all(checks).await {
+        got.unwrap();
+    }
+    assert_eq!(store.counters().snapshot().hashed, 1);
+    assert_eq!(backend.downloads.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn interrupted_download_resumes_from_offset() {
     let backend = Arc::new(MemBackend::default());
