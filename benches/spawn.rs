@@ -88,7 +88,7 @@ async fn start_node(
     }
     let config = launcher::config::load(&env).expect("launcher config");
     let since = backend.last_seq();
-    let node = LauncherNode::start(name, config).expect("launcher thread");
+    let node = LauncherNode::start_multi_thread(name, config).expect("launcher thread");
     backend
         .wait_for_since(since, |e| e.kind == kinds::WORKER_ONLINE)
         .await;

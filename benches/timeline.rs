@@ -116,7 +116,7 @@ async fn timeline() {
     }
     let config = launcher::config::load(&env).expect("launcher config");
     let since = backend.last_seq();
-    let mut node = LauncherNode::start("timeline", config).expect("launcher thread");
+    let mut node = LauncherNode::start_multi_thread("timeline", config).expect("launcher thread");
     backend
         .wait_for_since(since, |e| e.kind == kinds::WORKER_ONLINE)
         .await;

@@ -108,7 +108,13 @@ pub struct LauncherNode {
 impl LauncherNode {
     /// Starts the launcher on its own thread, its log output not captured.
     pub fn start(name: &str, config: LauncherConfig) -> std::io::Result<LauncherNode> {
-        LauncherNode::spawn(name, config, None)
+        LauncherNode::spawn(name, config, None, false)
+    }
+
+    /// As [`LauncherNode::start`], on the runtime the binary runs on (`main.rs`: tokio's
+    /// multi-thread runtime, a worker per core), so benchmarks measure what operators run.
+    pub fn start_multi_thread(name: &str, config: LauncherConfig) -> std::io::Result<LauncherNode> {
+        LauncherNode::spawn(name, config, None, true)
     }
 
     /// Starts the launcher on its own thread; what it logs goes to `output` (tracing's
@@ -118,13 +124,14 @@ impl LauncherNode {
         config: LauncherConfig,
         output: Captured,
     ) -> std::io::Result<LauncherNode> {
-        LauncherNode::spawn(name, config, Some(output))
+        LauncherNode::spawn(name, config, Some(output), false)
     }
 
     fn spawn(
         name: &str,
         config: LauncherConfig,
         output: Option<Captured>,
+        multi_thread: bool,
     ) -> std::io::Result<LauncherNode> {
         let (sig_tx, sig_rx) = mpsc::channel(8);
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
@@ -135,7 +142,12 @@ impl LauncherNode {
                 // Without a capture the process's default subscriber stays in place.
                 let dispatch = output.map(|o| o.dispatch());
                 let on_start = dispatch.clone();
-                let rt = match tokio::runtime::Builder::new_current_thread()
+                let mut builder = if multi_thread {
+                    tokio::runtime::Builder::new_multi_thread()
+                } else {
+                    tokio::runtime::Builder::new_current_thread()
+                };
+                let rt = match builder
                     .enable_all()
                     .on_thread_start(move || {
                         if let Some(d) = &on_start {
