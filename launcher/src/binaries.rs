@@ -24,8 +24,8 @@
 //!   that one descriptor; a stamp taken within 2 s of the file's ctime (git's "racy"
 //!   rule) is trusted only until those 2 s are over, then the file is hashed once more
 //!   ([`Recorded`]). Checks that need a hash of the same binary at once (a batch of runs
-//!   after a restart) wait for one hash and take its verdict. A symlink or a file that fails is deleted and
-//!   downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
+//!   after a restart) wait for one hash and take its verdict. A symlink or a file that
+//!   fails is deleted and downloaded again. Runs call [`BinaryStore::still_verified`] just before creating the
 //!   container, so a file swapped during a long image pull is caught.
 //! - The temporary file is created exclusively (`O_EXCL`): whatever sits at its name is
 //!   unlinked first, never followed.
