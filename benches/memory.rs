@@ -156,8 +156,9 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the launcher in this bench's own profile (release under `cargo bench`, whose
-/// bench profile inherits it) so the measured binary is never stale; its path.
+/// Builds the launcher so the measured binary is never stale; its path. Under `cargo
+/// bench` (release) in the dist profile, what operators run (release with whole-program
+/// LTO); otherwise in this bench's own profile.
 fn build_launcher() -> PathBuf {
     let target = target_dir();
     let exe = std::env::current_exe().expect("locating the bench executable");
@@ -172,9 +173,12 @@ fn build_launcher() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = std::process::Command::new(&cargo);
     cmd.args(["build", "-p", "spacelift-launcher", "--bin", BIN]);
-    if profile_dir == "release" {
-        cmd.arg("--release");
-    }
+    let profile_dir = if profile_dir == "release" {
+        cmd.args(["--profile", "dist"]);
+        "dist".to_string()
+    } else {
+        profile_dir
+    };
     eprintln!("memory bench: cargo build -p spacelift-launcher --bin {BIN} ({profile_dir})");
     let status = cmd
         .arg("--target-dir")

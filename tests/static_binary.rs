@@ -10,7 +10,7 @@ fn static_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("static/x86_64-unknown-linux-gnu/release/spacelift-launcher")
+    target.join("static/x86_64-unknown-linux-gnu/dist/spacelift-launcher")
 }
 
 /// The `p_type` of each program header of a little-endian ELF64 file.
