@@ -391,7 +391,8 @@ fn up_span(lane: usize, from_ms: u64, to_ms: u64) -> Span {
 /// Maps each backend event's clock onto the axis. A restarted backend's clock goes on from
 /// its last event, not from when it stopped, so each backend lifetime (from one
 /// `backend.started` to the next) has its own offset, taken from an anchor read during
-/// it; a lifetime without one goes on from the previous one's clock.
+/// it (1 ms low: an event is never placed after a step that saw it); a lifetime without
+/// one goes on from the previous one's clock.
 pub(super) fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Vec<u64> {
     let starts: Vec<u64> = events
         .iter()
@@ -401,10 +402,13 @@ pub(super) fn backend_times(events: &[Event], anchors: &[(u64, u64, u64)]) -> Ve
     // The lifetime an event or anchor (by the last seq it saw) belongs to.
     let lifetime = |seq: u64| starts.iter().filter(|&&s| s <= seq).count();
     let mut offsets: BTreeMap<usize, i128> = BTreeMap::new();
+    // Both clocks are read in whole ms (ours first), so `ours - theirs` can be up to 1 ms
+    // high, which would place an event after a step that saw it; taken 1 ms low, an event
+    // lands at most 2 ms early, never late.
     for &(ours, theirs, seq) in anchors {
         offsets
             .entry(lifetime(seq))
-            .or_insert(ours as i128 - theirs as i128);
+            .or_insert(ours as i128 - theirs as i128 - 1);
     }
     let mut offset: i128 = -(events.first().map_or(0, |e| e.at_ms) as i128);
     let mut current = usize::MAX;

@@ -201,8 +201,23 @@ fn each_backend_lifetime_is_placed_by_its_own_anchor() {
     ];
     let anchors = [(300, 1_000, 1), (700, 1_400, 3), (2_900, 1_601, 5)];
     let times = record::backend_times(&events, &anchors);
-    // The third lifetime has no anchor: it goes on from the second's clock.
-    assert_eq!(times, [300, 500, 800, 2_800, 2_850, 3_099, 3_199]);
+    // The third lifetime has no anchor: it goes on from the second's clock. Each offset
+    // is taken 1 ms low (see the next test).
+    assert_eq!(times, [299, 499, 799, 2_799, 2_849, 3_098, 3_198]);
+}
+
+/// Both clocks are read in whole milliseconds: ours read 300 at 300.05, the backend's
+/// 1_000 at its 1_000.95, and an event it logged at 1_001.0 (our 300.1) was seen by a
+/// step marked at our 300.2, so at 300. The event must not land after that step.
+#[test]
+fn a_backend_event_is_never_placed_after_a_step_that_saw_it() {
+    use fake_backend::kinds::BACKEND_STARTED;
+    let events = [
+        event(1, 900, BACKEND_STARTED),
+        event(2, 1_001, "run.transition"),
+    ];
+    let times = record::backend_times(&events, &[(300, 1_000, 1)]);
+    assert!(times[1] <= 300, "placed at {}", times[1]);
 }
 
 #[test]
